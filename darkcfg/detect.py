@@ -1,0 +1,658 @@
+"""Detection-head decoding and NMS, reproducing ``darknet detector test``.
+
+Pipeline (``detector.c test_detector``)::
+
+    get_network_boxes(net, im.w, im.h, thresh, hier_thresh, 0, relative=1, &nboxes, letter)
+    do_nms_sort(...) or diounms_sort(...)      # nms 0.45, nms_kind of the LAST detection head
+    draw_detections_v3(...)                    # prints every class with prob > thresh
+
+:func:`decode` is ``get_network_boxes`` (``get_yolo_detections``, ``get_gaussian_yolo_detections``,
+``custom_get_region_detections``, ``get_detection_detections`` + ``correct_yolo_boxes``),
+:func:`nms` is ``do_nms_sort`` / ``diounms_sort`` and :func:`to_pixel_list` is the text output of
+``draw_detections_v3``. Everything is vectorised in torch and runs on the device of the inputs;
+only the inherently sequential greedy suppression walks a small boolean matrix on the CPU.
+
+Arithmetic mirrors darknet's C types where it is cheap to do so: box centres in float32,
+``exp`` of w/h in double (C ``exp`` on a float argument) then stored as float.
+
+Head descriptions are small frozen dataclasses (:class:`YoloHead`, :class:`RegionHead`,
+:class:`DetectionHead`); the model maps its cfg layers onto them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+YOLO_POINTS = ("center", "left_top", "right_bottom")
+GREEDY_DIOU_EXPONENT = 0.6  # box.c box_diou: pow(d/c, 0.6), fixed, used by GREEDY_NMS
+
+
+# --------------------------------------------------------------------------------------------
+# head descriptions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class YoloHead:
+    """A ``[yolo]`` or ``[Gaussian_yolo]`` layer, as far as decoding needs it.
+
+    ``anchors`` are the (w, h) pairs actually used by this layer, i.e. already selected by
+    ``mask`` and in mask order, in network-input pixels. ``scale_x_y`` is informational: the
+    layer output already has the affine applied (forward_yolo_layer).
+    """
+
+    classes: int
+    anchors: tuple[tuple[float, float], ...]
+    scale_x_y: float = 1.0
+    new_coords: bool = False
+    gaussian: bool = False
+    yolo_point: str = "center"
+    nms_kind: str = "default"
+    beta_nms: float = 0.6
+
+    def __post_init__(self) -> None:
+        _check_nms_kind(self.nms_kind)
+        if self.yolo_point not in YOLO_POINTS:
+            raise ValueError(f"yolo_point must be one of {YOLO_POINTS}, got {self.yolo_point!r}")
+        if self.classes < 1 or not self.anchors:
+            raise ValueError("YoloHead needs classes >= 1 and at least one anchor")
+
+    @property
+    def n(self) -> int:
+        """Anchors per cell (darknet ``l.n`` = len(mask))."""
+        return len(self.anchors)
+
+    @property
+    def entries(self) -> int:
+        """Channels per anchor: 5+classes, or 9+classes for Gaussian_yolo."""
+        return (9 if self.gaussian else 5) + self.classes
+
+
+@dataclass(frozen=True)
+class RegionHead:
+    """A ``[region]`` layer (YOLOv2). ``anchors`` are in grid-cell units. No tree/map support."""
+
+    classes: int
+    coords: int
+    num: int
+    anchors: tuple[tuple[float, float], ...]
+    softmax: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.anchors) < self.num:
+            raise ValueError(f"RegionHead: {len(self.anchors)} anchors for num={self.num}")
+
+    @property
+    def nms_kind(self) -> str:
+        """[region] always uses DEFAULT_NMS (no nms_kind key)."""
+        return "default"
+
+    @property
+    def beta_nms(self) -> float:
+        return 0.6
+
+
+@dataclass(frozen=True)
+class DetectionHead:
+    """A ``[detection]`` layer (YOLOv1); input is the flat output of a ``[connected]``."""
+
+    classes: int
+    coords: int
+    num: int
+    side: int
+    sqrt: bool = False
+
+    @property
+    def nms_kind(self) -> str:
+        return "default"
+
+    @property
+    def beta_nms(self) -> float:
+        return 0.6
+
+
+Head = Union[YoloHead, RegionHead, DetectionHead]
+
+
+def _check_nms_kind(kind: str) -> None:
+    if kind not in NMS_KINDS:
+        raise ValueError(f"nms kind must be one of {NMS_KINDS}, got {kind!r}")
+
+
+def nms_params(heads: Sequence[Head]) -> tuple[str, float]:
+    """The (kind, beta) ``test_detector`` uses: those of the **last** yolo/Gaussian/region head.
+
+    A YOLOv1 net has no such layer; darknet then uses the last layer's (default) settings.
+    """
+    for head in reversed(heads):
+        if isinstance(head, (YoloHead, RegionHead)):
+            return head.nms_kind, head.beta_nms
+    return "default", 0.6
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Darknet's ``detection`` array for one image, as tensors (M candidates).
+
+    ``boxes``: (M, 4) relative centre x, y, w, h (get_network_boxes with relative=1, after
+    correct_yolo_boxes); ``objectness``: (M,); ``probs``: (M, classes), zeroed unless > thresh
+    (and after :func:`nms`, zeroed where suppressed); ``head_index``: (M,) index of the head in
+    the list given to :func:`decode`. Rows are in darknet's emission order: head, then cell
+    (row-major), then anchor.
+    """
+
+    boxes: Tensor
+    objectness: Tensor
+    probs: Tensor
+    head_index: Tensor
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def select(self, index: Tensor) -> "Detections":
+        """Rows picked by a bool mask or an index tensor, keeping their order."""
+        return Detections(self.boxes[index], self.objectness[index], self.probs[index], self.head_index[index])
+
+    def with_probs(self, probs: Tensor) -> "Detections":
+        return Detections(self.boxes, self.objectness, probs, self.head_index)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One reported (box, class) pair in original-image pixels.
+
+    ``box`` is (x1, y1, x2, y2) as floats, ``x1 = (x - w/2) * img_w`` etc., clamped the way
+    darknet's ``draw_detections_v3`` clamps its integer corners: left/top at 0, right at
+    ``img_w - 1``, bottom at ``img_h - 1`` (only those sides). :attr:`box_int` gives darknet's
+    integer corners (C ``int`` truncation then the same clamps) and :attr:`ltwh` the rounded
+    left/top/width/height that ``-ext_output`` prints.
+    """
+
+    class_id: int
+    name: str
+    prob: float
+    box: tuple[float, float, float, float]
+    objectness: float
+    rel_box: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0), compare=False)
+
+    @property
+    def box_int(self) -> tuple[int, int, int, int]:
+        """Integer corners as darknet draws them (truncate toward zero, then clamp)."""
+        return tuple(int(v) for v in self.box)  # type: ignore[return-value]
+
+    def ltwh(self, img_w: int, img_h: int) -> tuple[int, int, int, int]:
+        """``-ext_output`` left_x, top_y, width, height: C ``round`` of the relative values × size."""
+        x, y, w, h = self.rel_box
+        vals = ((x - w / 2) * img_w, (y - h / 2) * img_h, w * img_w, h * img_h)
+        return tuple(int(np.floor(abs(v) + 0.5) * np.sign(v)) for v in vals)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# decoding helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _wide(t: Tensor) -> Tensor:
+    """float64 where the device supports it (C's double intermediate for exp/pow)."""
+    return t if t.device.type == "mps" else t.double()
+
+
+def _logistic(t: Tensor) -> Tensor:
+    """activations.h logistic_activate: 1/(1+exp(-x)) in float32."""
+    return 1.0 / (1.0 + torch.exp(-t))
+
+
+def _grid(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row and column index grids, float32, shape (h, w)."""
+    rows = torch.arange(h, device=device, dtype=torch.float32).view(h, 1).expand(h, w)
+    cols = torch.arange(w, device=device, dtype=torch.float32).view(1, w).expand(h, w)
+    return rows, cols
+
+
+def _gate_probs(probs: Tensor, thresh: float) -> Tensor:
+    """``prob > thresh ? prob : 0`` (NaN becomes 0 as in C)."""
+    return torch.where(probs > thresh, probs, torch.zeros_like(probs))
+
+
+@dataclass(frozen=True)
+class _Dense:
+    """Every candidate of one head for the whole batch, before gating: (N, M, ...)."""
+
+    boxes: Tensor
+    objectness: Tensor
+    probs: Tensor
+    keep: Tensor  # (N, M) bool: emitted by darknet (obj > thresh for yolo; all for region/v1)
+    corrected: bool  # goes through correct_yolo_boxes
+
+
+def _anchor_tensor(anchors: Sequence[tuple[float, float]], n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    a = torch.tensor([list(p) for p in anchors[:n]], dtype=torch.float32, device=device)
+    return a[:, 0], a[:, 1]
+
+
+def _decode_yolo(out: Tensor, head: YoloHead, net_w: int, net_h: int, thresh: float) -> _Dense:
+    """get_yolo_detections / get_gaussian_yolo_detections on a (N, n*E, H, W) layer output.
+
+    Records are reordered to (N, H, W, n, E) so the flattened order is darknet's emission order.
+    """
+    n_img, ch, lh, lw = out.shape
+    if ch != head.n * head.entries:
+        raise ValueError(
+            f"yolo head expects {head.n}x{head.entries}={head.n * head.entries} channels "
+            f"(anchors x (box+obj+{head.classes} classes)), got {ch}"
+        )
+    rec = out.float().reshape(n_img, head.n, head.entries, lh, lw).permute(0, 3, 4, 1, 2)
+    rows, cols = _grid(lh, lw, out.device)
+    rows, cols = rows[None, :, :, None], cols[None, :, :, None]
+    aw, ah = _anchor_tensor(head.anchors, head.n, out.device)
+    if head.gaussian:
+        tx, ty, tw, th, obj = rec[..., 0], rec[..., 2], rec[..., 4], rec[..., 6], rec[..., 8]
+        cls = rec[..., 9:]
+    else:
+        tx, ty, tw, th, obj = rec[..., 0], rec[..., 1], rec[..., 2], rec[..., 3], rec[..., 4]
+        cls = rec[..., 5:]
+    x = (cols + tx) / lw
+    y = (rows + ty) / lh
+    if head.new_coords:
+        w = tw * tw * 4 * aw / net_w
+        h = th * th * 4 * ah / net_h
+    else:
+        w = (torch.exp(_wide(tw)) * _wide(aw) / net_w).float()
+        h = (torch.exp(_wide(th)) * _wide(ah) / net_h).float()
+    if head.gaussian:
+        x, y = _shift_yolo_point(x, y, w, h, head.yolo_point)
+        probs = _gaussian_probs(rec, obj, cls)
+    else:
+        probs = obj.unsqueeze(-1) * cls
+    boxes = torch.stack((x, y, w, h), dim=-1)
+    return _Dense(
+        boxes=boxes.reshape(n_img, -1, 4),
+        objectness=obj.reshape(n_img, -1),
+        probs=_gate_probs(probs, thresh).reshape(n_img, -1, head.classes),
+        keep=(obj > thresh).reshape(n_img, -1),
+        corrected=True,
+    )
+
+
+def _shift_yolo_point(x: Tensor, y: Tensor, w: Tensor, h: Tensor, point: str) -> tuple[Tensor, Tensor]:
+    """get_gaussian_yolo_box: left_top / right_bottom anchors the box at a corner."""
+    if point == "left_top":
+        return x + w / 2, y + h / 2
+    if point == "right_bottom":
+        return x - w / 2, y - h / 2
+    return x, y
+
+
+def _gaussian_probs(rec: Tensor, obj: Tensor, cls: Tensor) -> Tensor:
+    """obj·cls·(1 − mean of the four sigmas); the mean is a float, the product is done in double."""
+    uc = (rec[..., 1] + rec[..., 3] + rec[..., 5] + rec[..., 7]) / 4.0
+    scale = 1.0 - _wide(uc)
+    return (_wide(obj.unsqueeze(-1) * cls) * scale.unsqueeze(-1)).float()
+
+
+def _decode_region(out: Tensor, head: RegionHead) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """custom_get_region_detections on the flattened record buffer.
+
+    ``out`` has shape (N, n*size, lh, lw) but its memory holds forward_region_layer's flattened
+    records ``[lh*lw][n][size]`` (size = coords+1+classes), so it is read as
+    ``out.reshape(N, lh*lw, n, size)``. x, y are still raw (logistic applied here, in
+    get_region_box); objectness already went through the logistic; every record becomes a
+    detection with objectness forced to 1. Returns boxes, objectness, raw probs, (N, M).
+    """
+    if out.dim() != 4:
+        raise ValueError(f"region head output must be (N, n*size, h, w) to know the grid, got {tuple(out.shape)}")
+    n_img, _, lh, lw = out.shape
+    size = head.coords + 1 + head.classes
+    if out[0].numel() != lh * lw * head.num * size:
+        raise ValueError(f"region head expects {lh}*{lw}*{head.num}*{size} values per image, got {out[0].numel()}")
+    rec = out.float().reshape(n_img, lh, lw, head.num, size)
+    rows, cols = _grid(lh, lw, out.device)
+    rows, cols = rows[None, :, :, None], cols[None, :, :, None]
+    aw, ah = _anchor_tensor(head.anchors, head.num, out.device)
+    x = (cols + _logistic(rec[..., 0])) / lw
+    y = (rows + _logistic(rec[..., 1])) / lh
+    w = (torch.exp(_wide(rec[..., 2])) * _wide(aw) / lw).float()
+    h = (torch.exp(_wide(rec[..., 3])) * _wide(ah) / lh).float()
+    scale = rec[..., 4]
+    probs = scale.unsqueeze(-1) * rec[..., 5 : 5 + head.classes]
+    boxes = torch.stack((x, y, w, h), dim=-1).reshape(n_img, -1, 4)
+    return boxes, torch.ones_like(scale).reshape(n_img, -1), probs.reshape(n_img, -1, head.classes), scale
+
+
+def _decode_detection(out: Tensor, head: DetectionHead, thresh: float) -> _Dense:
+    """get_detection_detections (YOLOv1) on the flat output.
+
+    Layout: [side² × classes] class probs, [side² × num] confidences, [side² × num × 4] boxes.
+    All side²·num records are emitted (objectness = confidence). Boxes are relative here; see
+    ``darknet_v1_pixels`` in :func:`decode` for darknet's behaviour of scaling them by the image
+    size (and not applying correct_yolo_boxes).
+    """
+    n_img = out.shape[0]
+    flat = out.float().reshape(n_img, -1)
+    cells, s = head.side * head.side, head.side
+    expected = cells * ((1 + head.coords) * head.num + head.classes)
+    if flat.shape[1] != expected:
+        raise ValueError(
+            f"detection head expects side²·((1+coords)·num+classes) = {expected} values, got {flat.shape[1]}"
+        )
+    cls = flat[:, : cells * head.classes].reshape(n_img, cells, 1, head.classes)
+    conf = flat[:, cells * head.classes : cells * (head.classes + head.num)].reshape(n_img, cells, head.num)
+    start = cells * (head.classes + head.num)
+    box = flat[:, start : start + cells * head.num * 4].reshape(n_img, cells, head.num, 4)
+    idx = torch.arange(cells, device=out.device)
+    rows = (idx // s).float().view(1, cells, 1)
+    cols = (idx % s).float().view(1, cells, 1)
+    x = (box[..., 0] + cols) / s
+    y = (box[..., 1] + rows) / s
+    power = 2.0 if head.sqrt else 1.0
+    w = torch.pow(_wide(box[..., 2]), power).float()
+    h = torch.pow(_wide(box[..., 3]), power).float()
+    probs = conf.unsqueeze(-1) * cls
+    return _Dense(
+        boxes=torch.stack((x, y, w, h), dim=-1).reshape(n_img, -1, 4),
+        objectness=conf.reshape(n_img, -1),
+        probs=_gate_probs(probs, thresh).reshape(n_img, -1, head.classes),
+        keep=torch.ones(n_img, cells * head.num, dtype=torch.bool, device=out.device),
+        corrected=False,
+    )
+
+
+def _dense_for_head(out: Tensor, head: Head, net_w: int, net_h: int, thresh: float) -> _Dense:
+    if isinstance(head, YoloHead):
+        if out.dim() != 4:
+            raise ValueError(f"yolo head output must be (N, C, H, W), got {tuple(out.shape)}")
+        return _decode_yolo(out, head, net_w, net_h, thresh)
+    if isinstance(head, RegionHead):
+        boxes, obj, probs, _ = _decode_region(out, head)
+        keep = torch.ones(obj.shape, dtype=torch.bool, device=out.device)
+        return _Dense(boxes, obj, _gate_probs(probs, thresh), keep, corrected=True)
+    if isinstance(head, DetectionHead):
+        return _decode_detection(out, head, thresh)
+    raise TypeError(f"unknown head description {type(head).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# box correction and decode
+# --------------------------------------------------------------------------------------------
+
+
+def correct_boxes(boxes: Tensor, img_w: int, img_h: int, net_w: int, net_h: int, letterbox: bool) -> Tensor:
+    """yolo_layer.c ``correct_yolo_boxes`` with relative=1: undo the letterbox.
+
+    ``new_w/new_h`` use the same int arithmetic as letterbox_image; the offset subtracted is the
+    *fractional* ``(net-new)/2/net`` (done in double, as in C), while the image was pasted at the
+    integer offset -- darknet's half-pixel mismatch for odd differences is reproduced on purpose.
+    Without letterbox the boxes are returned unchanged (darknet divides by exactly 1).
+    """
+    if not letterbox:
+        return boxes
+    if np.float32(net_w) / np.float32(img_w) < np.float32(net_h) / np.float32(img_h):
+        new_w, new_h = net_w, (img_h * net_w) // img_w
+    else:
+        new_w, new_h = (img_w * net_h) // img_h, net_h
+    ratio_w = np.float32(new_w) / np.float32(net_w)
+    ratio_h = np.float32(new_h) / np.float32(net_h)
+    off_x = float(np.float32(net_w - new_w)) / 2.0 / net_w
+    off_y = float(np.float32(net_h - new_h)) / 2.0 / net_h
+    x = ((_wide(boxes[..., 0]) - off_x) / float(ratio_w)).float()
+    y = ((_wide(boxes[..., 1]) - off_y) / float(ratio_h)).float()
+    w = boxes[..., 2] * float(np.float32(1.0) / ratio_w)
+    h = boxes[..., 3] * float(np.float32(1.0) / ratio_h)
+    return torch.stack((x, y, w, h), dim=-1)
+
+
+def decode(
+    outputs: Sequence[Tensor],
+    heads: Sequence[Head],
+    net_w: int,
+    net_h: int,
+    image_sizes: Sequence[tuple[int, int]],
+    thresh: float = 0.25,
+    hier_thresh: float = 0.5,
+    letterbox: bool = False,
+    darknet_v1_pixels: bool = False,
+) -> list[Detections]:
+    """``get_network_boxes(..., relative=1, letter)`` for a batch: one :class:`Detections` per image.
+
+    Args:
+        outputs: one tensor per head, batched, exactly as darknet writes ``l.output``:
+            yolo (N, n·(5+C), H, W) with logistic and scale_x_y already applied (nothing but the
+            affine when new_coords); Gaussian_yolo (N, n·(9+C), H, W) likewise; region
+            (N, n·size, H, W) whose memory holds the flattened [H·W][n][size] records; detection
+            (N, K) flat (any shape that flattens to N×K).
+        heads: matching head descriptions, in network layer order.
+        image_sizes: (w, h) of each original image, for correct_yolo_boxes.
+        thresh: objectness gate for yolo candidates and the per-class probability cut.
+        hier_thresh: only used by hierarchical (tree) region heads, which are not supported;
+            accepted for signature parity with darknet.
+        letterbox: whether the input was letterboxed (``-letter_box`` / ``[net] letter_box``).
+        darknet_v1_pixels: reproduce darknet's YOLOv1 behaviour of multiplying [detection] boxes
+            by the image size while the caller treats them as relative (a darknet bug); off by
+            default, giving proper relative boxes.
+    """
+    del hier_thresh  # tree softmax (yolo9000) is not supported
+    if len(outputs) != len(heads):
+        raise ValueError(f"{len(outputs)} outputs for {len(heads)} heads")
+    if not heads:
+        raise ValueError("decode needs at least one detection head")
+    classes = {h.classes for h in heads}
+    if len(classes) != 1:
+        raise ValueError(f"all detection heads must have the same number of classes, got {sorted(classes)}")
+    n_img = outputs[0].shape[0]
+    if len(image_sizes) != n_img:
+        raise ValueError(f"{len(image_sizes)} image sizes for a batch of {n_img}")
+    dense = [_dense_for_head(o, h, net_w, net_h, thresh) for o, h in zip(outputs, heads)]
+    return [_gather_image(dense, b, image_sizes[b], net_w, net_h, letterbox, darknet_v1_pixels) for b in range(n_img)]
+
+
+def _gather_image(
+    dense: Sequence[_Dense],
+    b: int,
+    size: tuple[int, int],
+    net_w: int,
+    net_h: int,
+    letterbox: bool,
+    v1_pixels: bool,
+) -> Detections:
+    """Emitted candidates of image ``b`` from every head, concatenated in head order."""
+    img_w, img_h = size
+    parts_b, parts_o, parts_p, parts_h = [], [], [], []
+    for i, d in enumerate(dense):
+        keep = d.keep[b]
+        boxes = d.boxes[b][keep]
+        if d.corrected:
+            boxes = correct_boxes(boxes, img_w, img_h, net_w, net_h, letterbox)
+        elif v1_pixels:
+            boxes = boxes * boxes.new_tensor([img_w, img_h, img_w, img_h])
+        parts_b.append(boxes)
+        parts_o.append(d.objectness[b][keep])
+        parts_p.append(d.probs[b][keep])
+        parts_h.append(torch.full((boxes.shape[0],), i, dtype=torch.int64, device=boxes.device))
+    return Detections(torch.cat(parts_b), torch.cat(parts_o), torch.cat(parts_p), torch.cat(parts_h))
+
+
+# --------------------------------------------------------------------------------------------
+# NMS (box.c)
+# --------------------------------------------------------------------------------------------
+
+
+def _corners(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, y, w, h = boxes.unbind(-1)
+    return x - w / 2, y - h / 2, x + w / 2, y + h / 2
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """box.c ``box_iou`` for every pair: (A, 4) × (B, 4) → (A, B), float32.
+
+    Intersection is 0 when either overlap is negative; IoU is 0 when intersection or union is 0.
+    """
+    al, at, ar, ab = (t[:, None] for t in _corners(a))
+    bl, bt, br, bb = (t[None, :] for t in _corners(b))
+    ow = torch.minimum(ar, br) - torch.maximum(al, bl)
+    oh = torch.minimum(ab, bb) - torch.maximum(at, bt)
+    inter = torch.where((ow < 0) | (oh < 0), torch.zeros_like(ow), ow * oh)
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    ok = (inter != 0) & (union != 0)
+    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def pairwise_diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
+    """box.c ``box_diou`` / ``box_diounms``: IoU − (d²/c²)^beta for every pair.
+
+    d = centre distance, c = diagonal of the smallest enclosing box (``box_c``); when c² is 0
+    the plain IoU is returned. The power is taken in double like C's ``pow``.
+    """
+    iou = pairwise_iou(a, b)
+    al, at, ar, ab = (t[:, None] for t in _corners(a))
+    bl, bt, br, bb = (t[None, :] for t in _corners(b))
+    cw = torch.maximum(ar, br) - torch.minimum(al, bl)
+    ch = torch.maximum(ab, bb) - torch.minimum(at, bt)
+    c2 = cw * cw + ch * ch
+    dx = a[:, 0][:, None] - b[:, 0][None, :]
+    dy = a[:, 1][:, None] - b[:, 1][None, :]
+    d2 = dx * dx + dy * dy
+    safe_c2 = torch.where(c2 == 0, torch.ones_like(c2), c2)
+    term = torch.pow(_wide(d2 / safe_c2), beta).float()
+    return torch.where(c2 == 0, iou, iou - term)
+
+
+def _suppression_metric(boxes: Tensor, kind: str, beta: float) -> Tensor:
+    """The score compared with the NMS threshold, per nms_kind (diounms_sort / do_nms_sort)."""
+    if kind in ("default", "cornersnms"):
+        return pairwise_iou(boxes, boxes)
+    if kind == "greedynms":
+        return pairwise_diou(boxes, boxes, GREEDY_DIOU_EXPONENT)
+    return pairwise_diou(boxes, boxes, beta)
+
+
+def _greedy_keep(over: np.ndarray) -> np.ndarray:
+    """Sequential greedy pass over a sorted candidate list.
+
+    ``over[i, j]``: candidate i would suppress j. Only survivors suppress (darknet skips
+    ``prob == 0``, and suppression zeroes the prob), so the loop visits kept boxes only and
+    each visit is one vector operation.
+    """
+    m = over.shape[0]
+    alive = np.ones(m, dtype=bool)
+    i = 0
+    while i < m:
+        alive[i + 1 :] &= ~over[i, i + 1 :]
+        later = np.flatnonzero(alive[i + 1 :])
+        if later.size == 0:
+            break
+        i = i + 1 + int(later[0])
+    return alive
+
+
+def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta: float = 0.6) -> Detections:
+    """``do_nms_sort`` (kind default) / ``diounms_sort`` (greedynms, diounms, cornersnms).
+
+    Detections with objectness 0 are dropped (darknet moves them past the end; their probs are
+    all 0 anyway). For each class k: candidates with prob[k] ≠ 0 are sorted by prob descending
+    and each surviving one zeroes prob[k] of every later one whose metric exceeds ``nms_thresh``:
+    IoU (default, cornersnms), DIoU with exponent 0.6 (greedynms), DIoU with ``beta``
+    (diounms). Other classes of a suppressed detection are untouched.
+
+    Ordering note: darknet sorts with libc ``qsort`` (unstable, starting from the previous
+    class's order); we use a stable sort on emission order, so only exact prob ties may resolve
+    differently. The returned rows stay in emission order (darknet's array ends up in the last
+    class's sort order, which carries no meaning).
+    """
+    _check_nms_kind(kind)
+    dets = dets.select(dets.objectness != 0)
+    if len(dets) < 2:
+        return dets
+    probs = dets.probs.clone()
+    for k in range(probs.shape[1]):
+        cand = torch.nonzero(probs[:, k] != 0).flatten()
+        if cand.numel() < 2:
+            continue
+        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
+        over = (_suppression_metric(dets.boxes[order], kind, beta) > nms_thresh).cpu().numpy()
+        alive = torch.from_numpy(_greedy_keep(over)).to(order.device)
+        probs[order[~alive], k] = 0
+    return dets.with_probs(probs)
+
+
+# --------------------------------------------------------------------------------------------
+# final list (draw_detections_v3 text output)
+# --------------------------------------------------------------------------------------------
+
+
+def _pixel_box(rel: tuple[float, float, float, float], img_w: int, img_h: int) -> tuple[float, float, float, float]:
+    """Corners in pixels with draw_detections_v3's one-sided clamps.
+
+    Only left/top are clamped at 0 and right/bottom at w−1/h−1, like darknet's integer corners.
+    """
+    x, y, w, h = rel
+    left = max((x - w / 2.0) * img_w, 0.0)
+    right = min((x + w / 2.0) * img_w, float(img_w - 1))
+    top = max((y - h / 2.0) * img_h, 0.0)
+    bottom = min((y + h / 2.0) * img_h, float(img_h - 1))
+    return left, top, right, bottom
+
+
+def _reported_classes(probs: np.ndarray, thresh: float, names: Sequence[str]) -> list[int]:
+    """Classes printed for one detection: the best one first, then the others in index order.
+
+    The best is the first class with the strictly highest prob > thresh; names starting with
+    ``dont_show`` are skipped (get_actual_detections).
+    """
+    shown = [k for k in range(probs.shape[0]) if probs[k] > thresh and not names[k].startswith("dont_show")]
+    if not shown:
+        return []
+    best = shown[0]
+    for k in shown[1:]:
+        if probs[k] > probs[best]:
+            best = k
+    return [best] + [k for k in shown if k != best]
+
+
+def to_pixel_list(
+    dets: Detections,
+    image_size: tuple[int, int],
+    names: Optional[Sequence[str]] = None,
+    thresh: float = 0.25,
+    order: str = "left",
+) -> list[Detection]:
+    """The detections ``darknet detector test`` reports for one image (after :func:`nms`).
+
+    One :class:`Detection` per (box, class) pair with prob > thresh -- darknet prints the best
+    class and then every further class above thresh on its own line, so each such pair is an
+    entry. ``order="left"`` sorts boxes by left edge ``x − w/2`` (compare_by_lefts, the text
+    output order; stable), with the best class of a box first; ``order="prob"`` sorts entries by
+    prob descending (the order of the conformance JSONs). ``names`` default to the class index.
+    """
+    if order not in ("left", "prob"):
+        raise ValueError(f"order must be 'left' or 'prob', got {order!r}")
+    n_cls = int(dets.probs.shape[1])
+    names = [str(k) for k in range(n_cls)] if names is None else list(names)
+    if len(names) < n_cls:
+        raise ValueError(f"{len(names)} class names for {n_cls} classes")
+    img_w, img_h = image_size
+    boxes = dets.boxes.detach().cpu().double().numpy()
+    probs = dets.probs.detach().cpu().numpy()
+    objs = dets.objectness.detach().cpu().numpy()
+    lefts = boxes[:, 0] - boxes[:, 2] / 2 if len(boxes) else np.zeros(0)
+    rows = np.argsort(lefts, kind="stable") if order == "left" else np.arange(len(boxes))
+    result: list[Detection] = []
+    for i in rows:
+        rel = tuple(float(v) for v in boxes[i])
+        pix = _pixel_box(rel, img_w, img_h)  # type: ignore[arg-type]
+        for k in _reported_classes(probs[i], thresh, names):
+            entry = Detection(k, names[k], float(probs[i, k]), pix, float(objs[i]), rel)  # type: ignore[arg-type]
+            result.append(entry)
+    if order == "prob":
+        result.sort(key=lambda d: -d.prob)
+    return result

@@ -1,0 +1,333 @@
+"""Modules for layers with learned weights: conv, deconv, connected, local, batchnorm, implicit."""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..graph import LayerSpec
+from . import functional as DF
+from .activations import Activation
+from .registry import BuildContext, WeightedLayer, builder
+
+
+class DarknetBatchNorm(nn.Module):
+    """Inference batch norm with either fork's formula.
+
+    AlexeyAB: ``(x - mean) / sqrt(var + 1e-5) * scale + bias`` (= ``BatchNorm2d(eps=1e-5)``).
+    pjreddie: ``(x - mean) / (sqrt(var) + 1e-6) * scale + bias`` (the legacy ResNet cfgs).
+    Unloaded statistics keep Darknet's init: scale 1, mean 0, **variance 0**.
+    """
+
+    pjreddie: bool
+
+    def __init__(self, channels: int, formula: str = "alexeyab"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.zeros(channels))
+        self.pjreddie = formula == "pjreddie"
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        if self.pjreddie:
+            denom = self.running_var.sqrt() + 1e-6
+        else:
+            denom = (self.running_var + 1e-5).sqrt()
+        k = self.weight / denom
+        return x * k.view(shape) + (self.bias - self.running_mean * k).view(shape)
+
+    def gain_shift(self) -> tuple[Tensor, Tensor]:
+        """Per-channel (k, b) in float64 with ``BN(x) = k*x + b`` (Darknet's fuse_conv_batchnorm)."""
+        var = self.running_var.double()
+        denom = var.sqrt() + 1e-6 if self.pjreddie else (var + 1e-5).sqrt()
+        k = self.weight.double() / denom
+        return k, self.bias.double() - self.running_mean.double() * k
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, {'pjreddie' if self.pjreddie else 'alexeyab'}"
+
+
+class ConvLayer(WeightedLayer):
+    """``[convolutional]``: conv -> (BN | bias) -> activation [-> antialiasing blur].
+
+    >>> m = ConvLayer(3, 8, 3, (1, 1), 1, 1, 1, bn=True, activation="leaky")
+    >>> m([torch.zeros(1, 3, 5, 5)]).shape
+    torch.Size([1, 8, 5, 5])
+    """
+
+    xnor: bool
+    antialiasing: int
+    stride_x: int
+    stride_y: int
+
+    def __init__(self, c: int, filters: int, size: int, stride: tuple[int, int], padding: int, dilation: int,
+                 groups: int, bn: bool, activation: str, bn_formula: str = "alexeyab", xnor: bool = False,
+                 antialiasing: int = 0, flipped: bool = False):
+        super().__init__()
+        sy, sx = stride
+        conv_stride = (1, 1) if antialiasing else (sy, sx)
+        self.conv = nn.Conv2d(c, filters, size, conv_stride, padding * dilation, dilation, groups, bias=not bn)
+        if not bn:
+            nn.init.zeros_(self.conv.bias)
+        self.bn = DarknetBatchNorm(filters, bn_formula) if bn else None
+        self.act = Activation(activation)
+        self.xnor = xnor
+        self.antialiasing = antialiasing
+        self.stride_x, self.stride_y = sx, sy
+        self.flipped = flipped
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        x = xs[0]
+        if self.xnor:
+            y = self._xnor(x)
+        else:
+            y = self.conv(x)
+            if self.bn is not None:
+                y = self.bn(y)
+        y = self.act(y)
+        if self.antialiasing:
+            y = DF.antialias_blur(y, self.antialiasing, self.stride_x, self.stride_y)
+        return y
+
+    def _xnor(self, x: Tensor) -> Tensor:
+        # Darknet binarises the BN-fused weights, so fold BN first.
+        w, b = self.fused_weight_bias()
+        return DF.xnor_conv2d(x, w.to(x.dtype), b.to(x.dtype), list(self.conv.stride), int(self.conv.padding[0]),
+                              int(self.conv.dilation[0]))
+
+    def fused_weight_bias(self) -> tuple[Tensor, Tensor]:
+        """Weights and bias with BN folded in, computed in float64 like Darknet."""
+        w = self.conv.weight.double()
+        if self.bn is None:
+            return w.float(), self.conv.bias.float()
+        k, b = self.bn.gain_shift()
+        return (w * k.view(-1, 1, 1, 1)).float(), b.float()
+
+    def fuse(self) -> None:
+        """Fold BN into the conv in place (what Darknet's detector does before inference)."""
+        if self.bn is None:
+            return
+        w, b = self.fused_weight_bias()
+        conv = self.conv
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True).to(w.device)
+        with torch.no_grad():
+            fused.weight.copy_(w)
+            fused.bias.copy_(b)
+        self.conv = fused
+        self.bn = None
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        if self.bn is None:
+            return [("biases", self.conv.bias), ("weights", self.conv.weight)]
+        return [("biases", self.bn.bias), ("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
+                ("rolling_variance", self.bn.running_var), ("weights", self.conv.weight)]
+
+
+class SharedConvLayer(nn.Module):
+    """A conv with ``share_index``: the source's weights and BN with this layer's geometry."""
+
+    def __init__(self, source: ConvLayer, stride: tuple[int, int], padding: int, dilation: int, activation: str):
+        super().__init__()
+        self.source = source
+        self.stride = stride
+        self.padding = padding * dilation
+        self.dilation = dilation
+        self.act = Activation(activation)
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        src = self.source
+        y = F.conv2d(xs[0], src.conv.weight, src.conv.bias, self.stride, self.padding, self.dilation,
+                     src.conv.groups)
+        if src.bn is not None:
+            y = src.bn(y)
+        return self.act(y)
+
+
+@builder("convolutional")
+def build_conv(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    a = spec.attrs
+    if a.share_index is not None:
+        source = ctx.modules[a.share_index]
+        assert isinstance(source, ConvLayer)
+        return SharedConvLayer(source, (a.stride_y, a.stride_x), a.padding, a.dilation, a.activation)
+    return ConvLayer(spec.in_shape[0], a.filters, a.size, (a.stride_y, a.stride_x), a.padding, a.dilation,
+                     a.groups, a.batch_normalize, a.activation, ctx.bn_formula, a.xnor, a.antialiasing, a.flipped)
+
+
+class DeconvLayer(WeightedLayer):
+    """pjreddie's ``[deconvolutional]``: transposed conv -> (BN | bias) -> activation."""
+
+    def __init__(self, c: int, filters: int, size: int, stride: int, padding: int, bn: bool, activation: str,
+                 bn_formula: str):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(c, filters, size, stride, padding, bias=not bn)
+        self.bn = DarknetBatchNorm(filters, bn_formula) if bn else None
+        self.act = Activation(activation)
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        y = self.conv(xs[0])
+        if self.bn is not None:
+            y = self.bn(y)
+        return self.act(y)
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        if self.bn is None:
+            return [("biases", self.conv.bias), ("weights", self.conv.weight)]
+        return [("biases", self.bn.bias), ("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
+                ("rolling_variance", self.bn.running_var), ("weights", self.conv.weight)]
+
+
+@builder("deconvolutional")
+def build_deconv(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    a = spec.attrs
+    return DeconvLayer(spec.in_shape[0], a.filters, a.size, a.stride, a.padding, a.batch_normalize, a.activation,
+                       ctx.bn_formula)
+
+
+class ConnectedLayer(WeightedLayer):
+    """``[connected]``: y = act(BN(W x) + b) on the flat C,H,W input; BN blocks come after W."""
+
+    def __init__(self, n_in: int, n_out: int, bn: bool, activation: str, bn_formula: str):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out, bias=True)
+        nn.init.zeros_(self.linear.bias)
+        self.bn = DarknetBatchNorm(n_out, bn_formula) if bn else None
+        self.act = Activation(activation)
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        x = xs[0].flatten(1)
+        if self.bn is None:
+            y = self.linear(x)
+        else:
+            # Darknet: normalise W x, scale, then add the bias (the bias is not BN's beta here).
+            y = F.linear(x, self.linear.weight)
+            bn = self.bn
+            denom = bn.running_var.sqrt() + 1e-6 if bn.pjreddie else (bn.running_var + 1e-5).sqrt()
+            y = (y - bn.running_mean) / denom * bn.weight + self.linear.bias
+        return self.act(y)[:, :, None, None]
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        out = [("biases", self.linear.bias), ("weights", self.linear.weight)]
+        if self.bn is not None:
+            out += [("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
+                    ("rolling_variance", self.bn.running_var)]
+        return out
+
+
+@builder("connected")
+def build_connected(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    a = spec.attrs
+    return ConnectedLayer(a.inputs, a.output, a.batch_normalize, a.activation, ctx.bn_formula)
+
+
+class LocalLayer(WeightedLayer):
+    """``[local]``: an unshared convolution (one filter bank per output location)."""
+
+    def __init__(self, c: int, out_shape: tuple[int, int, int], size: int, stride: int, pad: int, activation: str):
+        super().__init__()
+        filters, oh, ow = out_shape
+        self.size, self.stride, self.pad = size, stride, pad
+        self.out_hw = (oh, ow)
+        # Darknet layout: weights[location][filter][c*size*size]; biases[filter][location].
+        self.weight = nn.Parameter(torch.zeros(oh * ow, filters, c * size * size))
+        self.bias = nn.Parameter(torch.zeros(filters, oh, ow))
+        self.act = Activation(activation)
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        x = xs[0]
+        cols = F.unfold(x, self.size, padding=self.pad, stride=self.stride)  # N x (c*k*k) x L
+        y = torch.einsum("lfk,nkl->nfl", self.weight, cols)
+        y = y.reshape(x.shape[0], -1, self.out_hw[0], self.out_hw[1]) + self.bias
+        return self.act(y)
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        return [("biases", self.bias), ("weights", self.weight)]
+
+
+@builder("local")
+def build_local(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    a = spec.attrs
+    return LocalLayer(spec.in_shape[0], spec.out_shape, a.size, a.stride, a.pad, a.activation)
+
+
+class BatchnormLayer(WeightedLayer):
+    """``[batchnorm]``: a stand-alone inference batch norm."""
+
+    def __init__(self, channels: int, bn_formula: str):
+        super().__init__()
+        self.bn = DarknetBatchNorm(channels, bn_formula)
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        return self.bn(xs[0])
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        return [("biases", self.bn.bias), ("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
+                ("rolling_variance", self.bn.running_var)]
+
+
+@builder("batchnorm")
+def build_batchnorm(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    return BatchnormLayer(spec.attrs.channels, ctx.bn_formula)
+
+
+class ImplicitLayer(WeightedLayer):
+    """``[implicit]``: a learned constant (filters x atoms x 1), broadcast over the batch."""
+
+    def __init__(self, filters: int, atoms: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(filters, atoms, 1))
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        n = xs[0].shape[0] if len(xs) > 0 else 1
+        return self.weight.unsqueeze(0).expand(n, -1, -1, -1)
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        return [("implicit_weights", self.weight)]
+
+
+@builder("implicit")
+def build_implicit(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    return ImplicitLayer(spec.attrs.filters, spec.attrs.atoms)
+
+
+class CrnnLayer(WeightedLayer):
+    """``[crnn]`` for one time step from a zero state: ``output(input(x) + self(0))``.
+
+    Darknet keeps the state between calls (a video tracker feature); darkcfg's module
+    is stateless and always starts from the zero state, which is what one call of a
+    freshly loaded Darknet network computes.  ``shortcut=1`` adds the old (zero) state.
+    """
+
+    def __init__(self, c: int, hidden: int, output: int, size: int, stride: int, padding: int, dilation: int,
+                 groups: int, bn: bool, activation: str, bn_formula: str):
+        super().__init__()
+
+        def conv(cin: int, cout: int) -> ConvLayer:
+            return ConvLayer(cin, cout, size, (stride, stride), padding, dilation, groups, bn, activation, bn_formula)
+
+        self.input_layer = conv(c, hidden)
+        self.self_layer = conv(hidden, hidden)
+        self.output_layer = conv(hidden, output)
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        x = self.input_layer(xs)
+        zero = torch.zeros_like(x)
+        state = x + self.self_layer([zero])
+        return self.output_layer([state])
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        return (self.input_layer.weight_tensors() + self.self_layer.weight_tensors()
+                + self.output_layer.weight_tensors())
+
+
+@builder("crnn")
+def build_crnn(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    a = spec.attrs
+    return CrnnLayer(spec.in_shape[0], a.hidden, a.output, a.size, a.stride, a.padding, a.dilation, a.groups,
+                     a.batch_normalize, a.activation, ctx.bn_formula)

@@ -1,0 +1,138 @@
+"""The :class:`Darknet` module: a layer graph turned into torch modules, run in Darknet's order.
+
+Layers run in a plain loop over an ``nn.ModuleList``; each reads the outputs named
+by its spec's ``inputs`` (Darknet's raw layer indices) and every output is kept, as
+Darknet keeps ``l.output`` for every layer, so ``layer_outputs`` is free and
+``[route]``/``[shortcut]`` references need no bookkeeping beyond indices.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .cfg import read_cfg
+from .errors import DarkcfgError
+from .graph import Graph, build_graph
+from .layers.registry import BuildContext, build_layer
+
+
+def _bn_formula(graph: Graph, requested: str) -> str:
+    """``auto``: pjreddie's BN formula for the legacy cfgs only pjreddie's Darknet runs."""
+    if requested != "auto":
+        if requested not in ("alexeyab", "pjreddie"):
+            raise ValueError(f"bn_formula must be 'auto', 'alexeyab' or 'pjreddie', got {requested!r}")
+        return requested
+    legacy = any(s.kind == "shortcut" and s.attrs.legacy for s in graph.layers)
+    return "pjreddie" if legacy else "alexeyab"
+
+
+class Darknet(nn.Module):
+    """A Darknet network as a ``torch.nn.Module``.
+
+    ``forward(x)`` takes N x C x H x W floats in [0, 1] (RGB) and returns the output
+    layers' tensors (detection heads, else the last layer), each laid out as Darknet's
+    ``l.output``.  Flat layers ([softmax], [connected], [cost]...) give N x K x 1 x 1.
+    """
+
+    def __init__(self, graph: Graph, bn_formula: str = "auto"):
+        super().__init__()
+        self.graph = graph
+        self.bn_formula = _bn_formula(graph, bn_formula)
+        ctx = BuildContext(graph=graph, modules=[], bn_formula=self.bn_formula)
+        for spec in graph.layers:
+            ctx.modules.append(build_layer(spec, ctx))
+        self.layers = nn.ModuleList(ctx.modules)
+        self.layer_inputs: List[List[int]] = [list(s.inputs) for s in graph.layers]
+        self.output_layers: List[int] = graph.output_indices
+        self.fused = False
+        self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def width(self) -> int:
+        return self.graph.net.width
+
+    @property
+    def height(self) -> int:
+        return self.graph.net.height
+
+    @property
+    def channels(self) -> int:
+        return self.graph.net.channels
+
+    # --------------------------------------------------------------- forward
+    def _run(self, x: Tensor) -> List[Tensor]:
+        net = self.graph.net
+        if x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height or x.shape[3] != net.width:
+            raise DarkcfgError(f"{self.graph.path}: expected input N x {net.channels} x {net.height} x "
+                               f"{net.width}, got {tuple(x.shape)} (load with size=(w, h) for another size)")
+        outs: List[Tensor] = []
+        for layer, inputs in zip(self.layers, self.layer_inputs):
+            xs = [outs[j] if j >= 0 else x for j in inputs]
+            outs.append(layer(xs))
+        return outs
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        outs = self._run(x)
+        return [outs[i] for i in self.output_layers]
+
+    def layer_outputs(self, x: Tensor) -> List[Tensor]:
+        """Every layer's output, indexed like Darknet's layers (section order after ``[net]``)."""
+        return self._run(x)
+
+    # --------------------------------------------------------------- weights
+    def load_weights(self, path: "str | os.PathLike | bytes", upto: Optional[int] = None, strict: bool = True) -> "Darknet":
+        """Load a Darknet ``.weights`` file (see :func:`darkcfg.weights.load_weights`)."""
+        from .weights import load_weights
+
+        load_weights(self, path, upto=upto, strict=strict)
+        return self
+
+    def save_weights(self, path: "str | os.PathLike", upto: Optional[int] = None) -> None:
+        """Write a Darknet ``.weights`` file (see :func:`darkcfg.weights.save_weights`)."""
+        from .weights import save_weights
+
+        save_weights(self, path, upto=upto)
+
+    def fuse(self) -> "Darknet":
+        """Fold every conv's batch norm into its weights (float64, like Darknet's detector).
+
+        Faster inference; numbers move by float rounding only.  A fused model cannot be
+        saved back to ``.weights`` (the BN blocks are gone).
+        """
+        for layer in self.layers:
+            fuse = getattr(layer, "fuse", None)
+            if fuse is not None:
+                fuse()
+        self.fused = True
+        return self
+
+    # ---------------------------------------------------------------- detect
+    def detect(self, images: Any, thresh: float = 0.25, nms: float = 0.45, **kwargs: Any) -> list:
+        """Detect objects; see :func:`darkcfg.detect.detect_images`."""
+        from .detect_api import detect_images
+
+        return detect_images(self, images, thresh=thresh, nms=nms, **kwargs)
+
+    def extra_repr(self) -> str:
+        net = self.graph.net
+        return f"cfg={self.graph.path!r}, input={net.channels}x{net.height}x{net.width}, layers={len(self.layers)}"
+
+
+def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | None" = None, *,
+         size: Optional[Sequence[int]] = None, device: "str | torch.device" = "cpu",
+         bn_formula: str = "auto", strict: bool = True) -> Darknet:
+    """Build a :class:`Darknet` from a cfg file and optionally load its ``.weights``.
+
+    ``size=(width, height)`` overrides the cfg's ``[net]`` size.  The model is returned
+    in eval mode on ``device``.
+    """
+    graph = build_graph(read_cfg(cfg), size=tuple(size) if size is not None else None)  # type: ignore[arg-type]
+    model = Darknet(graph, bn_formula=bn_formula)
+    if weights is not None:
+        model.load_weights(weights, strict=strict)
+    return model.to(device).eval()

@@ -1,0 +1,32 @@
+"""Small helpers shared by the spec rules."""
+
+from __future__ import annotations
+
+from ..graph import Context, WeightBlock
+from ..layers.activations import is_known
+
+
+def cdiv(a: int, b: int) -> int:
+    """C integer division (truncates toward zero), as Darknet's shape formulas use."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def bn_trio(n: int) -> tuple[WeightBlock, ...]:
+    return (WeightBlock("scales", n, True), WeightBlock("rolling_mean", n, True),
+            WeightBlock("rolling_variance", n, True))
+
+
+def activation_of(ctx: Context, default: str) -> str:
+    """The layer's ``activation``; an unknown name is an error (Darknet silently uses relu)."""
+    name = ctx.section.get_str("activation", default)
+    assert name is not None
+    if not is_known(name):
+        raise ctx.error(f"unknown activation '{name}' (Darknet would silently use relu)", "activation")
+    return name
+
+
+def layer_list(ctx: Context, key: str) -> tuple[int, ...]:
+    """Resolve a list of layer references (``layers=-1,36``) to absolute indices."""
+    values = ctx.section.get_ints(key)
+    return tuple(ctx.resolve(key, v) for v in values)

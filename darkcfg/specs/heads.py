@@ -1,0 +1,181 @@
+"""Spec rules for output layers: yolo, Gaussian_yolo, region, detection, softmax, cost.
+
+Only the keys that matter at inference are kept in the attrs; Darknet's many
+training-only keys are marked as read so they are not reported as unused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..graph import Context, RuleResult, spec_rule
+
+_YOLO_TRAINING = ("jitter", "ignore_thresh", "truth_thresh", "iou_thresh", "iou_loss", "iou_normalizer",
+                  "obj_normalizer", "cls_normalizer", "delta_normalizer", "random", "resize", "max_delta",
+                  "counters_per_class", "label_smooth_eps", "objectness_smooth", "focal_loss", "max", "map",
+                  "embedding_layer", "track_history_size", "sim_thresh", "dets_for_track", "dets_for_show",
+                  "track_ciou_norm", "show_details", "iou_thresh_kind")
+_NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+
+
+@dataclass(frozen=True)
+class YoloAttrs:
+    classes: int
+    mask: tuple[int, ...]
+    anchors: tuple[tuple[float, float], ...]  # all `num` pairs, network-input pixels
+    scale_x_y: float
+    new_coords: bool
+    nms_kind: str
+    beta_nms: float
+    gaussian: bool = False
+    yolo_point: str = "center"
+
+    @property
+    def n(self) -> int:
+        return len(self.mask)
+
+    @property
+    def entries(self) -> int:
+        """Channels per anchor: 4 box + objectness + classes (Gaussian: 8 box/sigma + obj)."""
+        return (9 if self.gaussian else 5) + self.classes
+
+    @property
+    def masked_anchors(self) -> tuple[tuple[float, float], ...]:
+        return tuple(self.anchors[m] for m in self.mask)
+
+
+@spec_rule("yolo", "Gaussian_yolo")
+def yolo(ctx: Context) -> RuleResult:
+    s = ctx.section
+    gaussian = s.type == "Gaussian_yolo"
+    c, h, w = ctx.require_image()
+    classes = ctx.positive("classes", s.get_int("classes", 20))
+    total = ctx.positive("num", s.get_int("num", 1))
+    mask = tuple(s.get_ints("mask", list(range(total))))
+    raw_anchors = s.get_floats("anchors", [])
+    if len(raw_anchors) % 2:
+        ctx.warn(f"'anchors' has an odd number of values ({len(raw_anchors)}): the pairs after the typo are "
+                 "shifted (Darknet reads them the same way)", "anchors")
+    for m in mask:
+        if m < 0:
+            raise ctx.error(f"mask index {m} is negative", "mask")
+        if m >= total:
+            # Darknet reads past its anchor array here (undefined values); we use the cfg's
+            # extra anchors when present, else Darknet's 0.5 default, and say so.
+            ctx.warn(f"mask index {m} is outside the num={total} anchors; Darknet reads undefined memory "
+                     "for it, darkcfg uses the cfg's extra anchor values or 0.5", "mask")
+    count = max([total] + [m + 1 for m in mask])
+    # Darknet reads at most num*2 values; missing ones stay 0.5.
+    values = (raw_anchors + [0.5] * (2 * count))[:2 * count]
+    anchors = tuple((values[2 * i], values[2 * i + 1]) for i in range(count))
+    nms_kind = s.get_str("nms_kind", "default") or "default"
+    if nms_kind not in _NMS_KINDS or (nms_kind == "cornersnms" and not gaussian):
+        nms_kind = "default"  # Darknet falls back silently
+    yolo_point = (s.get_str("yolo_point", "center") or "center") if gaussian else "center"
+    if yolo_point not in ("center", "left_top", "right_bottom"):
+        raise ctx.error(f"yolo_point must be center, left_top or right_bottom, got '{yolo_point}'", "yolo_point")
+    s.mark_used(*_YOLO_TRAINING)
+    if gaussian:
+        s.mark_used("uc_normalizer")
+    attrs = YoloAttrs(classes, mask, anchors, s.get_float("scale_x_y", 1.0), s.get_int("new_coords", 0) != 0,
+                      nms_kind, s.get_float("beta_nms", 0.6), gaussian, yolo_point)
+    if c != attrs.n * attrs.entries:
+        raise ctx.error(f"the previous layer has {c} channels but {len(mask)} anchors x ({attrs.entries - classes} + "
+                        f"{classes} classes) = {attrs.n * attrs.entries} are needed: set filters={attrs.n * attrs.entries} "
+                        f"in the [convolutional] before it", "classes")
+    return RuleResult(attrs, (c, h, w))
+
+
+@dataclass(frozen=True)
+class RegionAttrs:
+    classes: int
+    coords: int
+    num: int
+    anchors: tuple[tuple[float, float], ...]  # grid-cell units
+    softmax: bool
+    tree: str | None  # path of a softmax tree (yolo9000), as written in the cfg
+    map: str | None
+
+
+_REGION_TRAINING = ("jitter", "rescore", "thresh", "object_scale", "noobject_scale", "class_scale",
+                    "coord_scale", "bias_match", "absolute", "random", "log", "sqrt", "classfix", "mask_scale",
+                    "focal_loss", "max")
+
+
+@spec_rule("region")
+def region(ctx: Context) -> RuleResult:
+    s = ctx.section
+    c, h, w = ctx.require_image()
+    classes = s.get_int("classes", 20)
+    coords = ctx.positive("coords", s.get_int("coords", 4))
+    num = ctx.positive("num", s.get_int("num", 1))
+    if classes < 0:
+        raise ctx.error("'classes' must not be negative", "classes")
+    raw = s.get_floats("anchors", [])
+    values = (raw + [0.5] * (2 * num))[:2 * num]
+    anchors = tuple((values[2 * i], values[2 * i + 1]) for i in range(num))
+    s.mark_used(*_REGION_TRAINING)
+    attrs = RegionAttrs(classes, coords, num, anchors, s.get_int("softmax", 0) != 0,
+                        s.get_str("tree"), s.get_str("map"))
+    need = num * (coords + 1 + classes)
+    if c != need:
+        raise ctx.error(f"the previous layer has {c} channels but num={num} x (coords {coords} + 1 + classes "
+                        f"{classes}) = {need} are needed", "classes")
+    return RuleResult(attrs, (c, h, w))
+
+
+@dataclass(frozen=True)
+class DetectionAttrs:
+    classes: int
+    coords: int
+    num: int
+    side: int
+    softmax: bool
+    sqrt: bool
+
+
+@spec_rule("detection")
+def detection(ctx: Context) -> RuleResult:
+    s = ctx.section
+    attrs = DetectionAttrs(s.get_int("classes", 1), s.get_int("coords", 1), s.get_int("num", 1),
+                           ctx.positive("side", s.get_int("side", 7)), s.get_int("softmax", 0) != 0,
+                           s.get_int("sqrt", 0) != 0)
+    s.mark_used("rescore", "jitter", "object_scale", "noobject_scale", "class_scale", "coord_scale", "random",
+                "reorg", "forced")
+    need = attrs.side * attrs.side * ((1 + attrs.coords) * attrs.num + attrs.classes)
+    if ctx.in_outputs != need:
+        raise ctx.error(f"the previous layer has {ctx.in_outputs} outputs but side^2 x ((1+coords) x num + classes) "
+                        f"= {need} are needed", "side")
+    return RuleResult(attrs, (0, 0, 0), outputs=ctx.in_outputs)
+
+
+@dataclass(frozen=True)
+class SoftmaxAttrs:
+    groups: int
+    temperature: float
+    tree: str | None
+
+
+@spec_rule("softmax")
+def softmax(ctx: Context) -> RuleResult:
+    s = ctx.section
+    groups = ctx.positive("groups", s.get_int("groups", 1))
+    if ctx.in_outputs % groups:
+        raise ctx.error(f"groups={groups} does not divide the {ctx.in_outputs} inputs", "groups")
+    s.mark_used("spatial", "noloss")
+    attrs = SoftmaxAttrs(groups, s.get_float("temperature", 1.0), s.get_str("tree"))
+    return RuleResult(attrs, (0, 0, 0), outputs=ctx.in_outputs)
+
+
+@dataclass(frozen=True)
+class PassAttrs:
+    """Layers whose inference output is not computed (training losses)."""
+
+
+@spec_rule("cost", "contrastive")
+def cost(ctx: Context) -> RuleResult:
+    """Training losses: Darknet leaves their output at zero at inference."""
+    s = ctx.section
+    s.mark_used("type", "scale", "ratio", "noobject_scale", "thresh", "classes", "temperature", "yolo_layer",
+                "cls_normalizer", "max_delta", "contrastive_neg_max", "cosine_similarity", "embedding_size")
+    return RuleResult(PassAttrs(), (0, 0, 0), outputs=ctx.in_outputs)
