@@ -190,7 +190,10 @@ class Section:
             fm = _FLOAT_RE.fullmatch(text.split("#", 1)[0])
             if fm is None:
                 raise self.error(f"'{key}' expects an integer, got '{text}'", key)
-            return int(float(fm.group(0)))
+            value = float(fm.group(0))
+            if value != value or abs(value) == float("inf"):
+                raise self.error(f"'{key}' expects an integer, got '{text}'", key)
+            return int(value)
         return int(m.group(0))
 
     def _float(self, key: str, text: str) -> float:
@@ -264,7 +267,7 @@ def parse_cfg_text(text: str, path: str = "<string>") -> Cfg:
         if sec.type == "net":
             raise CfgError(f"{sec.where()}: [net] may only appear once, as the first section")
     if len(sections) == 1:
-        raise CfgError(f"{path}: the cfg has a [net] section but no layers")
+        raise CfgError(f"{path}:{sections[0].line}: the cfg has a [net] section but no layers")
     return Cfg(path=path, sections=sections)
 
 

@@ -591,15 +591,17 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
 
 
 def _pixel_box(rel: tuple[float, float, float, float], img_w: int, img_h: int) -> tuple[float, float, float, float]:
-    """Corners in pixels with draw_detections_v3's one-sided clamps.
+    """Corners in pixels, clamped to the image.
 
-    Only left/top are clamped at 0 and right/bottom at w−1/h−1, like darknet's integer corners.
+    draw_detections_v3 clamps only left/top at 0 and right/bottom at w-1/h-1; for any box that
+    overlaps the image this is the same, and for a box lying wholly outside it we also clamp the
+    other sides so that ``x1 <= x2`` and ``y1 <= y2`` always hold.
     """
     x, y, w, h = rel
-    left = max((x - w / 2.0) * img_w, 0.0)
-    right = min((x + w / 2.0) * img_w, float(img_w - 1))
-    top = max((y - h / 2.0) * img_h, 0.0)
-    bottom = min((y + h / 2.0) * img_h, float(img_h - 1))
+    left = min(max((x - w / 2.0) * img_w, 0.0), float(img_w - 1))
+    right = min(max((x + w / 2.0) * img_w, 0.0), float(img_w - 1))
+    top = min(max((y - h / 2.0) * img_h, 0.0), float(img_h - 1))
+    bottom = min(max((y + h / 2.0) * img_h, 0.0), float(img_h - 1))
     return left, top, right, bottom
 
 

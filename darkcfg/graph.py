@@ -93,8 +93,12 @@ class LayerSpec:
 
     @property
     def tensor_shape(self) -> Shape:
-        """Shape of one image's output tensor in darkcfg: flat layers are (outputs, 1, 1)."""
-        return (self.outputs, 1, 1) if self.is_flat else self.out_shape
+        """Shape of one image's output tensor in darkcfg: flat layers are (outputs, 1, 1).
+
+        An antialiased conv/maxpool outputs its blur's (strided) shape, ``next_shape``;
+        ``out_shape`` keeps Darknet's reported (unstrided) one.
+        """
+        return (self.outputs, 1, 1) if self.is_flat else self.next_shape
 
     @property
     def where(self) -> str:
@@ -249,7 +253,7 @@ def parse_net(net: Section, size: tuple[int, int] | None = None) -> NetSpec:
     if size is not None:
         width, height = int(size[0]), int(size[1])
         if width <= 0 or height <= 0:
-            raise CfgError(f"{net.file}: requested size {width}x{height} must be positive")
+            raise CfgError(f"{net.where()}: requested size {width}x{height} must be positive")
     inputs = net.get_int("inputs", width * height * channels)
     for key, value in (("width", width), ("height", height), ("channels", channels)):
         if value < 0:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,14 +172,17 @@ def load_weights(model: "Darknet", source: "str | os.PathLike | bytes", upto: Op
     body = np.frombuffer(data, dtype="<f4", offset=header.size)
     staged: list[tuple[Tensor, Tensor]] = []
     offset = 0
-    for slot in iter_slots(model, header, upto):
+    slots = list(iter_slots(model, header, upto))
+    for slot in slots:
         end = offset + slot.count
         if end > body.size:
             spec = slot.spec
+            needed = sum(s.count for s in slots)
             raise WeightsError(
                 f"{name}: file ends inside layer {spec.index} [{spec.section.raw_type}] ({spec.where}): its "
                 f"'{slot.role}' block needs {slot.count} floats, {max(0, body.size - offset)} are left; "
-                f"{end - body.size} floats missing (file has {body.size} floats after the header). "
+                f"{end - body.size} floats missing (file has {body.size} floats after the header, "
+                f"{needed - body.size} floats short of the {needed} the network needs). "
                 "For a partial file (e.g. *.conv.NN) pass upto=<number of layers it holds>.")
         staged.append((slot.tensor, _block_to_tensor(body[offset:end], slot)))
         offset = end
@@ -213,7 +216,9 @@ def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase"
             path.write(chunk)
         return
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent or ".")
+    # Not tempfile.mkstemp: its 0600 mode would survive os.replace; O_EXCL + 0666 honours the umask.
+    tmp = str(target.parent / f"{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:

@@ -1,8 +1,12 @@
-import os, pathlib, pytest
+import pathlib
+
+import pytest
+
+from darkcfg.shared import shared_dir
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-def shared_dir():
-    p = pathlib.Path(os.environ.get("DARKCFG_SHARED", REPO.parent / "shared"))
-    return p if (p / "conformance").is_dir() else None
+
+
 @pytest.fixture(scope="session")
 def shared():
     p = shared_dir()

@@ -762,36 +762,86 @@ def test_darknet_lrn(size, c):
     close(F.darknet_lrn(t(x), size, alpha, beta, kappa), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("stride,pad,dil,ks", [((1, 1), 1, 1, 3), ((2, 2), 1, 1, 3), ((1, 2), 0, 1, 1), ((1, 1), 2, 2, 3)])
-def test_xnor_conv2d(stride, pad, dil, ks):
-    cin, cout, h, w = 3, 4, 5, 7
-    x = rand((2, cin, h, w), seed=1)
-    x[0, 0, 0, 0] = 0.0  # sgn(0) = -1
-    wt = rand((cout, cin, ks, ks), seed=2, scale=0.3)
-    bias = rand((cout,), seed=3)
-    sy, sx = stride
+def _xnor_ref(x, wt, bias, sy, sx, pad, dil=1, inverted=False):
+    """Naive Darknet bit-packed xnor conv: count sign agreements (padding bits unset = -1),
+    ``(2*count - K) * mean|W_f| + b_f``; ``inverted``: binary_align_weights with gpu_index >= 0
+    flips every packed weight bit including the 256-bit alignment padding (which then never
+    agrees with the zero input padding) while the GEMM still subtracts the padding count."""
+    n, cin, h, w = x.shape
+    cout, _, ks, _ = wt.shape
     eff = dil * (ks - 1) + 1
     oh = (h + 2 * pad - eff) // sy + 1
     ow = (w + 2 * pad - eff) // sx + 1
-    ref = np.zeros((2, cout, oh, ow))
-    for b in range(2):
+    K = cin * ks * ks
+    f1 = 0 if K % 256 == 0 else 256 - K % 256
+    ref = np.zeros((n, cout, oh, ow))
+    for b in range(n):
         for f in range(cout):
             mean = np.mean(np.abs(wt[f].astype(np.float64)))
             for i in range(oh):
                 for j in range(ow):
-                    acc = 0
+                    count = 0
                     for k in range(cin):
                         for dy in range(ks):
                             for dx in range(ks):
                                 y = i * sy - pad + dy * dil
                                 xx = j * sx - pad + dx * dil
-                                xv = x[b, k, y, xx] if (0 <= y < h and 0 <= xx < w) else -1.0
-                                sxv = 1 if xv > 0 else -1
-                                swv = 1 if wt[f, k, dy, dx] > 0 else -1
-                                acc += sxv * swv
-                    ref[b, f, i, j] = acc * mean + bias[f]
-    got = F.xnor_conv2d(t(x), t(wt), t(bias), list(stride), pad, dil)
-    close(got, ref, rtol=1e-5, atol=1e-5)
+                                xbit = (0 <= y < h and 0 <= xx < w) and x[b, k, y, xx] > 0
+                                wbit = wt[f, k, dy, dx] > 0
+                                if inverted:
+                                    wbit = not wbit
+                                count += int(xbit == wbit)
+                    if inverted:
+                        count -= f1  # f1 padding bits disagree, still subtracted
+                    ref[b, f, i, j] = (2 * count - K) * mean + (0.0 if bias is None else bias[f])
+    return ref
+
+
+@pytest.mark.parametrize("stride,pad,dil,ks,inv", [((1, 1), 1, 1, 3, False), ((2, 2), 1, 1, 3, False),
+                                                   ((1, 2), 0, 1, 1, False), ((1, 1), 2, 2, 3, False),
+                                                   ((1, 1), 1, 1, 3, True), ((2, 2), 0, 1, 1, True)])
+def test_xnor_conv2d(stride, pad, dil, ks, inv):
+    cin, cout, h, w = 3, 4, 5, 7
+    x = rand((2, cin, h, w), seed=1)
+    x[0, 0, 0, 0] = 0.0  # sgn(0) = -1
+    wt = rand((cout, cin, ks, ks), seed=2, scale=0.3)
+    bias = rand((cout,), seed=3)
+    ref = _xnor_ref(x, wt, bias, stride[0], stride[1], pad, dil, inv)
+    got = F.xnor_conv2d(t(x), t(wt), t(bias), list(stride), pad, dil, inv)
+    close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin,bin_output,bn", [(3, False, True), (3, True, True), (32, False, True),
+                                               (32, True, False)])
+def test_xnor_conv_layer(cin, bin_output, bn):
+    """ConvLayer(xnor=1) = Darknet after load_weights + calculate_binary_weights, no BN fusion:
+    raw weights binarised, BN skipped (only biases/beta added), activation linear when
+    bin_output, dilation ignored (pad stays the cfg's), weights inverted when c % 32 == 0."""
+    from darkcfg.layers.conv import ConvLayer
+
+    cout, ks, pad, dil = 4, 3, 1, 2
+    m = ConvLayer(cin, cout, ks, (1, 1), pad, dil, 1, bn=bn, activation="leaky", xnor=True,
+                  bin_output=bin_output).eval()
+    wt = rand((cout, cin, ks, ks), seed=4, scale=0.3)
+    beta = rand((cout,), seed=5)
+    with torch.no_grad():
+        m.conv.weight.copy_(t(wt))
+        if bn:
+            m.bn.bias.copy_(t(beta))
+            m.bn.weight.fill_(3.0)
+            m.bn.running_mean.fill_(7.0)
+            m.bn.running_var.fill_(0.25)
+        else:
+            m.conv.bias.copy_(t(beta))
+    x = rand((1, cin, 5, 6), seed=6)
+    ref = _xnor_ref(x, wt, beta, 1, 1, pad, 1, cin % 32 == 0)
+    if not bin_output:
+        ref = np.where(ref > 0, ref, 0.1 * ref)
+    with torch.no_grad():
+        got = m([t(x)])
+        close(got, ref, rtol=1e-5, atol=1e-4)
+        m.fuse()  # xnor layers keep their (BN-free) numbers
+        close(m([t(x)]), ref, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind,sx,sy", [(1, 1, 1), (1, 2, 2), (2, 2, 2), (1, 2, 1), (2, 1, 1)])

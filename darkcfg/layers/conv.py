@@ -61,13 +61,16 @@ class ConvLayer(WeightedLayer):
     """
 
     xnor: bool
+    xnor_linear: bool
+    xnor_padding: int
+    xnor_gpu_index_quirk: bool
     antialiasing: int
     stride_x: int
     stride_y: int
 
     def __init__(self, c: int, filters: int, size: int, stride: tuple[int, int], padding: int, dilation: int,
                  groups: int, bn: bool, activation: str, bn_formula: str = "alexeyab", xnor: bool = False,
-                 antialiasing: int = 0, flipped: bool = False):
+                 antialiasing: int = 0, flipped: bool = False, bin_output: bool = False):
         super().__init__()
         sy, sx = stride
         conv_stride = (1, 1) if antialiasing else (sy, sx)
@@ -77,6 +80,13 @@ class ConvLayer(WeightedLayer):
         self.bn = DarknetBatchNorm(filters, bn_formula) if bn else None
         self.act = Activation(activation)
         self.xnor = xnor
+        # Darknet's bit-packed xnor path ignores dilation and pads by ``padding`` pixels.
+        self.xnor_padding = padding
+        # ``bin_output`` (already cleared by the builder for outputs that a route/shortcut/
+        # sam/scale_channels reads) makes calculate_binary_weights force a linear activation.
+        self.xnor_linear = bool(xnor and bin_output)
+        # libdarknet with its global gpu_index left at 0 (see :func:`xnor_conv2d` ``inverted``).
+        self.xnor_gpu_index_quirk = True
         self.antialiasing = antialiasing
         self.stride_x, self.stride_y = sx, sy
         self.flipped = flipped
@@ -84,7 +94,7 @@ class ConvLayer(WeightedLayer):
     def forward(self, xs: List[Tensor]) -> Tensor:
         x = xs[0]
         if self.xnor:
-            y = self._xnor(x)
+            return self._xnor(x)
         else:
             y = self.conv(x)
             if self.bn is not None:
@@ -95,10 +105,31 @@ class ConvLayer(WeightedLayer):
         return y
 
     def _xnor(self, x: Tensor) -> Tensor:
-        # Darknet binarises the BN-fused weights, so fold BN first.
-        w, b = self.fused_weight_bias()
-        return DF.xnor_conv2d(x, w.to(x.dtype), b.to(x.dtype), list(self.conv.stride), int(self.conv.padding[0]),
-                              int(self.conv.dilation[0]))
+        """``xnor=1``: Darknet's CPU inference after ``load_weights`` + ``calculate_binary_weights``
+        WITHOUT ``fuse_conv_batchnorm`` (what the conformance fixtures ran).
+
+        With ``stride_x == stride_y`` ``forward_convolutional_layer`` takes the bit-packed branch:
+        ``out_f = conv(sgn(x), sgn(W_f)) * mean|W_f| + biases_f`` (:func:`xnor_conv2d`, padding
+        counting as -1, dilation ignored) on the RAW (unfused) weights, then returns early: batch
+        norm is skipped entirely (only ``biases``, i.e. BN's beta, is added) and so is the
+        antialiasing blur.  Activation: the cfg's, or linear for an effective ``bin_output=1``.
+        For ``c % 32 == 0`` inputs the fixtures' libdarknet (global ``gpu_index`` left at 0) had
+        its packed weight bits inverted by ``binary_align_weights``: ``xnor_conv2d(inverted=True)``
+        reproduces that; set ``xnor_gpu_index_quirk = False`` for the darknet CLI (gpu_index -1).
+        With ``stride_x != stride_y`` that branch is not taken and, since ``align_bit_weights`` is
+        set, nothing is binarised: an ordinary float conv + BN + activation (linear if
+        ``bin_output``).
+        """
+        if self.stride_x != self.stride_y:
+            y = self.conv(x)
+            y = self.bn(y) if self.bn is not None else y
+            return y if self.xnor_linear else self.act(y)
+        w = self.conv.weight
+        b = self.bn.bias if self.bn is not None else self.conv.bias
+        inverted = self.xnor_gpu_index_quirk and self.conv.in_channels % 32 == 0
+        y = DF.xnor_conv2d(x, w.to(x.dtype), b.to(x.dtype), list(self.conv.stride), self.xnor_padding, 1,
+                           inverted)
+        return y if self.xnor_linear else self.act(y)
 
     def fused_weight_bias(self) -> tuple[Tensor, Tensor]:
         """Weights and bias with BN folded in, computed in float64 like Darknet."""
@@ -109,8 +140,13 @@ class ConvLayer(WeightedLayer):
         return (w * k.view(-1, 1, 1, 1)).float(), b.float()
 
     def fuse(self) -> None:
-        """Fold BN into the conv in place (what Darknet's detector does before inference)."""
-        if self.bn is None:
+        """Fold BN into the conv in place (what Darknet's detector does before inference).
+
+        xnor layers are left alone: their forward never applies BN (see :meth:`_xnor`), so folding
+        would change their numbers.  (Darknet's ``detector test``, which fuses BEFORE
+        ``calculate_binary_weights``, binarises the fused weights and adds the fused bias instead.)
+        """
+        if self.bn is None or self.xnor:
             return
         w, b = self.fused_weight_bias()
         conv = self.conv
@@ -157,7 +193,23 @@ def build_conv(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
         assert isinstance(source, ConvLayer)
         return SharedConvLayer(source, (a.stride_y, a.stride_x), a.padding, a.dilation, a.activation)
     return ConvLayer(spec.in_shape[0], a.filters, a.size, (a.stride_y, a.stride_x), a.padding, a.dilation,
-                     a.groups, a.batch_normalize, a.activation, ctx.bn_formula, a.xnor, a.antialiasing, a.flipped)
+                     a.groups, a.batch_normalize, a.activation, ctx.bn_formula, a.xnor, a.antialiasing, a.flipped,
+                     a.xnor and a.bin_output and not _bin_output_cleared(spec.index, ctx))
+
+
+def _bin_output_cleared(index: int, ctx: BuildContext) -> bool:
+    """Darknet's parser clears ``use_bin_output`` on every layer a ``[route]`` reads and, for
+    ``[shortcut]``/``[scale_channels]``/``[sam]``, on the layer before it and its (first) ``from``."""
+    for other in ctx.graph.layers:
+        if other.kind == "route":
+            read = other.inputs
+        elif other.kind in ("shortcut", "scale_channels", "sam"):
+            read = (other.index - 1,) + tuple(other.inputs[1:2])
+        else:
+            continue
+        if index in read:
+            return True
+    return False
 
 
 class DeconvLayer(WeightedLayer):

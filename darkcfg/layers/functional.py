@@ -79,7 +79,7 @@ def _pool_pads(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int)
     """
     pl = padding // 2
     pads: List[int] = []
-    for n, stride in ((x.shape[3], stride_x), (x.shape[2], stride_y)):
+    for n, stride in ((int(x.shape[3]), stride_x), (int(x.shape[2]), stride_y)):
         out = _c_div(n + padding - size, stride) + 1
         pr = max(padding - pl, (out - 1) * stride + size - n - pl)
         pads += [pl, pr]
@@ -102,7 +102,7 @@ def darknet_maxpool(x: Tensor, size: int, stride_x: int, stride_y: int, padding:
     """
     pads = _pool_pads(x, size, stride_x, stride_y, padding)
     xp = F.pad(x, pads, mode="constant", value=-3.4028234663852886e38)
-    out = F.max_pool2d(xp, [size, size], [stride_y, stride_x], 0, 1, False)
+    out = F.max_pool2d(xp, kernel_size=[size, size], stride=[stride_y, stride_x], padding=0, dilation=1, ceil_mode=False)
     return torch.clamp_min(out, -3.4028234663852886e38)
 
 
@@ -835,14 +835,22 @@ def xnor_conv2d(
     stride: List[int],
     padding: int,
     dilation: int = 1,
+    inverted: bool = False,
 ) -> Tensor:
-    """Darknet XNOR convolution at inference (``convolutional_layer.c`` xnor path, §3.1).
+    """Darknet XNOR convolution (``forward_convolutional_layer``'s bit-packed branch, taken after
+    ``calculate_binary_weights`` when ``stride_x == stride_y``; format §3.1).
 
-    ``out_f = conv(sgn(x), sgn(W_f)) * mean|W_f| + b_f`` with ``sgn(v) = +1 if v > 0 else -1``
-    and padding positions counting as -1 (the binarised input is padded with -1 explicitly).
-    ``weight`` are the BN-fused weights; groups are always 1.  ``stride`` is ``[sy, sx]``;
-    ``padding`` is the per-side pixel padding actually applied (PyTorch meaning, i.e.
-    Darknet's ``padding*dilation``).  Treat as approximate (no public xnor weights exist).
+    ``S_f = conv(sgn(x), sgn(W_f))`` with ``sgn(v) = +1 if v > 0 else -1`` (so 0 -> -1) and
+    padding positions counting as -1 (unset bits); ``out_f = S_f * mean|W_f| + b_f``.
+    ``weight`` is whatever Darknet binarised (the raw file weights when BN was not fused),
+    groups are always 1.  ``stride`` is ``[sy, sx]``; ``padding`` is the per-side pixel padding
+    (Darknet's bit path ignores dilation, so callers reproducing it pass ``dilation=1``).
+
+    ``inverted=True`` reproduces ``binary_align_weights`` when the input has ``c % 32 == 0``
+    channels and Darknet's global ``gpu_index >= 0`` (its default 0 in a CPU-only libdarknet
+    whose caller never set it to -1): the packed weight bits, alignment padding included, are
+    flipped, and the AVX2 GEMM still subtracts ``f = (-K) mod 256`` "padding agreements", giving
+    ``out_f = (-S_f - 2 f) * mean|W_f| + b_f`` with ``K = c * size**2``.
 
     >>> xnor_conv2d(torch.ones(1, 1, 1, 1), torch.full((1, 1, 3, 3), -0.5), None, [1, 1], 1)
     tensor([[[[3.5000]]]])
@@ -855,6 +863,9 @@ def xnor_conv2d(
     wb = torch.where(weight > 0, wone, -wone)
     scale = torch.mean(torch.abs(weight), dim=[1, 2, 3])
     out = F.conv2d(xb, wb, None, stride, 0, dilation, 1)
+    if inverted:
+        k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+        out = -out - float(2 * ((256 - k % 256) % 256))
     out = out * scale.reshape(1, -1, 1, 1)
     if bias is not None:
         out = out + bias.reshape(1, -1, 1, 1)

@@ -84,6 +84,16 @@ def convolutional(ctx: Context) -> RuleResult:
     out_h = cdiv(h + 2 * padding - size, sy) + 1
     out_w = cdiv(w + 2 * padding - size, sx) + 1
     out = ctx.check_shape((filters, out_h, out_w))
+    if dilation > 1:
+        # The computation pads by padding*dilation with a dilated kernel; that only gives the
+        # formula's shape when 2*padding == size-1 (pad=1).  Otherwise Darknet's im2col writes a
+        # differently sized matrix than the one its GEMM reads: refuse rather than guess.
+        span = dilation * (size - 1) + 1
+        real = (cdiv(h + 2 * padding * dilation - span, sy) + 1, cdiv(w + 2 * padding * dilation - span, sx) + 1)
+        if real != (out_h, out_w):
+            raise ctx.error(f"dilation={dilation} with padding={padding} and size={size}: Darknet's shape formula "
+                            f"gives {out_h}x{out_w} but its dilated convolution computes {real[0]}x{real[1]}; "
+                            f"use pad=1 (padding=size/2)", "dilation")
     next_shape = None
     if antialiasing:
         pad = 1 if antialiasing == 1 else 0

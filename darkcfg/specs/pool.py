@@ -116,6 +116,9 @@ def reorg(ctx: Context) -> RuleResult:
     if reverse:
         if c % s2:
             raise ctx.error(f"reverse reorg needs channels ({c}) divisible by stride^2 ({s2})", "stride")
+        if ctx.section.type == "reorg3d" and c % (s2 * s2):
+            # reorg_cpu runs on the output dims: out_c / stride^2 must be a whole number too
+            raise ctx.error(f"reverse [reorg3d] needs channels ({c}) divisible by stride^4 ({s2 * s2})", "stride")
         out = (c // s2, h * stride, w * stride)
     else:
         if h % stride or w % stride:

@@ -1,0 +1,105 @@
+"""Side-by-side speed measurement: darkcfg (unfused, fused) vs OpenCV's Darknet importer.
+
+All contenders run in the same process, on the same input, interleaved round by
+round, so the printed ratios compare like with like.  Numbers are medians of
+``iters`` timed forward passes after ``warmup`` untimed ones.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .model import load
+
+
+def _median_ms(fn: Callable[[], object], iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int, int]] = None, batch: int = 1,
+              device: str = "cpu", iters: int = 10, warmup: int = 2, opencv: bool = True, threads: int = 0) -> dict:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = load(cfg, weights, size=size, device=device)
+    x = torch.rand(batch, model.channels, model.height, model.width, device=device)
+    contenders: dict[str, Callable[[], object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        wpath = Path(weights) if weights else Path(tmp) / "random.weights"
+        if not weights:
+            model.save_weights(wpath)
+        fused = load(cfg, wpath, size=size, device=device).fuse()
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+        def run(m: torch.nn.Module) -> Callable[[], object]:
+            def go() -> object:
+                with torch.inference_mode():
+                    out = m(x)
+                sync()
+                return out
+            return go
+
+        contenders["darkcfg (unfused BN)"] = run(model)
+        contenders["darkcfg (fused BN)"] = run(fused)
+        cv_note = ""
+        if opencv:
+            cv_fn, cv_note = _opencv_contender(cfg, wpath, x, threads)
+            if cv_fn is not None:
+                contenders["OpenCV DNN"] = cv_fn
+        for fn in contenders.values():
+            for _ in range(warmup):
+                fn()
+        times = {name: [] for name in contenders}
+        for _ in range(iters):  # interleave so drift hits everyone alike
+            for name, fn in contenders.items():
+                times[name].append(_median_ms(fn, 1))
+    med = {name: statistics.median(v) for name, v in times.items()}
+    base = med.get("OpenCV DNN", med["darkcfg (unfused BN)"])
+    lines = [f"{cfg} input {batch}x{model.channels}x{model.height}x{model.width} on {device}, "
+             f"torch threads {torch.get_num_threads()}, median of {iters}"]
+    for name, ms in med.items():
+        lines.append(f"  {name:22s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
+    if cv_note:
+        lines.append(f"  OpenCV: {cv_note}")
+    return {"cfg": str(cfg), "batch": batch, "width": model.width, "height": model.height, "device": device,
+            "iters": iters, "median_ms": med, "lines": lines}
+
+
+def _opencv_contender(cfg: str, weights: Path, x: torch.Tensor, threads: int) -> tuple[Optional[Callable[[], object]], str]:
+    try:
+        import cv2
+    except ImportError:
+        return None, "not installed"
+    if not hasattr(cv2.dnn, "readNetFromDarknet"):
+        return None, "this OpenCV has no Darknet importer (removed in OpenCV 5)"
+    if x.device.type != "cpu":
+        return None, "skipped on a non-CPU device"
+    try:
+        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    except cv2.error as exc:
+        return None, f"cannot load the cfg: {str(exc).strip().splitlines()[-1]}"
+    if threads > 0:
+        cv2.setNumThreads(threads)
+    blob = np.ascontiguousarray(x.cpu().numpy())
+    names = net.getUnconnectedOutLayersNames()
+
+    def go() -> object:
+        net.setInput(blob)
+        return net.forward(names)
+
+    try:
+        go()
+    except cv2.error as exc:
+        return None, f"forward failed: {str(exc).strip().splitlines()[-1]}"
+    return go, ""

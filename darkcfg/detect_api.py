@@ -1,0 +1,191 @@
+"""The detection front-end: images in, Darknet's detections out.
+
+This is ``darknet detector test`` as a function: preprocess exactly as Darknet
+(:mod:`darkcfg.image`), run the network, decode every head and apply NMS the way
+the last head asks (:mod:`darkcfg.detect`), then report boxes in original-image
+pixels.  It glues the graph's head specs to the decoder's head descriptions, and
+finds class names the way users expect.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .detect import DetectionHead, Detection, Head, RegionHead, YoloHead, decode, nms, nms_params, to_pixel_list
+from .errors import DarkcfgError, ImageError
+from .graph import Graph
+from .image import image_from_array, load_image, preprocess
+
+if TYPE_CHECKING:
+    from .model import Darknet
+
+
+def heads_from_graph(graph: Graph) -> tuple[list[int], list[Head]]:
+    """(layer indices, decoder heads) for every detection head of the network."""
+    indices: list[int] = []
+    heads: list[Head] = []
+    for spec in graph.layers:
+        a = spec.attrs
+        if spec.kind in ("yolo", "Gaussian_yolo"):
+            heads.append(YoloHead(a.classes, a.masked_anchors, a.scale_x_y, a.new_coords, a.gaussian,
+                                  a.yolo_point, a.nms_kind, a.beta_nms))
+        elif spec.kind == "region":
+            if a.tree or a.map:
+                raise DarkcfgError(f"{spec.where}: hierarchical [region] heads (tree=/map=, YOLO9000) are not "
+                                   "supported by the detector front-end; use Darknet.forward for raw outputs")
+            heads.append(RegionHead(a.classes, a.coords, a.num, a.anchors, a.softmax))
+        elif spec.kind == "detection":
+            heads.append(DetectionHead(a.classes, a.coords, a.num, a.side, a.sqrt))
+        else:
+            continue
+        indices.append(spec.index)
+    if not heads:
+        raise DarkcfgError(f"{graph.path}: this network has no detection head ([yolo], [Gaussian_yolo], [region] "
+                           "or [detection]); it is not a detector")
+    return indices, heads
+
+
+def _read_names(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def _names_from_data(data_file: Path) -> Optional[Path]:
+    """The ``names = ...`` entry of a Darknet ``.data`` file, resolved beside it or one level up."""
+    for line in data_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "names" and value.strip():
+            value_path = Path(value.strip())
+            for cand in (value_path, data_file.parent / value_path, data_file.parent / value_path.name,
+                         data_file.parent.parent / value_path):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def resolve_names(cfg_path: "str | os.PathLike", classes: int, names_file: "str | os.PathLike | None" = None) -> list[str]:
+    """Class names: ``names_file``; else a ``.names``/``.data`` beside the cfg; else COCO (80) / VOC (20);
+    else the class indices."""
+    if names_file is not None:
+        path = Path(names_file)
+        if not path.is_file():
+            raise DarkcfgError(f"{path}: class names file not found")
+        names = _read_names(path)
+    else:
+        names = _names_beside_cfg(Path(cfg_path), classes) or _builtin_names(classes)
+    if len(names) < classes:
+        names = names + [str(k) for k in range(len(names), classes)]
+    return names
+
+
+def _names_beside_cfg(cfg: Path, classes: int) -> Optional[list[str]]:
+    folder = cfg.resolve().parent
+    candidates = [folder / (cfg.stem + ".names")] + sorted(folder.glob("*.names"))
+    for data in [folder / (cfg.stem + ".data")] + sorted(folder.glob("*.data")):
+        if data.is_file():
+            found = _names_from_data(data)
+            if found is not None:
+                candidates.insert(1, found)
+    for cand in candidates:
+        if cand.is_file():
+            names = _read_names(cand)
+            if len(names) == classes:
+                return names
+    return None
+
+
+def _builtin_names(classes: int) -> list[str]:
+    table = {80: "coco.names", 20: "voc.names"}.get(classes)
+    if table is None:
+        return [str(k) for k in range(classes)]
+    text = resources.files("darkcfg").joinpath("data", table).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def to_rgb_image(image: Any) -> np.ndarray:
+    """A path, a numpy array (BGR, as OpenCV gives it) or a CHW/HWC tensor -> HxWx3 uint8 RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().cpu()
+        if arr.dim() == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+            arr = arr.permute(1, 2, 0)
+        return image_from_array(arr.numpy(), bgr=False)  # tensors are RGB (torch convention)
+    if isinstance(image, np.ndarray):
+        return image_from_array(image, bgr=True)
+    raise ImageError(f"cannot use an object of type {type(image).__name__} as an image "
+                     "(give a path, a numpy array or a tensor)")
+
+
+class Detector:
+    """Reusable detection front-end for one model (heads, names and NMS settled once)."""
+
+    def __init__(self, model: "Darknet", names: Optional[Sequence[str]] = None,
+                 names_file: "str | os.PathLike | None" = None, letterbox: Optional[bool] = None):
+        self.model = model
+        self.layer_indices, self.heads = heads_from_graph(model.graph)
+        self.classes = self.heads[0].classes
+        self.names = list(names) if names is not None else resolve_names(model.graph.path, self.classes, names_file)
+        self.letterbox = model.graph.net.letter_box if letterbox is None else letterbox
+        self.nms_kind, self.beta_nms = nms_params(self.heads)
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def __call__(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms_thresh: float = 0.45,
+                 hier_thresh: float = 0.5) -> list[list[Detection]]:
+        """Detections for a batch of RGB uint8 images (each list sorted like Darknet's printout)."""
+        if not images:
+            return []
+        net = self.model.graph.net
+        batch = torch.cat([preprocess(img, net.width, net.height, self.letterbox) for img in images])
+        dtype = next(self.model.parameters(), torch.zeros(())).dtype
+        with torch.no_grad():
+            outs = self.model.layer_outputs(batch.to(self.device, dtype))
+        head_outs = [outs[i].float() for i in self.layer_indices]
+        sizes = [(img.shape[1], img.shape[0]) for img in images]
+        per_image = decode(head_outs, self.heads, net.width, net.height, sizes, thresh=thresh,
+                           hier_thresh=hier_thresh, letterbox=self.letterbox)
+        return [to_pixel_list(nms(d, nms_thresh, self.nms_kind, self.beta_nms), size, self.names, thresh)
+                for d, size in zip(per_image, sizes)]
+
+
+def detect_images(model: "Darknet", images: Any, thresh: float = 0.25, nms: float = 0.45,
+                  names: Optional[Sequence[str]] = None, letterbox: Optional[bool] = None,
+                  batch_size: int = 8) -> list[list[Detection]]:
+    """``Darknet.detect``: one list of :class:`Detection` per image.
+
+    ``images``: a path, an array or tensor, or a list of them.  A missing, empty or
+    corrupt image raises :class:`ImageError` naming it.
+    """
+    if isinstance(images, (str, os.PathLike, np.ndarray)) or (
+            isinstance(images, torch.Tensor) and images.dim() == 3):
+        images = [images]
+    elif isinstance(images, torch.Tensor):
+        images = list(images)
+    detector = Detector(model, names=names, letterbox=letterbox)
+    rgb = [to_rgb_image(img) for img in images]
+    results: list[list[Detection]] = []
+    for start in range(0, len(rgb), max(1, batch_size)):
+        results += detector(rgb[start:start + batch_size], thresh=thresh, nms_thresh=nms)
+    return results
+
+
+def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,150 @@
+"""The ``darkcfg`` command line: info, run, convert, bench (own cfgs; real weights when shared exists)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import darkcfg
+from darkcfg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+OWN_DETECTOR = REPO / "cfgs" / "tiny-yolo-all.cfg"
+OWN_CLASSIFIER = REPO / "cfgs" / "tiny-classifier.cfg"
+
+
+@pytest.fixture()
+def detector_files(tmp_path: Path) -> tuple[Path, Path]:
+    """The own detector cfg copied next to random weights with the same stem (the lookup rule)."""
+    torch.manual_seed(0)
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(OWN_DETECTOR.read_text())
+    model = darkcfg.load(cfg)
+    model.save_weights(tmp_path / "det.weights")
+    return cfg, tmp_path / "det.weights"
+
+
+def _image(path: Path, seed: int = 0, shape: tuple[int, int] = (48, 80)) -> Path:
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+    return path
+
+
+def test_info_json_matches_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(OWN_DETECTOR), "--json", "--size", "96", "64"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    graph = darkcfg.load(OWN_DETECTOR, size=(96, 64)).graph
+    assert (data["width"], data["height"]) == (96, 64)
+    assert len(data["layers"]) == len(graph.layers)
+    assert [tuple(layer["output"]) for layer in data["layers"]] == [s.out_shape for s in graph.layers]
+    assert data["total"]["params"] == sum(layer["params"] for layer in data["layers"])
+    assert data["total"]["weight_floats"] == graph.weight_floats
+    assert set(data["layers"][0]) >= {"index", "type", "input", "output", "params", "bflops"}
+
+
+def test_info_table_and_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["info", str(OWN_CLASSIFIER)]) == 0
+    out = capsys.readouterr().out
+    assert "Total BFLOPS" in out and "Parameters" in out
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=abc\n")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.cfg:6" in err and "filters" in err
+
+
+def test_run_json_skips_bad_inputs(detector_files: tuple[Path, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = detector_files
+    good1 = _image(tmp_path / "a.png", 1)
+    good2 = _image(tmp_path / "b.jpg", 2, (70, 50))
+    corrupt = tmp_path / "c.jpg"
+    corrupt.write_bytes(b"\xff\xd8garbage")
+    out_dir = tmp_path / "out"
+    code = main(["run", str(cfg), str(good1), str(corrupt), str(good2), str(tmp_path / "missing.png"),
+                 "--json", "--thresh", "0.01", "--out", str(out_dir), "--batch", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [Path(r["image"]).name for r in records] == ["a.png", "b.jpg"]
+    assert (records[0]["width"], records[0]["height"]) == (80, 48)
+    assert (records[1]["width"], records[1]["height"]) == (50, 70)
+    for r in records:
+        for d in r["detections"]:
+            assert set(d) >= {"class_id", "name", "prob", "box"}
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 <= r["width"] and 0 <= y1 <= y2 <= r["height"]
+    assert "c.jpg" in captured.err and "missing.png" in captured.err and "2 of 4 inputs failed" in captured.err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.jpg", "b.jpg"]
+
+
+def test_run_json_equals_api(detector_files: tuple[Path, Path], tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, weights = detector_files
+    img = _image(tmp_path / "x.png", 3)
+    assert main(["run", str(cfg), str(img), "--json", "--thresh", "0.01"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    api = darkcfg.load(cfg, weights).fuse().detect(img, thresh=0.01)[0]
+    assert [d["class_id"] for d in record["detections"]] == [d.class_id for d in api]
+    assert np.allclose([d["prob"] for d in record["detections"]], [d.prob for d in api], atol=1e-5)
+
+
+def test_run_without_weights_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "lonely.cfg"
+    cfg.write_text(OWN_DETECTOR.read_text())
+    assert main(["run", str(cfg), str(_image(tmp_path / "i.png"))]) == 2
+    err = capsys.readouterr().err
+    assert "lonely.weights" in err and "looked" in err
+
+
+def test_run_video(detector_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = detector_files
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG/AVI")
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, dtype=np.uint8))
+    writer.release()
+    assert main(["run", str(cfg), str(video), "--json", "--out", str(tmp_path / "o")]) == 0
+    frames = [json.loads(line)["frame"] for line in capsys.readouterr().out.splitlines()]
+    assert frames == [0, 1, 2]
+    assert (tmp_path / "o" / "clip.mp4").is_file()
+
+
+def test_convert_torchscript_and_weights(detector_files: tuple[Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, weights = detector_files
+    ts = tmp_path / "m.pt"
+    assert main(["convert", str(cfg), "--to", "torchscript", "--out", str(ts)]) == 0
+    scripted = torch.jit.load(str(ts))
+    model = darkcfg.load(cfg, weights).fuse()  # the export is the fused model
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        got = scripted(x)
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, float(b.abs().max()))
+    copy = tmp_path / "copy.weights"
+    assert main(["convert", str(cfg), "--to", "weights", "--out", str(copy)]) == 0
+    assert copy.read_bytes() == weights.read_bytes()
+
+
+def test_bench_runs(detector_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = detector_files
+    assert main(["bench", str(cfg), "--iters", "1", "--warmup", "0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "darkcfg (fused BN)" in data["median_ms"] and data["median_ms"]["darkcfg (fused BN)"] > 0
+
+
+def test_run_real_weights_prints_like_darknet(shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = shared / "darknet" / "yolo-fastest" / "yolo-fastest-1.1_coco"
+    assert main(["run", str(folder / "yolo-fastest-1.1.cfg"), str(shared / "darknet" / "data" / "dog.jpg")]) == 0
+    out = capsys.readouterr().out
+    assert "dog: 65%" in out and "car: 88%" in out and "bicycle: 55%" in out

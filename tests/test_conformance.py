@@ -1,0 +1,65 @@
+"""darkcfg against Darknet's own layer outputs: every case of ``shared/conformance/cases``.
+
+One test per case (id = case name), collected at import time from
+:func:`darkcfg.shared.shared_dir`; without the shared fixtures folder a single test
+skips with the reason.  Synthetic weights are regenerated in memory by
+:func:`darkcfg.conformance.run_case` (nothing is written anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from darkcfg import conformance
+from darkcfg.shared import shared_dir
+
+SHARED = shared_dir()
+CASES_DIR = SHARED / "conformance" / "cases" if SHARED is not None else None
+CASES = conformance.find_cases(CASES_DIR) if CASES_DIR is not None and CASES_DIR.is_dir() else []
+NO_SHARED = ("the shared Darknet conformance fixtures (../shared/conformance) were not found; "
+             "set DARKCFG_SHARED to run the conformance tests")
+
+# Two small, fast cases for the report entry point.
+SMALL_CASES = ["cfg-cifar.test", "cfg-tiny"]  # sorted: the report runs cases in name order
+
+
+@pytest.fixture(scope="module")
+def make_weights():
+    """The fixtures' own generator, imported once for the module."""
+    return conformance.load_make_weights(CASES_DIR.parent)
+
+
+if CASES:
+    @pytest.mark.parametrize("case_dir", CASES, ids=[c.name for c in CASES])
+    def test_case(case_dir: Path, make_weights) -> None:
+        result = conformance.run_case(case_dir, SHARED, make_weights)
+        assert result.passed, f"{case_dir.name}: " + "\n  ".join(result.failures)
+        synthetic = "file" not in json.loads((case_dir / "meta.json").read_text())["weights"]
+        # synthetic weights: regenerated in memory, sha256 must match meta.json; real ones: not hashed
+        assert result.weights_sha256_ok is (True if synthetic else None), \
+            f"{case_dir.name}: regenerated weights' sha256 check gave {result.weights_sha256_ok}"
+        assert result.compared > 0
+else:
+    def test_case() -> None:
+        pytest.skip(NO_SHARED)
+
+
+def test_report_entry_point(capsys) -> None:
+    if SHARED is None:
+        pytest.skip(NO_SHARED)
+    names = [n for n in SMALL_CASES if (CASES_DIR / n / "meta.json").is_file()]
+    assert len(names) == 2, f"small cases {SMALL_CASES} missing from {CASES_DIR}"
+    rc = conformance.main(names)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert rc == 0, out
+    assert len(lines) == 3, out
+    for name, line in zip(names, lines):
+        assert line.split()[0] == name, line
+        assert line.rstrip().endswith("PASS"), line
+        assert re.search(r"layers=\s*\d+", line), line
+    assert lines[-1] == "2/2 cases pass"
