@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .model import load
+from .weights import synthetic_weights
 
 
 def _median_ms(fn: Callable[[], object], iters: int) -> float:
@@ -29,16 +30,18 @@ def _median_ms(fn: Callable[[], object], iters: int) -> float:
 
 
 def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int, int]] = None, batch: int = 1,
-              device: str = "cpu", iters: int = 10, warmup: int = 2, opencv: bool = True, threads: int = 0) -> dict:
+              device: str = "cpu", iters: int = 10, warmup: int = 2, opencv: bool = True, threads: int = 0,
+              channels_last: bool = False) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
-    model = load(cfg, weights, size=size, device=device)
+    model = load(cfg, size=size, device=device)
     x = torch.rand(batch, model.channels, model.height, model.width, device=device)
     contenders: dict[str, Callable[[], object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        wpath = Path(weights) if weights else Path(tmp) / "random.weights"
-        if not weights:
-            model.save_weights(wpath)
+        wpath = Path(weights) if weights else Path(tmp) / "synthetic.weights"
+        if not weights:  # well-scaled random weights: an uninitialised net overflows to inf
+            wpath.write_bytes(synthetic_weights(model.graph))
+        model.load_weights(wpath)
         fused = load(cfg, wpath, size=size, device=device).fuse()
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -52,6 +55,17 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
 
         contenders["darkcfg (unfused BN)"] = run(model)
         contenders["darkcfg (fused BN)"] = run(fused)
+        contenders["darkcfg optimize()"] = run(load(cfg, wpath, size=size, device=device).optimize())
+        if channels_last:
+            cl = load(cfg, wpath, size=size, device=device).fuse().to(memory_format=torch.channels_last)
+            xc = x.contiguous(memory_format=torch.channels_last)
+
+            def go_cl() -> object:
+                with torch.inference_mode():
+                    out = cl(xc)
+                sync()
+                return out
+            contenders["darkcfg (fused, NHWC)"] = go_cl
         cv_note = ""
         if opencv:
             cv_fn, cv_note = _opencv_contender(cfg, wpath, x, threads)
@@ -72,7 +86,7 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
         lines.append(f"  {name:22s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
     if cv_note:
         lines.append(f"  OpenCV: {cv_note}")
-    return {"cfg": str(cfg), "batch": batch, "width": model.width, "height": model.height, "device": device,
+    return {"cfg": str(cfg), "weights": str(weights) if weights else "synthetic", "batch": batch, "width": model.width, "height": model.height, "device": device,
             "iters": iters, "median_ms": med, "lines": lines}
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .errors import DarkcfgError
 
@@ -169,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = Path(args.cfg)
     weights = find_weights(cfg, args.weights)
-    model = load(cfg, weights, size=_size(args), device=args.device).fuse()
+    model = load(cfg, weights, size=_size(args), device=args.device).optimize()
     if args.half:
         model = model.half()
     detector = Detector(model, names_file=args.names, letterbox=True if args.letterbox else None)

@@ -74,8 +74,15 @@ class YoloHead:
         return (9 if self.gaussian else 5) + self.classes
 
 
+class _DefaultNms:
+    """[region] and [detection] have no nms_kind key: Darknet uses DEFAULT_NMS for them."""
+
+    nms_kind = "default"
+    beta_nms = 0.6
+
+
 @dataclass(frozen=True)
-class RegionHead:
+class RegionHead(_DefaultNms):
     """A ``[region]`` layer (YOLOv2). ``anchors`` are in grid-cell units. No tree/map support."""
 
     classes: int
@@ -88,18 +95,10 @@ class RegionHead:
         if len(self.anchors) < self.num:
             raise ValueError(f"RegionHead: {len(self.anchors)} anchors for num={self.num}")
 
-    @property
-    def nms_kind(self) -> str:
-        """[region] always uses DEFAULT_NMS (no nms_kind key)."""
-        return "default"
-
-    @property
-    def beta_nms(self) -> float:
-        return 0.6
 
 
 @dataclass(frozen=True)
-class DetectionHead:
+class DetectionHead(_DefaultNms):
     """A ``[detection]`` layer (YOLOv1); input is the flat output of a ``[connected]``."""
 
     classes: int
@@ -107,14 +106,6 @@ class DetectionHead:
     num: int
     side: int
     sqrt: bool = False
-
-    @property
-    def nms_kind(self) -> str:
-        return "default"
-
-    @property
-    def beta_nms(self) -> float:
-        return 0.6
 
 
 Head = Union[YoloHead, RegionHead, DetectionHead]

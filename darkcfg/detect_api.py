@@ -150,8 +150,9 @@ class Detector:
         batch = torch.cat([preprocess(img, net.width, net.height, self.letterbox) for img in images])
         dtype = next(self.model.parameters(), torch.zeros(())).dtype
         with torch.no_grad():
-            outs = self.model.layer_outputs(batch.to(self.device, dtype))
-        head_outs = [outs[i].float() for i in self.layer_indices]
+            outs = self.model(batch.to(self.device, dtype))  # the heads, in layer order
+        assert self.model.output_layers == self.layer_indices
+        head_outs = [o.float() for o in outs]
         sizes = [(img.shape[1], img.shape[0]) for img in images]
         per_image = decode(head_outs, self.heads, net.width, net.height, sizes, thresh=thresh,
                            hier_thresh=hier_thresh, letterbox=self.letterbox)

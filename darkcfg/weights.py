@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import WeightsError
-from .graph import LayerSpec
+from .graph import Graph, LayerSpec
 
 if TYPE_CHECKING:
     from .model import Darknet
@@ -228,3 +228,40 @@ def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase"
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: Value ranges of :func:`synthetic_weights`, per block role (weights: see there).
+_SYNTHETIC_RANGES = {"biases": (-0.1, 0.1), "scales": (0.5, 1.5), "rolling_mean": (-0.1, 0.1),
+                     "rolling_variance": (0.5, 1.5), "shortcut_weights": (0.25, 0.75),
+                     "implicit_weights": (0.5, 1.5)}
+
+
+def synthetic_weights(graph: "Graph", seed: int = 0, header: Header = DEFAULT_HEADER) -> bytes:
+    """A complete, well-scaled ``.weights`` file for ``graph`` (for benchmarks and tests).
+
+    An uninitialised Darknet network has batch-norm variances of 0 (a gain of ~316 per
+    layer), so its activations overflow within a few layers and timing it measures inf/NaN
+    arithmetic.  These weights keep activations O(1) instead: kernel weights uniform in
+    +-sqrt(3/fan_in) (fan_in = block size / output count), BN variances and scales in
+    [0.5, 1.5], biases and means in +-0.1.
+    """
+    rng = np.random.default_rng(seed)
+    parts = [header.pack()]
+    for spec in graph.layers:
+        if spec.dontload:
+            continue
+        outputs: dict[str, int] = {}
+        for block in spec.blocks:
+            if block.optional_bn and spec.dontloadscales:
+                continue
+            prefix, _, role = block.role.rpartition(".")
+            if role == "weights":
+                fan_in = max(1, block.count // max(1, outputs.get(prefix, block.count)))
+                bound = float(np.sqrt(3.0 / fan_in))
+                lo, hi = -bound, bound
+            else:
+                lo, hi = _SYNTHETIC_RANGES.get(role, (-0.1, 0.1))
+            if role == "biases":
+                outputs[prefix] = block.count
+            parts.append(rng.uniform(lo, hi, block.count).astype("<f4").tobytes())
+    return b"".join(parts)

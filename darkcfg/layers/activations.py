@@ -26,6 +26,7 @@ import warnings
 from typing import Callable, Dict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -49,18 +50,18 @@ def linear(x: Tensor) -> Tensor:
 
 
 def leaky(x: Tensor) -> Tensor:
-    """``x if x > 0 else 0.1*x``."""
-    return torch.where(x > 0, x, x * 0.1)
+    """``x if x > 0 else 0.1*x`` (``F.leaky_relu``: the same products, one fused kernel)."""
+    return F.leaky_relu(x, 0.1)
 
 
 def logistic(x: Tensor) -> Tensor:
-    """``1/(1+expf(-x))`` (Darknet's formula, not ``torch.sigmoid``)."""
-    return 1.0 / (1.0 + torch.exp(-x))
+    """``1/(1+expf(-x))``; ``torch.sigmoid`` computes it to the last bit or one ulp off, much faster."""
+    return torch.sigmoid(x)
 
 
 def relu(x: Tensor) -> Tensor:
-    """``x*(x>0)`` -- gives ``-0.0`` for negative x, like Darknet."""
-    return x * (x > 0).to(x.dtype)
+    """``x*(x>0)``; Darknet's gives ``-0.0`` for negative x, ``F.relu`` ``0.0`` (equal values)."""
+    return F.relu(x)
 
 
 def relu6(x: Tensor) -> Tensor:
@@ -84,26 +85,25 @@ def gelu(x: Tensor) -> Tensor:
 
 
 def swish(x: Tensor) -> Tensor:
-    """``x*logistic(x)``."""
-    return x * logistic(x)
-
-
-def _darknet_softplus(x: Tensor) -> Tensor:
-    # softplus_activate(x, 20): x if x > 20, expf(x) if x < -20, else logf(expf(x) + 1)
-    ex = torch.exp(x)
-    return torch.where(
-        x > 20.0, x, torch.where(x < -20.0, ex, torch.log(ex + 1.0))
-    )
+    """``x*logistic(x)`` (``F.silu``)."""
+    return F.silu(x)
 
 
 def tanh(x: Tensor) -> Tensor:
-    """``2/(1+expf(-2x)) - 1`` (Darknet's tanh_activate, not ``torch.tanh``)."""
-    return 2.0 / (1.0 + torch.exp(-2.0 * x)) - 1.0
+    """Darknet's ``2/(1+expf(-2x)) - 1``; ``torch.tanh`` is the same function within an ulp."""
+    return torch.tanh(x)
 
 
 def mish(x: Tensor) -> Tensor:
-    """CPU mish: ``x*tanh_activate(softplus(x))`` with softplus thresholds ±20."""
-    return x * tanh(_darknet_softplus(x))
+    """``x*tanh(softplus(x))``, Darknet's CPU mish, computed through one sigmoid.
+
+    With ``q = sigmoid(-x)**2``, ``tanh(softplus(x)) = (1 - q) / (1 + q)`` exactly (since
+    ``1 + e^x = 1/sigmoid(-x)``).  On CPU this is ~1.8x faster than ``F.mish`` (whose kernel
+    is not vectorised) and agrees with it to 1e-6 absolute; below x ~ -15, where mish is
+    under 1e-5, the cancellation in ``1 - q`` costs relative but no absolute accuracy.
+    """
+    q = torch.sigmoid(-x).square_()
+    return torch.sub(1.0, q).mul_(x).div_(q.add_(1.0))
 
 
 def hard_mish(x: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ def relie(x: Tensor) -> Tensor:
 
 def ramp(x: Tensor) -> Tensor:
     """``x*(x>0) + 0.1*x``."""
-    return x * (x > 0).to(x.dtype) + x * 0.1
+    return F.relu(x) + x * 0.1
 
 
 def revleaky(x: Tensor) -> Tensor:
@@ -309,6 +309,8 @@ class Activation(nn.Module):
             kind = name
         self.name = name
         self.kind = kind
+        # The resolved function, for callers that want to skip the module call (hot paths).
+        self.fn: Callable[[Tensor], Tensor] = ACTIVATIONS[kind]
 
     def forward(self, x: Tensor) -> Tensor:
         return apply_activation(x, self.kind)

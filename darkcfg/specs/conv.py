@@ -115,6 +115,13 @@ def convolutional(ctx: Context) -> RuleResult:
                       params=nweights if share is None else 0, bflops=bflops, next_shape=next_shape)
 
 
+def _filters_size_stride(ctx: Context) -> tuple[int, int, int]:
+    """``filters``, ``size``, ``stride`` (all default 1, all must be positive)."""
+    s = ctx.section
+    return (ctx.positive("filters", s.get_int("filters", 1)), ctx.positive("size", s.get_int("size", 1)),
+            ctx.positive("stride", s.get_int("stride", 1)))
+
+
 @dataclass(frozen=True)
 class DeconvAttrs:
     filters: int
@@ -130,9 +137,7 @@ def deconvolutional(ctx: Context) -> RuleResult:
     """pjreddie's transposed conv; the AlexeyAB fork does not know this section."""
     s = ctx.section
     c, h, w = ctx.require_image()
-    filters = ctx.positive("filters", s.get_int("filters", 1))
-    size = ctx.positive("size", s.get_int("size", 1))
-    stride = ctx.positive("stride", s.get_int("stride", 1))
+    filters, size, stride = _filters_size_stride(ctx)
     padding = s.get_int("padding", 0)
     if s.get_int("pad", 0):
         padding = size // 2
@@ -179,9 +184,7 @@ class LocalAttrs:
 def local(ctx: Context) -> RuleResult:
     s = ctx.section
     c, h, w = ctx.require_image()
-    filters = ctx.positive("filters", s.get_int("filters", 1))
-    size = ctx.positive("size", s.get_int("size", 1))
-    stride = ctx.positive("stride", s.get_int("stride", 1))
+    filters, size, stride = _filters_size_stride(ctx)
     pad = s.get_int("pad", 0)  # a pixel count here, not a flag
     out_h = cdiv(h - 1 if pad else h - size, stride) + 1
     out_w = cdiv(w - 1 if pad else w - size, stride) + 1
