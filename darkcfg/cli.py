@@ -364,11 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="one JSON object per input (line)")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("convert", help="export to TorchScript, ONNX or .weights")
+    sp = sub.add_parser("convert", help="export to torch.export (.pt2), TorchScript, ONNX or .weights")
     sp.add_argument("cfg")
     sp.add_argument("--weights")
     sp.add_argument("--no-weights", action="store_true", help="export with random weights")
-    sp.add_argument("--to", choices=["torchscript", "onnx", "weights"], default="torchscript")
+    sp.add_argument("--to", choices=["pt2", "torchscript", "onnx", "weights"], default="pt2")
     sp.add_argument("--out", help="output file (default: beside the cfg)")
     sp.add_argument("--batch", type=int, default=1)
     sp.add_argument("--no-fuse", action="store_true", help="keep batch norm unfused")

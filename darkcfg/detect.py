@@ -28,9 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .layers.functional import DarknetTree
+
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
 YOLO_POINTS = ("center", "left_top", "right_bottom")
 GREEDY_DIOU_EXPONENT = 0.6  # box.c box_diou: pow(d/c, 0.6), fixed, used by GREEDY_NMS
+REGION_TREE_THRESH = 0.5  # region_layer.c get_region_boxes: `predictions[...] > .5`, hier_thresh never reaches it
+REGION_MAP_LIMIT = 200  # get_region_boxes fills map classes `for (j = 0; j < 200; ++j)`
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,18 +87,96 @@ class _DefaultNms:
 
 @dataclass(frozen=True)
 class RegionHead(_DefaultNms):
-    """A ``[region]`` layer (YOLOv2). ``anchors`` are in grid-cell units. No tree/map support."""
+    """A ``[region]`` layer (YOLOv2, YOLO9000). ``anchors`` are in grid-cell units.
+
+    ``tree`` (a :class:`~darkcfg.layers.functional.DarknetTree`, ``tree=`` of the cfg) makes it a
+    hierarchical head (``l.softmax_tree``): see :func:`_region_tree_probs` for what Darknet does
+    with it. ``map`` is the ``int *map`` argument of ``get_network_boxes`` (one tree index per
+    output class, e.g. ``coco9k.map``): with it the head reports ``len(map)`` classes
+    (:attr:`out_classes`); without it every tree node is a class. Only used with a tree.
+    ``classfix=-1`` zeroes objectness below .5 (get_region_boxes). Tree and map are stored as
+    tuples so the head stays hashable.
+    """
 
     classes: int
     coords: int
     num: int
     anchors: tuple[tuple[float, float], ...]
     softmax: bool = False
+    tree: Optional[DarknetTree] = None
+    map: Optional[tuple[int, ...]] = None
+    classfix: int = 0
+    _plan: Optional["_TreePlan"] = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.anchors) < self.num:
             raise ValueError(f"RegionHead: {len(self.anchors)} anchors for num={self.num}")
+        if self.map is not None:
+            if self.tree is None:
+                raise ValueError("RegionHead: map= is only used with a tree (hierarchical [region])")
+            object.__setattr__(self, "map", tuple(int(v) for v in self.map))
+            if not self.map:
+                raise ValueError("RegionHead: the class map is empty")
+            bad = [v for v in self.map if not 0 <= v < self.classes]
+            if bad:
+                raise ValueError(f"RegionHead: map entries must be tree indices in [0, {self.classes}), got {bad[:5]}")
+        if self.tree is not None:
+            tree = DarknetTree(*(tuple(f) for f in self.tree))
+            object.__setattr__(self, "tree", tree)
+            object.__setattr__(self, "_plan", _TreePlan.build(tree, self.classes))
 
+    @property
+    def out_classes(self) -> int:
+        """Columns of the decoded ``probs``: ``len(map)`` with a map, else ``classes``."""
+        return len(self.map) if self.map is not None else self.classes
+
+
+@dataclass(frozen=True)
+class _TreePlan:
+    """``tree.c hierarchy_predictions`` (only_leaves=0) as one vectorised step per tree level.
+
+    Darknet walks the record once, ``for j in 0..classes-1: if parent >= 0: p[j] *= p[parent]``,
+    in place. A parent listed before its child has already become an absolute probability, so
+    for such trees (9k.tree) each node ends up as the product of the conditional probabilities
+    along its path, accumulated root first in float32. A parent listed at or after its child is
+    still its raw value when the child is visited; that is reproduced too (such a node is a
+    "level 1" node reading the original value). Each step is ``(nodes, parents, parent_final)``.
+    """
+
+    steps: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+
+    @staticmethod
+    def build(tree: DarknetTree, classes: int) -> "_TreePlan":
+        if len(tree.parent) < classes:
+            raise ValueError(f"RegionHead: the tree has {len(tree.parent)} nodes for classes={classes}")
+        level = [0] * classes
+        for j in range(classes):
+            p = tree.parent[j]
+            if p < 0:
+                continue
+            if p >= classes:
+                raise ValueError(f"RegionHead: tree node {j} has parent {p}, outside classes={classes}")
+            level[j] = level[p] + 1 if p < j else 1
+        lv = np.asarray(level, dtype=np.int64)
+        parent = np.asarray(tree.parent[:classes], dtype=np.int64)
+        steps = []
+        for depth in range(1, int(lv.max(initial=0)) + 1):
+            nodes = np.flatnonzero(lv == depth)
+            steps.append((nodes, parent[nodes], parent[nodes] < nodes))
+        return _TreePlan(tuple(steps))
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Absolute probabilities from the tree-softmax outputs ``x`` (..., classes), float32."""
+        final = x.clone()
+        for nodes, parents, from_final in self.steps:
+            idx = torch.from_numpy(nodes).to(x.device)
+            par = torch.from_numpy(parents).to(x.device)
+            if from_final.all():
+                src = final[..., par]
+            else:
+                src = torch.where(torch.from_numpy(from_final).to(x.device), final[..., par], x[..., par])
+            final[..., idx] = x[..., idx] * src
+        return final
 
 
 @dataclass(frozen=True)
@@ -109,6 +191,11 @@ class DetectionHead(_DefaultNms):
 
 
 Head = Union[YoloHead, RegionHead, DetectionHead]
+
+
+def head_classes(head: Head) -> int:
+    """Number of classes a head reports (``len(map)`` for a mapped tree [region])."""
+    return head.out_classes if isinstance(head, RegionHead) else head.classes
 
 
 def _check_nms_kind(kind: str) -> None:
@@ -138,6 +225,7 @@ class Detections:
 
     ``boxes``: (M, 4) relative centre x, y, w, h (get_network_boxes with relative=1, after
     correct_yolo_boxes); ``objectness``: (M,); ``probs``: (M, classes), zeroed unless > thresh
+    (a tree [region] head's one node prob is gated by objectness instead, as in darknet)
     (and after :func:`nms`, zeroed where suppressed); ``head_index``: (M,) index of the head in
     the list given to :func:`decode`. Rows are in darknet's emission order: head, then cell
     (row-major), then anchor.
@@ -292,14 +380,16 @@ def _gaussian_probs(rec: Tensor, obj: Tensor, cls: Tensor) -> Tensor:
     return (_wide(obj.unsqueeze(-1) * cls) * scale.unsqueeze(-1)).float()
 
 
-def _decode_region(out: Tensor, head: RegionHead) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """custom_get_region_detections on the flattened record buffer.
+def _decode_region(out: Tensor, head: RegionHead, thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+    """custom_get_region_detections → get_region_boxes(l, 1, 1, thresh, ..., map) on the records.
 
     ``out`` has shape (N, n*size, lh, lw) but its memory holds forward_region_layer's flattened
     records ``[lh*lw][n][size]`` (size = coords+1+classes), so it is read as
     ``out.reshape(N, lh*lw, n, size)``. x, y are still raw (logistic applied here, in
     get_region_box); objectness already went through the logistic; every record becomes a
-    detection with objectness forced to 1. Returns boxes, objectness, raw probs, (N, M).
+    detection with objectness forced to 1. Returns boxes, objectness, probs (already gated), each
+    (N, M, ...). Plain heads: ``prob = obj·cls`` kept if ``> thresh``; tree heads: see
+    :func:`_region_tree_probs`.
     """
     if out.dim() != 4:
         raise ValueError(f"region head output must be (N, n*size, h, w) to know the grid, got {tuple(out.shape)}")
@@ -316,9 +406,49 @@ def _decode_region(out: Tensor, head: RegionHead) -> tuple[Tensor, Tensor, Tenso
     w = (torch.exp(_wide(rec[..., 2])) * _wide(aw) / lw).float()
     h = (torch.exp(_wide(rec[..., 3])) * _wide(ah) / lh).float()
     scale = rec[..., 4]
-    probs = scale.unsqueeze(-1) * rec[..., 5 : 5 + head.classes]
+    if head.classfix == -1:
+        scale = torch.where(scale < 0.5, torch.zeros_like(scale), scale)
+    cls = rec[..., 5 : 5 + head.classes]
+    if head.tree is not None:
+        probs = _region_tree_probs(cls, scale, head, thresh)
+    else:
+        probs = _gate_probs(scale.unsqueeze(-1) * cls, thresh)
     boxes = torch.stack((x, y, w, h), dim=-1).reshape(n_img, -1, 4)
-    return boxes, torch.ones_like(scale).reshape(n_img, -1), probs.reshape(n_img, -1, head.classes), scale
+    return boxes, torch.ones_like(scale).reshape(n_img, -1), probs.reshape(n_img, -1, head.out_classes)
+
+
+def _region_tree_probs(cls: Tensor, scale: Tensor, head: RegionHead, thresh: float) -> Tensor:
+    """The ``l.softmax_tree`` branch of ``region_layer.c get_region_boxes`` (what
+    ``darknet detector test`` runs for YOLO9000; ``get_region_detections`` and its
+    ``hierarchy_top_prediction`` are dead code in AlexeyAB's fork, and ``hier_thresh`` is never
+    passed down).
+
+    1. ``hierarchy_predictions(..., only_leaves=0)``: every node becomes the product of the
+       conditional probabilities on its path (:class:`_TreePlan`).
+    2. Without a map: scanning nodes from the **last index down**, the first one whose absolute
+       probability is ``> .5`` (constant :data:`REGION_TREE_THRESH`) is kept, every other node is
+       zeroed; the kept node's prob is that absolute probability -- **not** multiplied by the
+       objectness, which only gates it (``scale > thresh ? p : 0``; no ``p > thresh`` gate here,
+       the print does that). Since at most one child per group can exceed .5, the nodes above
+       .5 form one path from a root, and for a tree whose children follow their parents this is
+       the deepest node of that path: a node at or below .5 stops the descent.
+    3. With a map: class ``j`` gets ``obj·p[map[j]]`` kept if ``> thresh``, for
+       ``j < min(len(map), 200)`` (darknet loops to a hard-coded 200 and reads past a shorter
+       map; we stop at its end).
+    """
+    p = head._plan.apply(cls)  # type: ignore[union-attr]
+    if head.map is not None:
+        limit = min(len(head.map), REGION_MAP_LIMIT)
+        idx = torch.tensor(head.map[:limit], dtype=torch.long, device=cls.device)
+        mapped = _gate_probs(scale.unsqueeze(-1) * p[..., idx], thresh)
+        if limit < len(head.map):
+            mapped = torch.cat((mapped, mapped.new_zeros(mapped.shape[:-1] + (len(head.map) - limit,))), dim=-1)
+        return mapped
+    index = torch.arange(1, head.classes + 1, device=cls.device)
+    top = ((p > REGION_TREE_THRESH).long() * index).amax(dim=-1, keepdim=True) - 1  # -1: none above .5
+    value = p.gather(-1, top.clamp(min=0))
+    value = torch.where((top >= 0) & (scale.unsqueeze(-1) > thresh), value, torch.zeros_like(value))
+    return torch.zeros_like(p).scatter_(-1, top.clamp(min=0), value)
 
 
 def _decode_detection(out: Tensor, head: DetectionHead, thresh: float) -> _Dense:
@@ -365,9 +495,9 @@ def _dense_for_head(out: Tensor, head: Head, net_w: int, net_h: int, thresh: flo
             raise ValueError(f"yolo head output must be (N, C, H, W), got {tuple(out.shape)}")
         return _decode_yolo(out, head, net_w, net_h, thresh)
     if isinstance(head, RegionHead):
-        boxes, obj, probs, _ = _decode_region(out, head)
+        boxes, obj, probs = _decode_region(out, head, thresh)
         keep = torch.ones(obj.shape, dtype=torch.bool, device=out.device)
-        return _Dense(boxes, obj, _gate_probs(probs, thresh), keep, corrected=True)
+        return _Dense(boxes, obj, probs, keep, corrected=True)
     if isinstance(head, DetectionHead):
         return _decode_detection(out, head, thresh)
     raise TypeError(f"unknown head description {type(head).__name__}")
@@ -425,19 +555,20 @@ def decode(
         heads: matching head descriptions, in network layer order.
         image_sizes: (w, h) of each original image, for correct_yolo_boxes.
         thresh: objectness gate for yolo candidates and the per-class probability cut.
-        hier_thresh: only used by hierarchical (tree) region heads, which are not supported;
-            accepted for signature parity with darknet.
+        hier_thresh: accepted for signature parity with darknet and ignored, as in darknet:
+            ``custom_get_region_detections`` never passes it on; hierarchical (tree) region heads
+            descend with the fixed :data:`REGION_TREE_THRESH` (see :func:`_region_tree_probs`).
         letterbox: whether the input was letterboxed (``-letter_box`` / ``[net] letter_box``).
         darknet_v1_pixels: reproduce darknet's YOLOv1 behaviour of multiplying [detection] boxes
             by the image size while the caller treats them as relative (a darknet bug); off by
             default, giving proper relative boxes.
     """
-    del hier_thresh  # tree softmax (yolo9000) is not supported
+    del hier_thresh  # unused by darknet's region decoding too (see _region_tree_probs)
     if len(outputs) != len(heads):
         raise ValueError(f"{len(outputs)} outputs for {len(heads)} heads")
     if not heads:
         raise ValueError("decode needs at least one detection head")
-    classes = {h.classes for h in heads}
+    classes = {head_classes(h) for h in heads}
     if len(classes) != 1:
         raise ValueError(f"all detection heads must have the same number of classes, got {sorted(classes)}")
     n_img = outputs[0].shape[0]
@@ -565,10 +696,9 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
     if len(dets) < 2:
         return dets
     probs = dets.probs.clone()
-    for k in range(probs.shape[1]):
+    busy = torch.nonzero((probs != 0).sum(dim=0) >= 2).flatten().tolist()  # others have nothing to do
+    for k in busy:
         cand = torch.nonzero(probs[:, k] != 0).flatten()
-        if cand.numel() < 2:
-            continue
         order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
         over = (_suppression_metric(dets.boxes[order], kind, beta) > nms_thresh).cpu().numpy()
         alive = torch.from_numpy(_greedy_keep(over)).to(order.device)
@@ -602,7 +732,7 @@ def _reported_classes(probs: np.ndarray, thresh: float, names: Sequence[str]) ->
     The best is the first class with the strictly highest prob > thresh; names starting with
     ``dont_show`` are skipped (get_actual_detections).
     """
-    shown = [k for k in range(probs.shape[0]) if probs[k] > thresh and not names[k].startswith("dont_show")]
+    shown = [int(k) for k in np.flatnonzero(probs > thresh) if not names[k].startswith("dont_show")]
     if not shown:
         return []
     best = shown[0]

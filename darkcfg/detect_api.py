@@ -10,6 +10,7 @@ finds class names the way users expect.
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
@@ -17,17 +18,28 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .detect import DetectionHead, Detection, Head, RegionHead, YoloHead, decode, nms, nms_params, to_pixel_list
+from .detect import (DetectionHead, Detection, Head, RegionHead, YoloHead, decode, head_classes, nms, nms_params,
+                     to_pixel_list)
 from .errors import DarkcfgError, ImageError
 from .graph import Graph
 from .image import image_from_array, load_image, preprocess
+from .layers.functional import DarknetTree, read_tree
+from .layers.heads import find_data_file
 
 if TYPE_CHECKING:
     from .model import Darknet
 
 
-def heads_from_graph(graph: Graph) -> tuple[list[int], list[Head]]:
-    """(layer indices, decoder heads) for every detection head of the network."""
+def heads_from_graph(graph: Graph, apply_map: bool = False) -> tuple[list[int], list[Head]]:
+    """(layer indices, decoder heads) for every detection head of the network.
+
+    A ``[region]`` with ``tree=`` (YOLO9000) gets the tree, read like Darknet's ``read_tree``
+    (the file is looked up as given, beside the cfg, or one level up). Its ``map=`` is loaded into
+    the head only with ``apply_map``: Darknet keeps the layer's map for training
+    (``forward_region_layer``) and ``darknet detector test`` decodes with ``map = 0``, reporting
+    tree nodes; ``apply_map=True`` decodes like ``darknet detector valid`` given that map (one class
+    per map line, e.g. COCO's 80 for ``coco9k.map``).
+    """
     indices: list[int] = []
     heads: list[Head] = []
     for spec in graph.layers:
@@ -36,10 +48,7 @@ def heads_from_graph(graph: Graph) -> tuple[list[int], list[Head]]:
             heads.append(YoloHead(a.classes, a.masked_anchors, a.scale_x_y, a.new_coords, a.gaussian,
                                   a.yolo_point, a.nms_kind, a.beta_nms))
         elif spec.kind == "region":
-            if a.tree or a.map:
-                raise DarkcfgError(f"{spec.where}: hierarchical [region] heads (tree=/map=, YOLO9000) are not "
-                                   "supported by the detector front-end; use Darknet.forward for raw outputs")
-            heads.append(RegionHead(a.classes, a.coords, a.num, a.anchors, a.softmax))
+            heads.append(_region_head(graph, spec, apply_map))
         elif spec.kind == "detection":
             heads.append(DetectionHead(a.classes, a.coords, a.num, a.side, a.sqrt))
         else:
@@ -49,6 +58,34 @@ def heads_from_graph(graph: Graph) -> tuple[list[int], list[Head]]:
         raise DarkcfgError(f"{graph.path}: this network has no detection head ([yolo], [Gaussian_yolo], [region] "
                            "or [detection]); it is not a detector")
     return indices, heads
+
+
+def _region_head(graph: Graph, spec: Any, apply_map: bool) -> RegionHead:
+    a = spec.attrs
+    classfix = spec.section.get_int("classfix", 0)
+    tree: Optional[DarknetTree] = None
+    class_map: Optional[tuple[int, ...]] = None
+    if a.tree:
+        tree = read_tree(str(find_data_file(a.tree, graph.path, spec, "tree")))
+        if apply_map and a.map:
+            class_map = read_class_map(find_data_file(a.map, graph.path, spec, "map"))
+    try:
+        return RegionHead(a.classes, a.coords, a.num, a.anchors, a.softmax, tree, class_map, classfix)
+    except ValueError as exc:
+        raise DarkcfgError(f"{spec.where}: {exc}") from exc
+
+
+def read_class_map(path: "str | os.PathLike") -> tuple[int, ...]:
+    """A Darknet map file like ``utils.c read_map``: one C ``atoi`` per line (no number -> 0);
+    a final newline adds no entry, an empty line in between gives 0."""
+    lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    values = []
+    for line in lines:
+        m = re.match(r"\s*([+-]?\d+)", line)
+        values.append(int(m.group(1)) if m else 0)
+    return tuple(values)
 
 
 def _read_names(path: Path) -> list[str]:
@@ -68,19 +105,30 @@ def _names_from_data(data_file: Path) -> Optional[Path]:
     return None
 
 
-def resolve_names(cfg_path: "str | os.PathLike", classes: int, names_file: "str | os.PathLike | None" = None) -> list[str]:
-    """Class names: ``names_file``; else a ``.names``/``.data`` beside the cfg; else COCO (80) / VOC (20);
-    else the class indices."""
+def resolve_names(cfg_path: "str | os.PathLike", classes: int, names_file: "str | os.PathLike | None" = None,
+                  fallback: Optional[Sequence[str]] = None) -> list[str]:
+    """Class names: ``names_file``; else a ``.names``/``.data`` beside the cfg; else ``fallback``
+    (e.g. a YOLO9000 tree's node names); else COCO (80) / VOC (20); else the class indices."""
     if names_file is not None:
         path = Path(names_file)
         if not path.is_file():
             raise DarkcfgError(f"{path}: class names file not found")
         names = _read_names(path)
     else:
-        names = _names_beside_cfg(Path(cfg_path), classes) or _builtin_names(classes)
+        names = (_names_beside_cfg(Path(cfg_path), classes) or (list(fallback) if fallback else None)
+                 or _builtin_names(classes))
     if len(names) < classes:
         names = names + [str(k) for k in range(len(names), classes)]
     return names
+
+
+def _tree_node_names(heads: Sequence[Head], classes: int) -> Optional[list[str]]:
+    """The node names (WordNet ids for 9k.tree) of an unmapped tree [region] head: what Darknet's
+    ``9k.names`` lists in readable form; used when no names file is found."""
+    for head in heads:
+        if isinstance(head, RegionHead) and head.tree is not None and head.map is None:
+            return list(head.tree.names[:classes])
+    return None
 
 
 def _names_beside_cfg(cfg: Path, classes: int) -> Optional[list[str]]:
@@ -129,8 +177,12 @@ class Detector:
                  names_file: "str | os.PathLike | None" = None, letterbox: Optional[bool] = None):
         self.model = model
         self.layer_indices, self.heads = heads_from_graph(model.graph)
-        self.classes = self.heads[0].classes
-        self.names = list(names) if names is not None else resolve_names(model.graph.path, self.classes, names_file)
+        self.classes = head_classes(self.heads[0])
+        if names is not None:
+            self.names = list(names)
+        else:
+            self.names = resolve_names(model.graph.path, self.classes, names_file,
+                                       fallback=_tree_node_names(self.heads, self.classes))
         self.letterbox = model.graph.net.letter_box if letterbox is None else letterbox
         self.nms_kind, self.beta_nms = nms_params(self.heads)
 

@@ -1,8 +1,10 @@
-"""Export a Darknet model: TorchScript, ONNX, or re-saved ``.weights``.
+"""Export a Darknet model: torch.export (``.pt2``), TorchScript, ONNX, or re-saved ``.weights``.
 
 The exported graph is the fused inference model (BN folded into convs, as Darknet
 runs it) taking N x C x H x W floats in [0, 1] and returning the output layers'
-tensors (Darknet's ``l.output`` layout).  Exports are written atomically.
+tensors (Darknet's ``l.output`` layout).  ``pt2`` and ``onnx`` keep the batch dimension
+dynamic; TorchScript (deprecated by PyTorch, kept for older runtimes) is traced.  Exports
+are written atomically.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
            size: Optional[tuple[int, int]] = None, fuse: bool = True, batch: int = 1) -> Path:
     """Write ``cfg`` (+ ``weights``) as ``to`` in {"torchscript", "onnx", "weights"}; returns the path."""
     cfg = Path(cfg)
-    suffix = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "weights": ".weights"}.get(to)
+    suffix = {"pt2": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "weights": ".weights"}.get(to)
     if suffix is None:
-        raise DarkcfgError(f"unknown export format {to!r} (torchscript, onnx or weights)")
+        raise DarkcfgError(f"unknown export format {to!r} (pt2, torchscript, onnx or weights)")
     out = Path(out) if out else cfg.with_name(cfg.stem + suffix)
     model = load(cfg, weights, size=size)
     if to == "weights":
@@ -55,7 +57,13 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     os.close(fd)
     try:
         with torch.no_grad():
-            if to == "torchscript":
+            if to == "pt2":
+                # An example batch of 1 would be specialised (size-1 dims are special to export).
+                sample = example.repeat(2, 1, 1, 1) if batch == 1 else example
+                batch_dim = torch.export.Dim("batch", min=1, max=1024)
+                program = torch.export.export(wrapped, (sample,), dynamic_shapes=({0: batch_dim},))
+                torch.export.save(program, tmp)
+            elif to == "torchscript":
                 traced = torch.jit.trace(wrapped, example, check_trace=False)
                 traced.save(tmp)
             else:

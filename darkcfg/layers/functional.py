@@ -903,7 +903,7 @@ def antialias_blur(x: Tensor, kind: int, stride_x: int, stride_y: int) -> Tensor
     >>> antialias_blur(torch.ones(1, 1, 3, 3), 1, 1, 1)[0, 0, 1, 1]
     tensor(1.)
     """
-    c = x.shape[1]
+    c = int(x.shape[1])  # a constant for exporters (the kernel shape must be static)
     if kind == 1:
         k = torch.tensor(
             [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=x.dtype, device=x.device

@@ -1,0 +1,63 @@
+"""Exports run and give the same numbers as the module, with a dynamic batch dimension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import darkcfg
+from darkcfg.export import export
+from darkcfg.weights import synthetic_weights
+
+REPO = Path(__file__).resolve().parents[1]
+OWN_CFGS = sorted((REPO / "cfgs").glob("*.cfg"))
+
+
+def _weights(cfg: Path, tmp_path: Path) -> Path:
+    path = tmp_path / (cfg.stem + ".weights")
+    path.write_bytes(synthetic_weights(darkcfg.load(cfg).graph, seed=7))
+    return path
+
+
+def _reference(cfg: Path, weights: Path, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model = darkcfg.load(cfg, weights).fuse()
+    torch.manual_seed(1)
+    x = torch.rand(batch, model.channels, model.height, model.width)
+    with torch.no_grad():
+        return x, model(x)
+
+
+def _close(got: list, ref: list[torch.Tensor]) -> None:
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        a = torch.as_tensor(np.asarray(a))
+        assert a.shape == b.shape
+        assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("cfg", OWN_CFGS, ids=[p.stem for p in OWN_CFGS])
+def test_onnx_export_runs_in_onnxruntime(cfg: Path, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is part of the test extra")
+    weights = _weights(cfg, tmp_path)
+    out = export(cfg, weights, "onnx", tmp_path / "m.onnx")
+    x, ref = _reference(cfg, weights, batch=2)  # exported at batch 1: the batch axis is dynamic
+    session = ort.InferenceSession(str(out))
+    _close(session.run(None, {"images": x.numpy()}), ref)
+
+
+def test_pt2_export_dynamic_batch(tmp_path: Path) -> None:
+    cfg = REPO / "cfgs" / "tiny-yolo-all.cfg"
+    weights = _weights(cfg, tmp_path)
+    out = export(cfg, weights, "pt2", tmp_path / "m.pt2")
+    program = torch.export.load(str(out))
+    x, ref = _reference(cfg, weights, batch=3)
+    with torch.no_grad():
+        _close(list(program.module()(x)), ref)
+
+
+def test_unknown_format_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(darkcfg.DarkcfgError, match="unknown export format"):
+        export(REPO / "cfgs" / "tiny-classifier.cfg", None, "tflite", tmp_path / "x")
