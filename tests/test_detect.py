@@ -372,3 +372,232 @@ def test_decode_nms_matches_darknet_on_dog(shared: Path, case: str) -> None:
         # integer outputs: exact today; allow a 1-px flip should float order ever change
         assert np.abs(np.array(mine.box_int) - theirs["box_px_ltrb_clamped"]).max() <= 1
         assert np.abs(np.array(mine.ltwh(*size)) - theirs["box_px_left_top_width_height_rounded"]).max() <= 1
+
+
+# ------------------------------------------------------------------ hierarchical [region] (YOLO9000)
+#
+# Darknet (AlexeyAB) `detector test` -> get_network_boxes(..., hier_thresh, map=0, relative=1)
+# -> custom_get_region_detections (hier_thresh unused) -> get_region_boxes(l, 1, 1, thresh, .., map=0):
+# hierarchy_predictions(only_leaves=0) in place, then from the LAST node down the first one with
+# absolute prob > .5 is kept (prob = that product, gated by objectness > thresh, not multiplied by it),
+# every other node is 0. With a map: class j = obj * P[map[j]], kept if > thresh.
+
+from darkcfg.detect import REGION_TREE_THRESH  # noqa: E402
+from darkcfg.detect_api import Detector, heads_from_graph, read_class_map  # noqa: E402
+from darkcfg.layers.functional import read_tree  # noqa: E402
+
+# 2 roots (a, b) with 2 children each; one group per parent
+TINY_TREE = "a -1\nb -1\na0 0\na1 0\nb0 1\nb1 1\n"
+
+
+def _tiny_tree(tmp_path: Path):
+    path = tmp_path / "tiny.tree"
+    path.write_text(TINY_TREE)
+    return read_tree(str(path))
+
+
+def _tree_record(obj: float, cond: list[float]) -> torch.Tensor:
+    """One cell, one anchor: [tx ty tw th obj p0..p5] where p are the tree-softmax (conditional)
+    outputs of the [region] layer; the box is (.5, .5, 1, 1) on a 1x1 grid with anchor (1, 1)."""
+    return torch.tensor([0.0, 0.0, 0.0, 0.0, obj] + cond).reshape(1, 11, 1, 1)
+
+
+def _f32(*xs: float) -> float:
+    """float32 product accumulated left to right (root first), as darknet does it."""
+    p = np.float32(1.0)
+    for x in xs:
+        p = np.float32(p * np.float32(x))
+    return float(p)
+
+
+def test_region_tree_hand_computed(tmp_path: Path) -> None:
+    head = RegionHead(classes=6, coords=4, num=1, anchors=((1.0, 1.0),), tree=_tiny_tree(tmp_path))
+    assert hash(head) == hash(RegionHead(6, 4, 1, ((1.0, 1.0),), tree=_tiny_tree(tmp_path)))  # tuples inside
+    # conditionals a .7 b .3 | a0 .8 a1 .2 | b0 .6 b1 .4
+    # absolute: a .7, b .3, a0 .7·.8 = .56, a1 .14, b0 .18, b1 .12
+    # scan from the last node: b1 .12, b0 .18, a1 .14 are not > .5; a0 .56 is -> class 2 (a0), prob .56
+    # (NOT obj·.56 = .504); a (.7 > .5 too) is zeroed because a0 was found first.
+    out = _tree_record(0.9, [0.7, 0.3, 0.8, 0.2, 0.6, 0.4])
+    (dets,) = decode([out], [head], 32, 32, [(32, 32)], thresh=0.25)
+    expected = torch.zeros(1, 6)
+    expected[0, 2] = _f32(0.7, 0.8)
+    assert torch.equal(dets.probs, expected)
+    assert dets.objectness.tolist() == [1.0]
+    torch.testing.assert_close(dets.boxes, torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+    (entry,) = to_pixel_list(nms(dets), (32, 32), ["a", "b", "a0", "a1", "b0", "b1"], 0.25)
+    assert (entry.class_id, entry.name) == (2, "a0")
+    assert entry.prob == pytest.approx(0.56, abs=1e-6)
+
+
+def test_region_tree_descent_stops_at_half_and_ignores_hier_thresh(tmp_path: Path) -> None:
+    head = RegionHead(classes=6, coords=4, num=1, anchors=((1.0, 1.0),), tree=_tiny_tree(tmp_path))
+    # a .7, a0 .6 -> absolute .42, not > .5: the descent stops at a -> class 0 with prob .7
+    out = _tree_record(0.9, [0.7, 0.3, 0.6, 0.4, 0.5, 0.5])
+    runs = [decode([out], [head], 32, 32, [(32, 32)], thresh=0.25, hier_thresh=h)[0].probs for h in (0.1, 0.5, 0.9)]
+    expected = torch.tensor([[_f32(0.7), 0, 0, 0, 0, 0]])
+    for probs in runs:  # darknet never passes hier_thresh down: the cut is the constant .5
+        assert torch.equal(probs, expected)
+    assert REGION_TREE_THRESH == 0.5
+    # exactly .5 is not above: a .5 -> nothing at all (every node zero)
+    out = _tree_record(0.9, [0.5, 0.5, 1.0, 0.0, 1.0, 0.0])
+    (dets,) = decode([out], [head], 32, 32, [(32, 32)])
+    assert not dets.probs.any() and len(dets) == 1  # still a candidate (objectness forced to 1)
+    # a root with .9 and a child .9·.9 = .81: the child (index 4) wins, prob .81
+    out = _tree_record(0.9, [0.1, 0.9, 0.5, 0.5, 0.9, 0.1])
+    (dets,) = decode([out], [head], 32, 32, [(32, 32)])
+    assert dets.probs[0].nonzero().flatten().tolist() == [4]
+    assert dets.probs[0, 4].item() == _f32(0.9, 0.9)
+
+
+def test_region_tree_objectness_gates_prob_is_not_thresholded(tmp_path: Path) -> None:
+    head = RegionHead(classes=6, coords=4, num=1, anchors=((1.0, 1.0),), tree=_tiny_tree(tmp_path))
+    cond = [0.7, 0.3, 0.8, 0.2, 0.6, 0.4]
+    # objectness .2 is not > thresh .25: the found node's prob is set to 0
+    (dets,) = decode([_tree_record(0.2, cond)], [head], 32, 32, [(32, 32)], thresh=0.25)
+    assert not dets.probs.any()
+    # thresh .6 > .56: darknet keeps prob .56 in the detection (scale .9 > .6 gates, not the prob) ...
+    (dets,) = decode([_tree_record(0.9, cond)], [head], 32, 32, [(32, 32)], thresh=0.6)
+    assert dets.probs[0, 2].item() == _f32(0.7, 0.8)
+    # ... and only the printout drops it (prob must be > thresh there)
+    assert to_pixel_list(dets, (32, 32), None, 0.6) == []
+    # classfix=-1: objectness below .5 becomes 0 before any of this
+    fixed = RegionHead(6, 4, 1, ((1.0, 1.0),), tree=head.tree, classfix=-1)
+    (dets,) = decode([_tree_record(0.45, cond)], [fixed], 32, 32, [(32, 32)], thresh=0.25)
+    assert not dets.probs.any()
+
+
+def test_region_tree_parent_after_child_uses_raw_value(tmp_path: Path) -> None:
+    # node 0 "x" has parent 2 "m", which has parent 1 "r". hierarchy_predictions walks j = 0, 1, 2
+    # in place: p0 *= p2 while p2 is still its raw .8 -> x = .9·.8 = .72 (r's .7 is NOT included);
+    # then p2 *= p1 -> m = .8·.7 = .56. Last node above .5 is m (index 2): class 2, prob .56.
+    path = tmp_path / "odd.tree"
+    path.write_text("x 2\nr -1\nm 1\n")
+    head = RegionHead(classes=3, coords=4, num=1, anchors=((1.0, 1.0),), tree=read_tree(str(path)))
+    out = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.9, 0.9, 0.7, 0.8]).reshape(1, 8, 1, 1)
+    (dets,) = decode([out], [head], 32, 32, [(32, 32)])
+    assert dets.probs.tolist() == [[0.0, 0.0, _f32(0.8, 0.7)]]
+    assert head._plan.apply(out.reshape(1, 8)[:, 5:]).tolist() == [[_f32(0.9, 0.8), _f32(0.7), _f32(0.8, 0.7)]]
+
+
+def test_region_tree_map_remaps_classes(tmp_path: Path) -> None:
+    tree = _tiny_tree(tmp_path)
+    map_file = tmp_path / "tiny.map"
+    map_file.write_text("4\n2\n1\n")
+    class_map = read_class_map(map_file)
+    assert class_map == (4, 2, 1)
+    head = RegionHead(classes=6, coords=4, num=1, anchors=((1.0, 1.0),), tree=tree, map=class_map)
+    assert head.out_classes == 3
+    # absolute: b0 .3·.6 = .18, a0 .7·.8 = .56, b .3; class j = obj·P[map[j]] kept if > .25:
+    #   j=0: .9·.18 = .162 -> 0;  j=1: .9·.56 = .504;  j=2: .9·.3 = .27
+    out = _tree_record(0.9, [0.7, 0.3, 0.8, 0.2, 0.6, 0.4])
+    (dets,) = decode([out], [head], 32, 32, [(32, 32)], thresh=0.25)
+    assert dets.probs.shape == (1, 3)
+    assert dets.probs[0].tolist() == [0.0, _f32(0.9, _f32(0.7, 0.8)), _f32(0.9, 0.3)]
+    entries = to_pixel_list(nms(dets), (32, 32), ["cat", "dog", "cow"], 0.25)
+    assert [(e.name, round(e.prob, 4)) for e in entries] == [("dog", 0.504), ("cow", 0.27)]
+    with pytest.raises(ValueError, match="tree indices"):
+        RegionHead(6, 4, 1, ((1.0, 1.0),), tree=tree, map=(6,))
+    with pytest.raises(ValueError, match="only used with a tree"):
+        RegionHead(6, 4, 1, ((1.0, 1.0),), map=(1,))
+    with pytest.raises(ValueError, match="nodes"):
+        RegionHead(7, 4, 1, ((1.0, 1.0),), tree=tree)
+
+
+def test_heads_from_graph_builds_tree_region(tmp_path: Path) -> None:
+    import darkcfg
+
+    _tiny_tree(tmp_path)
+    (tmp_path / "tiny.map").write_text("4\n2\n")
+    cfg = tmp_path / "tiny9k.cfg"
+    cfg.write_text("[net]\nwidth=1\nheight=1\nchannels=11\n\n[region]\nclasses=6\ncoords=4\nnum=1\n"
+                   "anchors=1,1\nsoftmax=1\ntree=tiny.tree\nmap=tiny.map\n")
+    model = darkcfg.load(cfg)
+    (index,), (head,) = heads_from_graph(model.graph)
+    assert index == 0 and isinstance(head, RegionHead)
+    assert head.tree is not None and head.tree.names == ("a", "b", "a0", "a1", "b0", "b1")
+    assert head.map is None and head.out_classes == 6  # `detector test` decodes with map = 0
+    _, (mapped,) = heads_from_graph(model.graph, apply_map=True)
+    assert mapped.map == (4, 2) and mapped.out_classes == 2
+    # no names file anywhere: the tree's node names
+    assert Detector(model).names == ["a", "b", "a0", "a1", "b0", "b1"]
+
+
+def _sequential_hierarchy(x: np.ndarray, parent: list[int]) -> np.ndarray:
+    """tree.c hierarchy_predictions written as darknet's loop (float32, in place)."""
+    p = x.astype(np.float32).copy()
+    for j, par in enumerate(parent[: p.shape[-1]]):
+        if par >= 0:
+            p[..., j] = p[..., j] * p[..., par]
+    return p
+
+
+def test_region_tree_yolo9000_head_output(shared: Path) -> None:
+    """The real yolo9000 [region] output (synthetic weights, 128x128) decoded with the real 9k.tree."""
+    from darkcfg.cfg import read_cfg
+    from darkcfg.graph import build_graph
+
+    case_dir = shared / "conformance" / "cases" / "cfg-yolo9000"
+    meta = json.loads((case_dir / "meta.json").read_text())
+    graph = build_graph(read_cfg(shared / meta["cfg"]), (meta["width"], meta["height"]))
+    (layer,), (head,) = heads_from_graph(graph)
+    assert isinstance(head, RegionHead) and head.classes == 9418 and head.num == 3
+    assert head.tree is not None and len(head.tree.names) == 9418 and head.map is None
+    out = torch.from_numpy(np.load(case_dir / "expected.npz")[f"out_{layer}"]).unsqueeze(0)
+    size = head.coords + 1 + head.classes
+    rec = out.reshape(-1, size)  # [cell][anchor] records
+    cls = rec[:, 5:].numpy()
+    absolute = _sequential_hierarchy(cls, list(head.tree.parent))
+    assert np.array_equal(head._plan.apply(rec[:, 5:]).numpy(), absolute)
+    assert np.all((absolute >= 0) & (absolute <= 1))
+
+    def check(dets: Detections, cls: np.ndarray, obj: np.ndarray, thresh: float) -> int:
+        absolute = _sequential_hierarchy(cls, list(head.tree.parent))
+        probs = dets.probs.numpy()
+        assert probs.shape == (rec.shape[0], 9418) and np.all((probs >= 0) & (probs <= 1))
+        reported = 0
+        for i, row in enumerate(probs):
+            nz = np.flatnonzero(row)
+            assert len(nz) <= 1  # one node per detection
+            above = np.flatnonzero(absolute[i] > 0.5)
+            if len(nz) == 0:
+                assert len(above) == 0 or not obj[i] > thresh
+                continue
+            (k,) = nz
+            assert k == above.max() and obj[i] > thresh
+            # the prob is the product of conditionals down the tree path (root first, float32)
+            path = [k]
+            while head.tree.parent[path[-1]] >= 0:
+                path.append(head.tree.parent[path[-1]])
+            assert row[k] == _f32(*[cls[i, n] for n in reversed(path)])
+            reported += 1
+        return reported
+
+    (dets,) = decode([out], [head], 128, 128, [(128, 128)], thresh=0.25)
+    assert check(dets, cls, rec[:, 4].numpy(), 0.25) == 0  # synthetic weights: no node above .5
+
+    # make one record confident along the path to the deepest node: conditional .97 per level
+    depth = [0] * 9418
+    for j, par in enumerate(head.tree.parent):
+        depth[j] = depth[par] + 1 if par >= 0 else 0
+    leaf = int(np.argmax(depth))
+    boosted = out.clone()
+    brec = boosted.view(-1, size)
+    node, target = leaf, 7
+    while node >= 0:
+        brec[target, 5 + node] = 0.97
+        node = head.tree.parent[node]
+    brec[target, 4] = 0.9
+    (dets,) = decode([boosted], [head], 128, 128, [(128, 128)], thresh=0.25)
+    assert check(dets, brec[:, 5:].numpy(), brec[:, 4].numpy(), 0.25) == 1
+    assert dets.probs[target].nonzero().flatten().tolist() == [leaf]
+    assert dets.probs[target, leaf].item() == pytest.approx(0.97 ** (depth[leaf] + 1), rel=1e-5)
+    (entry,) = to_pixel_list(nms(dets), (128, 128), list(head.tree.names), 0.25)
+    assert entry.class_id == leaf and entry.name == head.tree.names[leaf]
+
+    # the cfg's map (coco9k.map, 80 lines) as `detector valid` would apply it
+    _, (mapped,) = heads_from_graph(graph, apply_map=True)
+    assert mapped.map is not None and len(mapped.map) == 80 and mapped.out_classes == 80
+    (mdets,) = decode([boosted], [mapped], 128, 128, [(128, 128)], thresh=0.0)
+    absolute = _sequential_hierarchy(brec[:, 5:].numpy(), list(head.tree.parent))
+    want = brec[:, 4:5].numpy() * absolute[:, list(mapped.map)]
+    assert np.array_equal(mdets.probs.numpy(), np.where(want > 0, want, 0))
