@@ -148,3 +148,17 @@ def test_run_real_weights_prints_like_darknet(shared: Path, capsys: pytest.Captu
     assert main(["run", str(folder / "yolo-fastest-1.1.cfg"), str(shared / "darknet" / "data" / "dog.jpg")]) == 0
     out = capsys.readouterr().out
     assert "dog: 65%" in out and "car: 88%" in out and "bicycle: 55%" in out
+
+
+def test_annotate_draws_box_and_label() -> None:
+    from darkcfg.detect import Detection
+    from darkcfg.draw import _color, annotate
+
+    img = np.full((120, 160, 3), 128, dtype=np.uint8)
+    det = Detection(3, "cat", 0.9, (40.0, 50.0, 100.0, 110.0), 0.95)
+    out = annotate(img, [det])
+    assert out.shape == img.shape and img[0, 0, 0] == 128  # a copy: the input is untouched
+    assert tuple(int(v) for v in out[80, 40]) == _color(3)  # left edge of the box, BGR
+    assert tuple(int(v) for v in out[80, 70]) == (128, 128, 128)  # inside stays clear
+    tab = out[30:50, 42:90].reshape(-1, 3)
+    assert (tab == np.array(_color(3), dtype=np.uint8)).all(axis=1).mean() > 0.3  # label tab above
