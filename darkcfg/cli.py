@@ -171,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     weights = find_weights(cfg, args.weights)
     model = load(cfg, weights, size=_size(args), device=args.device).optimize()
     if args.half:
+        if str(args.device).startswith("cpu"):
+            raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
         model = model.half()
     detector = Detector(model, names_file=args.names, letterbox=True if args.letterbox else None)
     out_dir = Path(args.out) if args.out else None

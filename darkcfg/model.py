@@ -155,8 +155,21 @@ def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | None" = None, *
     ``size=(width, height)`` overrides the cfg's ``[net]`` size.  The model is returned
     in eval mode on ``device``.
     """
+    device = _check_device(device)
     graph = build_graph(read_cfg(cfg), size=tuple(size) if size is not None else None)  # type: ignore[arg-type]
     model = Darknet(graph, bn_formula=bn_formula)
     if weights is not None:
         model.load_weights(weights, strict=strict)
     return model.to(device).eval()
+
+
+def _check_device(device: "str | torch.device") -> torch.device:
+    """A usable torch device, or a :class:`DarkcfgError` saying why not (before any work)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DarkcfgError(f"invalid device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DarkcfgError(f"device {device!r} requested but CUDA is not available "
+                           f"(torch {torch.__version__}, built with CUDA: {torch.version.cuda is not None})")
+    return dev

@@ -63,6 +63,11 @@ FLT_MAX: float = 3.4028234663852886e38
 # ---------------------------------------------------------------------------------------------
 
 
+def _lowest(x: Tensor) -> float:
+    """Darknet's ``-FLT_MAX`` start value, in ``x``'s dtype (fp16's lowest is -65504)."""
+    return float(torch.finfo(x.dtype).min)
+
+
 def _c_div(a: int, b: int) -> int:
     """C integer division (truncation toward zero)."""
     q = abs(a) // abs(b)
@@ -103,8 +108,8 @@ def darknet_maxpool(x: Tensor, size: int, stride_x: int, stride_y: int, padding:
     """
     pads = _pool_pads(x, size, stride_x, stride_y, padding)
     if pads[0] > 0 or pads[1] > 0 or pads[2] > 0 or pads[3] > 0:
-        x = F.pad(x, pads, mode="constant", value=-3.4028234663852886e38)
-    return torch.clamp_min(_separable_max(x, size, stride_x, stride_y), -3.4028234663852886e38)
+        x = F.pad(x, pads, mode="constant", value=_lowest(x))
+    return torch.clamp_min(_separable_max(x, size, stride_x, stride_y), _lowest(x))
 
 
 def _separable_max(x: Tensor, size: int, stride_x: int, stride_y: int) -> Tensor:
@@ -142,9 +147,9 @@ def maxpool_depth(x: Tensor, out_channels: int) -> Tensor:
     groups = (c + out_channels - 1) // out_channels
     extra = groups * out_channels - c
     if extra > 0:
-        x = F.pad(x, [0, 0, 0, 0, 0, extra], mode="constant", value=-3.4028234663852886e38)
+        x = F.pad(x, [0, 0, 0, 0, 0, extra], mode="constant", value=_lowest(x))
     out = torch.amax(x.reshape(n, groups, out_channels, h, w), dim=1)
-    return torch.clamp_min(out, -3.4028234663852886e38)
+    return torch.clamp_min(out, _lowest(x))
 
 
 def local_avgpool(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int) -> Tensor:
@@ -656,7 +661,7 @@ def tree_softmax(
     rows = x2.shape[0]
     idx1 = torch.tensor(idx_list, dtype=torch.long, device=x_flat.device)
     idx = idx1.unsqueeze(0).expand(rows, k)
-    gmax = torch.full((rows, ng + 1), -3.4028234663852886e38, dtype=x2.dtype, device=x2.device)
+    gmax = torch.full((rows, ng + 1), _lowest(x2), dtype=x2.dtype, device=x2.device)
     gmax = gmax.scatter_reduce(1, idx, x2, reduce="amax", include_self=True)
     m = torch.gather(gmax, 1, idx)
     if temperature != 1.0:
