@@ -51,7 +51,7 @@ class CaseResult:
 
     def line(self) -> str:
         status = "PASS" if self.passed else "FAIL"
-        text = (f"{self.case:48s} layers={self.layers:4d} worst={self.worst_layer:4d} "
+        text = (f"{self.case:48s} layers={self.layers:4d} compared={self.compared:4d} worst={self.worst_layer:4d} "
                 f"max_abs={self.max_abs:.2e} max_rel={self.max_rel:.2e} {self.seconds:6.1f}s {status}")
         if self.failures:
             text += "  " + "; ".join(self.failures[:3])
@@ -184,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         total += 1
         passed += r.passed
         if args.json:
-            print(json.dumps({"case": r.case, "layers": r.layers, "worst_layer": r.worst_layer,
+            print(json.dumps({"case": r.case, "layers": r.layers, "compared": r.compared, "worst_layer": r.worst_layer,
                               "max_abs": r.max_abs, "max_rel": r.max_rel, "passed": r.passed,
                               "failures": r.failures, "seconds": round(r.seconds, 3)}), flush=True)
         else:

@@ -13,7 +13,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -231,14 +231,3 @@ def detect_images(model: "Darknet", images: Any, thresh: float = 0.25, nms: floa
     for start in range(0, len(rgb), max(1, batch_size)):
         results += detector(rgb[start:start + batch_size], thresh=thresh, nms_thresh=nms)
     return results
-
-
-def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -22,7 +22,7 @@ report ``(0, 0, 0)`` and only ``outputs``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .cfg import Cfg, Section, iter_unused
 from .errors import CfgError
@@ -296,7 +296,3 @@ def _make_spec(ctx: Context, r: RuleResult) -> LayerSpec:
         dontload=sec.get_int("dontload", 0) != 0,
         dontloadscales=sec.get_int("dontloadscales", 0) != 0,
     )
-
-
-def iter_specs(graph: Graph, kind: str) -> Iterator[LayerSpec]:
-    return (s for s in graph.layers if s.kind == kind)

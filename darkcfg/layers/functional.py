@@ -65,7 +65,12 @@ FLT_MAX: float = 3.4028234663852886e38
 
 def _lowest(x: Tensor) -> float:
     """Darknet's ``-FLT_MAX`` start value, in ``x``'s dtype (fp16's lowest is -65504)."""
-    return float(torch.finfo(x.dtype).min)
+    # Spelled out (torch.finfo is not scriptable).
+    if x.dtype == torch.float16:
+        return -65504.0
+    if x.dtype == torch.bfloat16:
+        return -3.3895313892515355e38
+    return -3.4028234663852886e38
 
 
 def _c_div(a: int, b: int) -> int:
