@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,7 @@ def _dims(shape: tuple[int, int, int], outputs: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
+    from .classify import Classifier
     from .detect_api import Detector
     from .draw import write_annotated
     from .image import load_image
@@ -174,7 +176,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if str(args.device).startswith("cpu"):
             raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
         model = model.half()
-    detector = Detector(model, names_file=args.names, letterbox=True if args.letterbox else None)
+    if any(s.kind in HEADS for s in model.graph.layers):
+        detector = Detector(model, names_file=args.names, letterbox=True if args.letterbox else None)
+
+        def predict(imgs: list) -> list:
+            return detector(imgs, thresh=args.thresh, nms_thresh=args.nms)
+    else:  # a classifier: `darknet classifier predict`
+        classifier = Classifier(model, names_file=args.names)
+
+        def predict(imgs: list) -> list:
+            return classifier(imgs, top=args.top)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,11 +197,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded: list[tuple[Path, Any]] = []
 
     def flush() -> None:
-        results = detector([img for _, img in loaded], thresh=args.thresh, nms_thresh=args.nms)
-        for (path, img), dets in zip(loaded, results):
-            _report(args, path, img, dets)
-            if out_dir:
-                write_annotated(out_dir / (path.stem + ".jpg"), img, dets)
+        results = predict([img for _, img in loaded])
+        for (path, img), result in zip(loaded, results):
+            _report(args, path, img, result)
+            if out_dir and not _is_classification(result):
+                write_annotated(out_dir / (path.stem + ".jpg"), img, result)
         progress.update(len(loaded))
         loaded.clear()
 
@@ -208,14 +219,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush()
         progress.close()
         for path in videos:
-            failures += _run_video(args, detector, path, out_dir)
+            failures += _run_video(args, predict, path, out_dir)
     if failures:
         print(f"darkcfg run: {failures} of {len(paths)} inputs failed", file=sys.stderr)
     return 1 if failures else 0
 
 
+HEADS = ("yolo", "Gaussian_yolo", "region", "detection")
+
+
+def _is_classification(result: Sequence[Any]) -> bool:
+    from .classify import Classification
+
+    return bool(result) and isinstance(result[0], Classification)
+
+
 def _report(args: argparse.Namespace, path: Path, img: Any, dets: Sequence[Any], frame: Optional[int] = None) -> None:
     h, w = img.shape[:2]
+    where = f"{path}" + (f" frame {frame}" if frame is not None else "")
+    if _is_classification(dets):
+        if args.json:
+            record = {"image": str(path), "width": w, "height": h, **({"frame": frame} if frame is not None else {}),
+                      "classes": [{"class_id": c.class_id, "name": c.name, "prob": round(c.prob, 6)} for c in dets]}
+            print(json.dumps(record), flush=True)
+        else:
+            print(f"{where}:")
+            for c in dets:  # darknet: "%5.2f%%: %s"
+                print(f"{100 * c.prob:5.2f}%: {c.name}")
+        return
     if args.json:
         record: dict = {"image": str(path), "width": w, "height": h}
         if frame is not None:
@@ -225,7 +256,6 @@ def _report(args: argparse.Namespace, path: Path, img: Any, dets: Sequence[Any],
                                 for d in dets]
         print(json.dumps(record), flush=True)
         return
-    where = f"{path}" + (f" frame {frame}" if frame is not None else "")
     print(f"{where}: {len(dets)} detections")
     for d in dets:
         x1, y1, x2, y2 = d.box_int
@@ -233,7 +263,7 @@ def _report(args: argparse.Namespace, path: Path, img: Any, dets: Sequence[Any],
               f"height: {y2 - y1:4d})")
 
 
-def _run_video(args: argparse.Namespace, detector: Any, path: Path, out_dir: Optional[Path]) -> int:
+def _run_video(args: argparse.Namespace, predict: Any, path: Path, out_dir: Optional[Path]) -> int:
     import cv2
 
     from .draw import annotate
@@ -253,9 +283,9 @@ def _run_video(args: argparse.Namespace, detector: Any, path: Path, out_dir: Opt
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            dets = detector([rgb], thresh=args.thresh, nms_thresh=args.nms)[0]
+            dets = predict([rgb])[0]
             _report(args, path, rgb, dets, frame=frame_no)
-            if out_dir:
+            if out_dir and not _is_classification(dets):
                 if writer is None:
                     h, w = rgb.shape[:2]
                     writer = cv2.VideoWriter(str(out_dir / (path.stem + ".mp4")), cv2.VideoWriter_fourcc(*"mp4v"),
@@ -315,12 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_info)
 
-    sp = sub.add_parser("run", help="detect objects in images, folders, globs or videos")
+    sp = sub.add_parser("run", help="detect objects (or classify, for classifier cfgs) in images, folders, "
+                                    "globs or videos")
     sp.add_argument("cfg")
     sp.add_argument("inputs", nargs="+", metavar="INPUT")
     sp.add_argument("--weights", help="default: <cfg stem>.weights beside the cfg, then the weights store")
     sp.add_argument("--names", help="class names file (default: .names/.data beside the cfg, COCO, VOC)")
     sp.add_argument("--thresh", type=float, default=0.25)
+    sp.add_argument("--top", type=int, default=5, help="classifiers: how many classes to print")
     sp.add_argument("--nms", type=float, default=0.45)
     size_arg(sp)
     sp.add_argument("--letterbox", action="store_true", help="letterbox instead of stretching")
@@ -381,6 +413,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `darkcfg run ... | head`: stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush cannot raise again
+        return 141
 
 
 if __name__ == "__main__":

@@ -265,3 +265,28 @@ def preprocess(img_rgb_uint8: np.ndarray, net_w: int, net_h: int, letterbox: boo
 
 
 _letterbox = letterbox  # the `letterbox` flag of preprocess shadows the function name
+
+
+def resize_min(chw_float: np.ndarray, size: int) -> np.ndarray:
+    """darknet ``resize_min``: the shorter side becomes ``size``, the other ``(other*size)/short``
+    (C integer arithmetic), with darknet's bilinear; a no-op when nothing changes."""
+    _, h, w = chw_float.shape
+    new_w, new_h = (size, (h * size) // w) if w < h else ((w * size) // h, size)
+    return chw_float if (new_w, new_h) == (w, h) else darknet_resize(chw_float, new_w, new_h)
+
+
+def crop_clamped(chw_float: np.ndarray, dx: int, dy: int, w: int, h: int) -> np.ndarray:
+    """darknet ``crop_image``: a ``w x h`` window at (dx, dy); outside pixels repeat the edge."""
+    _, src_h, src_w = chw_float.shape
+    rows = np.clip(np.arange(h) + dy, 0, src_h - 1)
+    cols = np.clip(np.arange(w) + dx, 0, src_w - 1)
+    return chw_float[:, rows[:, None], cols[None, :]]
+
+
+def classifier_preprocess(img_rgb_uint8: np.ndarray, net_w: int, net_h: int) -> torch.Tensor:
+    """RGB uint8 image -> ``1x3xHxW`` tensor as ``darknet classifier predict`` feeds the network:
+    ``resize_min`` to ``net_w``, then a centre crop at ``((W'-net_w)/2, (H'-net_h)/2)``."""
+    resized = resize_min(to_chw_float(img_rgb_uint8), net_w)
+    _, h, w = resized.shape
+    crop = crop_clamped(resized, (w - net_w) // 2, (h - net_h) // 2, net_w, net_h)
+    return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).unsqueeze(0)

@@ -142,6 +142,12 @@ class Darknet(nn.Module):
 
         return detect_images(self, images, thresh=thresh, nms=nms, **kwargs)
 
+    def classify(self, images: Any, top: int = 5, **kwargs: Any) -> list:
+        """Top-``top`` classes per image; see :func:`darkcfg.classify.classify_images`."""
+        from .classify import classify_images
+
+        return classify_images(self, images, top=top, **kwargs)
+
     def extra_repr(self) -> str:
         net = self.graph.net
         return f"cfg={self.graph.path!r}, input={net.channels}x{net.height}x{net.width}, layers={len(self.layers)}"

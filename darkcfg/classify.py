@@ -1,0 +1,66 @@
+"""Classification front-end: ``darknet classifier predict`` as a function.
+
+Preprocessing is Darknet's (``resize_min`` to the network width, then a centre crop,
+edges repeated), the network output is the last layer's (the [softmax]), and the top-k
+ranking keeps Darknet's tie rule (``top_k``: the earlier class wins a tie).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .detect_api import resolve_names, to_rgb_image
+from .errors import DarkcfgError
+from .image import classifier_preprocess
+
+if TYPE_CHECKING:
+    from .model import Darknet
+
+
+@dataclass(frozen=True)
+class Classification:
+    class_id: int
+    name: str
+    prob: float
+
+
+class Classifier:
+    """Reusable classification front-end for one model (names and output settled once)."""
+
+    def __init__(self, model: "Darknet", names: Optional[Sequence[str]] = None,
+                 names_file: "str | os.PathLike | None" = None):
+        graph = model.graph
+        if any(s.kind in ("yolo", "Gaussian_yolo", "region", "detection") for s in graph.layers):
+            raise DarkcfgError(f"{graph.path}: this network is a detector; use detect / `darkcfg run` detection")
+        self.model = model
+        self.output_index = graph.output_indices[-1]
+        self.classes = graph.layers[self.output_index].outputs
+        self.names = list(names) if names is not None else resolve_names(graph.path, self.classes, names_file)
+
+    def __call__(self, images: Sequence[np.ndarray], top: int = 5) -> list[list[Classification]]:
+        net = self.model.graph.net
+        batch = torch.cat([classifier_preprocess(img, net.width, net.height) for img in images])
+        param = next(self.model.parameters(), torch.zeros(()))
+        with torch.no_grad():
+            out = self.model(batch.to(param.device, param.dtype))[-1]
+        scores = out.reshape(out.shape[0], -1).float().cpu().numpy()
+        k = max(1, min(top, scores.shape[1]))
+        results = []
+        for row in scores:
+            order = np.argsort(-row, kind="stable")[:k]  # stable: ties keep the lower index first
+            results.append([Classification(int(i), self.names[i], float(row[i])) for i in order])
+        return results
+
+
+def classify_images(model: "Darknet", images: Any, top: int = 5,
+                    names: Optional[Sequence[str]] = None) -> list[list[Classification]]:
+    """``Darknet.classify``: the top-``top`` classes of each image (paths, arrays or tensors)."""
+    if isinstance(images, (str, os.PathLike, np.ndarray)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
+        images = [images]
+    classifier = Classifier(model, names=names)
+    return classifier([to_rgb_image(img) for img in images], top=top)
