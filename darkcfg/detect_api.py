@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -23,6 +22,7 @@ from .detect import (DetectionHead, Detection, Head, RegionHead, YoloHead, decod
 from .errors import DarkcfgError, ImageError
 from .graph import Graph
 from .image import image_from_array, load_image, preprocess
+from .names import BUILTIN
 from .layers.functional import DarknetTree, read_tree
 from .layers.heads import find_data_file
 
@@ -148,11 +148,8 @@ def _names_beside_cfg(cfg: Path, classes: int) -> Optional[list[str]]:
 
 
 def _builtin_names(classes: int) -> list[str]:
-    table = {80: "coco.names", 20: "voc.names"}.get(classes)
-    if table is None:
-        return [str(k) for k in range(classes)]
-    text = resources.files("darkcfg").joinpath("data", table).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    table = BUILTIN.get(classes)
+    return list(table) if table is not None else [str(k) for k in range(classes)]
 
 
 def to_rgb_image(image: Any) -> np.ndarray:
