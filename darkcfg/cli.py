@@ -48,6 +48,16 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def resolve_cfg(arg: str) -> Path:
+    """A cfg path, or a zoo model name (fetched and verified into the weights store)."""
+    path = Path(arg)
+    if path.exists() or path.suffix == ".cfg" or os.sep in arg:
+        return path
+    from .zoo import fetch
+
+    return fetch(arg)["cfg"]
+
+
 def find_weights(cfg: Path, explicit: Optional[str]) -> Path:
     """``--weights``; else ``<cfg stem>.weights`` beside the cfg; else the weights store."""
     if explicit:
@@ -91,7 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .cfg import read_cfg
     from .graph import build_graph
 
-    graph = build_graph(read_cfg(args.cfg), size=_size(args))
+    graph = build_graph(read_cfg(resolve_cfg(args.cfg)), size=_size(args))
     if args.json:
         print(json.dumps(info_json(graph, args.cfg)))
         return 0
@@ -169,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .image import load_image
     from .model import load
 
-    cfg = Path(args.cfg)
+    cfg = resolve_cfg(args.cfg)
     weights = find_weights(cfg, args.weights)
     model = load(cfg, weights, size=_size(args), device=args.device).optimize()
     if args.half:
@@ -308,7 +318,7 @@ def _run_video(args: argparse.Namespace, predict: Any, path: Path, out_dir: Opti
 def cmd_convert(args: argparse.Namespace) -> int:
     from .export import export
 
-    cfg = Path(args.cfg)
+    cfg = resolve_cfg(args.cfg)
     weights = find_weights(cfg, args.weights) if (args.weights or not args.no_weights) else None
     out = export(cfg, weights, args.to, Path(args.out) if args.out else None, size=_size(args),
                  fuse=not args.no_fuse, batch=args.batch)
@@ -320,13 +330,39 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    result = run_bench(args.cfg, args.weights, size=_size(args), batch=args.batch, device=args.device,
+    cfg = resolve_cfg(args.cfg)
+    weights = args.weights or (str(cfg.with_suffix(".weights")) if cfg.with_suffix(".weights").is_file() else None)
+    result = run_bench(str(cfg), weights, size=_size(args), batch=args.batch, device=args.device,
                        iters=args.iters, warmup=args.warmup, opencv=not args.no_opencv, threads=args.threads)
     if args.json:
         print(json.dumps(result))
     else:
         for line in result["lines"]:
             print(line)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- zoo
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from .zoo import fetch, load_index
+
+    if args.action == "list":
+        models = load_index(args.index)
+        if args.json:
+            print(json.dumps([{"name": m.name, "task": m.task, "dataset": m.dataset, "input": list(m.input),
+                               "source": m.source, "files": {f.role: {"url": f.url, "sha256": f.sha256,
+                                                                       "bytes": f.bytes} for f in m.files}}
+                              for m in models]))
+        else:
+            for m in models:
+                size = sum(f.bytes for f in m.files) / 1e6
+                print(f"{m.name:<24} {m.task:<8} {m.input[0]}x{m.input[1]:<5} {size:6.1f} MB  {m.dataset}  ({m.source})")
+        return 0
+    if not args.names:
+        raise DarkcfgError("zoo fetch needs at least one model name (see `darkcfg zoo list`)")
+    for name in args.names:
+        paths = fetch(name, store=args.store, index=args.index)
+        print(f"{name}: " + ", ".join(f"{role} {path}" for role, path in paths.items()))
     return 0
 
 
@@ -347,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="detect objects (or classify, for classifier cfgs) in images, folders, "
                                     "globs or videos")
-    sp.add_argument("cfg")
+    sp.add_argument("cfg", help="a .cfg file or a zoo model name (see `darkcfg zoo list`)")
     sp.add_argument("inputs", nargs="+", metavar="INPUT")
     sp.add_argument("--weights", help="default: <cfg stem>.weights beside the cfg, then the weights store")
     sp.add_argument("--names", help="class names file (default: .names/.data beside the cfg, COCO, VOC)")
@@ -386,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-opencv", action="store_true")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("zoo", help="list or fetch published models (sha256-verified) by name")
+    sp.add_argument("action", choices=["list", "fetch"])
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("--store", help="download folder (default: the first weights store folder)")
+    sp.add_argument("--index", help="zoo index file (default: $DARKCFG_ZOO or cfgs/zoo.json)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_zoo)
 
     sp = sub.add_parser("conformance", help="compare with Darknet's own outputs (shared fixtures)",
                         add_help=False)
