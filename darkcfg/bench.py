@@ -20,13 +20,10 @@ from .model import load
 from .weights import synthetic_weights
 
 
-def _median_ms(fn: Callable[[], object], iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _time_ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int, int]] = None, batch: int = 1,
@@ -77,7 +74,7 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
         times = {name: [] for name in contenders}
         for _ in range(iters):  # interleave so drift hits everyone alike
             for name, fn in contenders.items():
-                times[name].append(_median_ms(fn, 1))
+                times[name].append(_time_ms(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
     base = med.get("OpenCV DNN", med["darkcfg (unfused BN)"])
     lines = [f"{cfg} input {batch}x{model.channels}x{model.height}x{model.width} on {device}, "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .detect_api import resolve_names, to_rgb_image
+from .detect_api import resolve_names, rgb_images
 from .errors import DarkcfgError
 from .image import classifier_preprocess
 
@@ -60,7 +60,5 @@ class Classifier:
 def classify_images(model: "Darknet", images: Any, top: int = 5,
                     names: Optional[Sequence[str]] = None) -> list[list[Classification]]:
     """``Darknet.classify``: the top-``top`` classes of each image (paths, arrays or tensors)."""
-    if isinstance(images, (str, os.PathLike, np.ndarray)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
-        images = [images]
     classifier = Classifier(model, names=names)
-    return classifier([to_rgb_image(img) for img in images], top=top)
+    return classifier(rgb_images(images), top=top)

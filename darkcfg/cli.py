@@ -331,7 +331,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     cfg = resolve_cfg(args.cfg)
-    weights = args.weights or (str(cfg.with_suffix(".weights")) if cfg.with_suffix(".weights").is_file() else None)
+    try:
+        weights: Optional[str] = str(find_weights(cfg, args.weights))
+    except DarkcfgError:
+        if args.weights:
+            raise
+        weights = None  # no weights anywhere: time with well-scaled synthetic ones
     result = run_bench(str(cfg), weights, size=_size(args), batch=args.batch, device=args.device,
                        iters=args.iters, warmup=args.warmup, opencv=not args.no_opencv, threads=args.threads)
     if args.json:

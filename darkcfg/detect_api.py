@@ -167,6 +167,16 @@ def to_rgb_image(image: Any) -> np.ndarray:
                      "(give a path, a numpy array or a tensor)")
 
 
+def rgb_images(images: Any) -> list[np.ndarray]:
+    """One image or a list of them (paths, BGR arrays, CHW tensors, or an NCHW batch) as RGB uint8."""
+    if isinstance(images, (str, os.PathLike, np.ndarray)) or (
+            isinstance(images, torch.Tensor) and images.dim() == 3):
+        images = [images]
+    elif isinstance(images, torch.Tensor):
+        images = list(images)
+    return [to_rgb_image(img) for img in images]
+
+
 class Detector:
     """Reusable detection front-end for one model (heads, names and NMS settled once)."""
 
@@ -174,6 +184,8 @@ class Detector:
                  names_file: "str | os.PathLike | None" = None, letterbox: Optional[bool] = None):
         self.model = model
         self.layer_indices, self.heads = heads_from_graph(model.graph)
+        # Darknet.forward returns exactly the heads, in layer order (graph.output_indices).
+        assert model.output_layers == self.layer_indices
         self.classes = head_classes(self.heads[0])
         if names is not None:
             self.names = list(names)
@@ -200,7 +212,6 @@ class Detector:
         dtype = next(self.model.parameters(), torch.zeros(())).dtype
         with torch.no_grad():
             outs = self.model(batch.to(self.device, dtype))  # the heads, in layer order
-        assert self.model.output_layers == self.layer_indices
         head_outs = [o.float() for o in outs]
         sizes = [(img.shape[1], img.shape[0]) for img in images]
         per_image = decode(head_outs, self.heads, net.width, net.height, sizes, thresh=thresh,
@@ -217,13 +228,8 @@ def detect_images(model: "Darknet", images: Any, thresh: float = 0.25, nms: floa
     ``images``: a path, an array or tensor, or a list of them.  A missing, empty or
     corrupt image raises :class:`ImageError` naming it.
     """
-    if isinstance(images, (str, os.PathLike, np.ndarray)) or (
-            isinstance(images, torch.Tensor) and images.dim() == 3):
-        images = [images]
-    elif isinstance(images, torch.Tensor):
-        images = list(images)
     detector = Detector(model, names=names, letterbox=letterbox)
-    rgb = [to_rgb_image(img) for img in images]
+    rgb = rgb_images(images)
     results: list[list[Detection]] = []
     for start in range(0, len(rgb), max(1, batch_size)):
         results += detector(rgb[start:start + batch_size], thresh=thresh, nms_thresh=nms)

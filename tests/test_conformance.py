@@ -15,22 +15,16 @@ from pathlib import Path
 import pytest
 
 from darkcfg import conformance
-from darkcfg.shared import shared_dir
+from darkcfg.shared import conformance_cases, shared_dir
 
 SHARED = shared_dir()
-CASES_DIR = SHARED / "conformance" / "cases" if SHARED is not None else None
-CASES = conformance.find_cases(CASES_DIR) if CASES_DIR is not None and CASES_DIR.is_dir() else []
+CASES = conformance_cases()
+CASES_DIR = CASES[0].parent if CASES else None
 NO_SHARED = ("the shared Darknet conformance fixtures (../shared/conformance) were not found; "
              "set DARKCFG_SHARED to run the conformance tests")
 
 # Two small, fast cases for the report entry point.
 SMALL_CASES = ["cfg-cifar.test", "cfg-tiny"]  # sorted: the report runs cases in name order
-
-
-@pytest.fixture(scope="module")
-def make_weights():
-    """The fixtures' own generator, imported once for the module."""
-    return conformance.load_make_weights(CASES_DIR.parent)
 
 
 if CASES:

@@ -21,13 +21,13 @@ import torch
 
 import darkcfg
 from darkcfg import WeightsError, conformance
-from darkcfg.shared import shared_dir
+from darkcfg.shared import conformance_cases, shared_dir
 
 # --------------------------------------------------------------------------- corpus round trip
 
 SHARED = shared_dir()
-CASES_DIR = SHARED / "conformance" / "cases" if SHARED is not None else None
-CASES = conformance.find_cases(CASES_DIR) if CASES_DIR is not None and CASES_DIR.is_dir() else []
+CASES = conformance_cases()
+CASES_DIR = CASES[0].parent if CASES else None
 NO_SHARED = ("the shared Darknet conformance fixtures (../shared/conformance) were not found; "
              "set DARKCFG_SHARED to run the corpus round trip")
 
@@ -48,11 +48,6 @@ class HashWriter(io.RawIOBase):
         n = memoryview(b).nbytes
         self.nbytes += n
         return n
-
-
-@pytest.fixture(scope="module")
-def make_weights():
-    return conformance.load_make_weights(CASES_DIR.parent)
 
 
 if CASES:
