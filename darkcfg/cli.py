@@ -49,7 +49,7 @@ class Progress:
 
 
 def resolve_cfg(arg: str) -> Path:
-    """A cfg path, or a zoo model name (fetched and verified into the weights store)."""
+    """A cfg path, or a zoo model name (fetched and verified into the zoo store)."""
     path = Path(arg)
     if path.exists() or path.suffix == ".cfg" or os.sep in arg:
         return path
@@ -349,26 +349,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- zoo
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from .zoo import fetch, load_index
+    from .zoo_cli import cmd_zoo as run_zoo
 
-    if args.action == "list":
-        models = load_index(args.index)
-        if args.json:
-            print(json.dumps([{"name": m.name, "task": m.task, "dataset": m.dataset, "input": list(m.input),
-                               "source": m.source, "files": {f.role: {"url": f.url, "sha256": f.sha256,
-                                                                       "bytes": f.bytes} for f in m.files}}
-                              for m in models]))
-        else:
-            for m in models:
-                size = sum(f.bytes for f in m.files) / 1e6
-                print(f"{m.name:<24} {m.task:<8} {m.input[0]}x{m.input[1]:<5} {size:6.1f} MB  {m.dataset}  ({m.source})")
-        return 0
-    if not args.names:
-        raise DarkcfgError("zoo fetch needs at least one model name (see `darkcfg zoo list`)")
-    for name in args.names:
-        paths = fetch(name, store=args.store, index=args.index)
-        print(f"{name}: " + ", ".join(f"{role} {path}" for role, path in paths.items()))
-    return 0
+    return run_zoo(args)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -431,8 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("zoo", help="list or fetch published models (sha256-verified) by name")
     sp.add_argument("action", choices=["list", "fetch"])
     sp.add_argument("names", nargs="*", metavar="NAME")
-    sp.add_argument("--store", help="download folder (default: the first weights store folder)")
-    sp.add_argument("--index", help="zoo index file (default: $DARKCFG_ZOO or cfgs/zoo.json)")
+    sp.add_argument("--store", help="download folder (default: $DARKCFG_HOME, else the user cache folder)")
+    sp.add_argument("--index", help="zoo index file (default: $DARKCFG_ZOO, else the one in the package)")
+    sp.add_argument("--trust", action="store_true", help="fetch models published without a hash and record "
+                                                         "their sha256 (trust on first use)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_zoo)
 

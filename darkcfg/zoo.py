@@ -1,40 +1,77 @@
-"""Published cfg/weights pairs by name, and where darkcfg looks for weights.
+"""Published cfg/weights pairs by name, the download store, and where darkcfg looks for weights.
 
-*Weights store*: folders searched for ``<cfg stem>.weights`` when none is given
-explicitly: ``$DARKCFG_WEIGHTS`` (``os.pathsep``-separated) first, then ``./weights``,
-then the ``weights/`` folder of a source checkout.  Binaries never go into git.
+*Zoo index*: ``darkcfg/data/zoo.json``, shipped inside the package (``$DARKCFG_ZOO`` or
+``--index`` may name another).  Each model lists its files (cfg, weights, names) with the
+upstream URL (pinned to a commit or a release), the byte size and the hash the upstream
+project or a packager published (sha256, sha1 or sha512).  Files published without any hash
+(the CSPNet models on Google Drive) are *unverified*: they are downloaded only with
+``trust=True`` (``--trust``, or a yes on a terminal prompt); their sha256 is then printed and
+recorded in the store (``tofu.json`` beside them) and checked on every later use: trust on
+first use.
 
-*Zoo*: ``cfgs/zoo.json`` lists published models with the URL, size and sha256 of each
-file.  :func:`fetch` downloads a model into ``<store>/<name>/`` (the first store
-folder unless told otherwise): each file is streamed to a temporary file beside its
-destination while hashing, checked against the index (size and sha256) and only then
-renamed into place, so a cache never holds a partial or unverified file.  Files
-already present with the right hash are not downloaded again.
+*Store*: :func:`fetch` puts model ``NAME``'s files into ``<store>/NAME/``, where the store is
+``--store``, else ``$DARKCFG_HOME``, else the user cache folder (``~/.cache/darkcfg`` on Linux,
+``~/Library/Caches/darkcfg`` on macOS, ``%LOCALAPPDATA%\\darkcfg\\Cache`` on Windows) and never
+the installed package.  Downloads are bounded and atomic (:mod:`darkcfg.download`).
+
+*Weights discovery* for a cfg given by path (no ``--weights``): ``<cfg stem>.weights`` beside the
+cfg, then the folders of ``$DARKCFG_WEIGHTS`` (``os.pathsep``-separated), ``./weights`` and, in a
+source checkout, its ``weights/`` folder (:func:`store_dirs`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+from .download import HASHES, check_url, download, file_digests
 from .errors import DarkcfgError
 
-REPO = Path(__file__).resolve().parents[1]
-REPO_WEIGHTS = REPO / "weights"
-DEFAULT_INDEX = REPO / "cfgs" / "zoo.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_INDEX = PACKAGE_DIR / "data" / "zoo.json"
+CHECKOUT = PACKAGE_DIR.parent
+TOFU_FILE = "tofu.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_HEX_LEN = {"sha256": 64, "sha1": 40, "sha512": 128}
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """``name`` if it is one plain path component (letters, digits, ``._+-``; no ``..``); else an error.
+
+    Model and file names are joined onto the store: ``../../x`` or ``/etc/x`` must never escape it.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise DarkcfgError(f"invalid {what} {name!r}: must be a single file name (letters, digits, '.', '_', "
+                           "'+', '-'; no '/', no '..')")
+    return name
+
+
+def cache_home() -> Path:
+    """The zoo store: ``$DARKCFG_HOME``, else the platform's per-user cache folder."""
+    home = os.environ.get("DARKCFG_HOME")
+    if home:
+        return Path(home).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "darkcfg" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "darkcfg"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "darkcfg"
 
 
 def store_dirs() -> list[Path]:
+    """Folders searched for ``<cfg stem>.weights``: ``$DARKCFG_WEIGHTS``, ``./weights``, a checkout's ``weights/``."""
     dirs = [Path(p) for p in os.environ.get("DARKCFG_WEIGHTS", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "weights", REPO_WEIGHTS]
+    dirs.append(Path.cwd() / "weights")
+    if (CHECKOUT / "setup.cfg").is_file():  # a source checkout, not site-packages
+        dirs.append(CHECKOUT / "weights")
     unique: list[Path] = []
     for d in dirs:
         if d not in unique:
@@ -46,12 +83,21 @@ def store_dirs() -> list[Path]:
 class ZooFile:
     role: str  # cfg, weights, names
     url: str
-    sha256: str
     bytes: int
+    hashes: dict[str, str] = field(default_factory=dict)  # published: sha256/sha1/sha512 -> hex
+    name: str = ""  # file name in the store (default: the URL's last component)
 
     @property
     def filename(self) -> str:
-        return self.url.rstrip("/").rsplit("/", 1)[-1]
+        return self.name or self.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def sha256(self) -> str:
+        return self.hashes.get("sha256", "")
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.hashes)
 
 
 @dataclass(frozen=True)
@@ -62,34 +108,76 @@ class ZooModel:
     input: tuple[int, int]
     source: str
     files: tuple[ZooFile, ...]
+    license: str = ""
+    note: str = ""
 
     def file(self, role: str) -> Optional[ZooFile]:
         return next((f for f in self.files if f.role == role), None)
 
+    @property
+    def verified(self) -> bool:
+        return all(f.verified for f in self.files)
 
-def load_index(path: "str | os.PathLike | None" = None) -> list[ZooModel]:
-    """The models of a zoo index (``$DARKCFG_ZOO``, else ``cfgs/zoo.json`` of the checkout)."""
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "dataset": self.dataset, "input": list(self.input),
+                "source": self.source, "license": self.license, "verified": self.verified, "note": self.note,
+                "files": {f.role: {"url": f.url, "bytes": f.bytes, "file": f.filename, **f.hashes}
+                          for f in self.files}}
+
+
+def _parse_file(role: str, f: dict[str, Any]) -> ZooFile:
+    check_name(role, "file role")
+    check_url(f["url"])
+    size = f["bytes"]
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ValueError(f"{role}: bytes must be a positive integer")
+    hashes = {}
+    for algo in HASHES:
+        if algo in f:
+            value = str(f[algo]).lower()
+            if not re.fullmatch(f"[0-9a-f]{{{_HEX_LEN[algo]}}}", value):
+                raise ValueError(f"{role}: {algo} is not {_HEX_LEN[algo]} hex digits")
+            hashes[algo] = value
+    zf = ZooFile(role, f["url"], size, hashes, f.get("file", ""))
+    check_name(zf.filename, f"{role} file name")
+    return zf
+
+
+def load_index(path: "str | os.PathLike[str] | None" = None) -> list[ZooModel]:
+    """The models of a zoo index (``path``, else ``$DARKCFG_ZOO``, else the one in the package)."""
     index = Path(path or os.environ.get("DARKCFG_ZOO") or DEFAULT_INDEX)
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DarkcfgError(f"{index}: zoo index not found (set DARKCFG_ZOO to a zoo.json)") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DarkcfgError(f"{index}: cannot read the zoo index: {exc}") from exc
-    models = []
+    except FileNotFoundError:
+        raise DarkcfgError(f"{index}: zoo index not found (set DARKCFG_ZOO to a zoo.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DarkcfgError(f"{index}: cannot read the zoo index: {exc}") from None
+    models: list[ZooModel] = []
+    entry: Any = None
     try:
-        for m in data["models"]:
-            files = tuple(ZooFile(role, f["url"], f["sha256"].lower(), int(f["bytes"])) for role, f in m["files"].items())
+        for entry in data["models"]:
+            files = tuple(_parse_file(role, f) for role, f in entry["files"].items())
             if not any(f.role == "cfg" for f in files) or not any(f.role == "weights" for f in files):
-                raise KeyError("cfg/weights")
-            models.append(ZooModel(m["name"], m.get("task", ""), m.get("dataset", ""), tuple(m.get("input", (0, 0))),
-                                   m.get("source", ""), files))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DarkcfgError(f"{index}: malformed zoo index entry ({exc})") from exc
+                raise KeyError("a cfg and a weights file")
+            if len({f.filename for f in files}) != len(files):
+                raise ValueError("two files with the same name")
+            size = entry.get("input", (0, 0))
+            models.append(ZooModel(check_name(entry["name"]), entry.get("task", ""), entry.get("dataset", ""),
+                                   (int(size[0]), int(size[1])), entry.get("source", ""), files,
+                                   entry.get("license", ""), entry.get("note", "")))
+    except DarkcfgError as exc:
+        raise DarkcfgError(f"{index}: {_entry_name(entry)}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DarkcfgError(f"{index}: malformed zoo index entry {_entry_name(entry)} ({exc})") from None
     return models
 
 
-def find_model(name: str, index: "str | os.PathLike | None" = None) -> ZooModel:
+def _entry_name(entry: Any) -> str:
+    return repr(entry.get("name")) if isinstance(entry, dict) else "(top level)"
+
+
+def find_model(name: str, index: "str | os.PathLike[str] | None" = None) -> ZooModel:
+    check_name(name)
     models = load_index(index)
     for m in models:
         if m.name == name:
@@ -98,57 +186,97 @@ def find_model(name: str, index: "str | os.PathLike | None" = None) -> ZooModel:
     raise DarkcfgError(f"'{name}' is neither a cfg file nor a zoo model (known: {known})")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _download(f: ZooFile, dest: Path, report: Optional[Callable[[int, int], None]]) -> None:
-    """Stream ``f`` to a temp file beside ``dest``, verify, then rename atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    h = hashlib.sha256()
-    got = 0
+# ------------------------------------------------------------------------------ trust on first use
+def _read_tofu(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / TOFU_FILE
+    if not path.is_file():
+        return {}
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(f.url, timeout=60) as resp:  # noqa: S310
-            while True:
-                chunk = resp.read(1 << 16)
-                if not chunk:
-                    break
-                out.write(chunk)
-                h.update(chunk)
-                got += len(chunk)
-                if report:
-                    report(got, f.bytes)
-        if got != f.bytes or h.hexdigest() != f.sha256:
-            raise DarkcfgError(f"{f.url}: downloaded {got} bytes with sha256 {h.hexdigest()}, the index says "
-                               f"{f.bytes} bytes, sha256 {f.sha256}; the file was discarded")
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as exc:
-        raise DarkcfgError(f"{f.url}: download failed: {getattr(exc, 'reason', exc)}") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return data
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DarkcfgError(f"{path}: unreadable trust-on-first-use record ({exc}); delete it to trust the "
+                           "upstream files anew") from None
+
+
+def _write_tofu(folder: Path, records: dict[str, dict[str, Any]]) -> None:
+    """Atomically (temp file + rename): a crash never leaves a half-written record."""
+    fd, tmp = tempfile.mkstemp(prefix=TOFU_FILE + ".", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(records, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / TOFU_FILE)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def fetch(name: str, store: "str | os.PathLike | None" = None, index: "str | os.PathLike | None" = None,
-          progress: Optional[bool] = None) -> dict[str, Path]:
-    """Make model ``name``'s files present and verified in the store; returns role -> path."""
+def _ask_trust(model: ZooModel, f: ZooFile) -> bool:
+    """On a terminal, ask; elsewhere (scripts, CI) never trust without ``--trust``."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    sys.stderr.write(f"{model.name}: {f.filename} ({f.bytes / 1e6:.1f} MB) is published without a hash at\n"
+                     f"  {f.url}\nDownload it and record its sha256 for later checks (trust on first use)? [y/N] ")
+    sys.stderr.flush()
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ fetch
+def _progress(label: str) -> Callable[[int, int], None]:
+    start = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        rate = done / max(time.monotonic() - start, 1e-6) / 1e6
+        sys.stderr.write(f"\r{label} [{bar}] {done / 1e6:.1f}/{total / 1e6:.1f} MB {rate:.1f} MB/s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def fetch(name: str, store: "str | os.PathLike[str] | None" = None, index: "str | os.PathLike[str] | None" = None,
+          progress: Optional[bool] = None, trust: Optional[bool] = None, timeout: Optional[float] = None,
+          deadline: Optional[float] = None) -> dict[str, Path]:
+    """Make model ``name``'s files present and verified in the store; returns role -> path.
+
+    Verified files are checked against the published hashes; unverified ones against the sha256
+    recorded at their first download (which needs ``trust``: True, or None to ask on a terminal).
+    Files already present and matching are not downloaded again.
+    """
     model = find_model(name, index)
-    folder = Path(store) if store else store_dirs()[0]
-    folder = folder / model.name
-    paths: dict[str, Path] = {}
+    root = Path(store) if store else cache_home()
+    folder = root / check_name(model.name)
     show = sys.stderr.isatty() if progress is None else progress
+    paths: dict[str, Path] = {}
     for f in model.files:
         dest = folder / f.filename
-        if not (dest.is_file() and dest.stat().st_size == f.bytes and _sha256(dest) == f.sha256):
-            def report(done: int, total: int, label: str = f.filename) -> None:
-                sys.stderr.write(f"\r{label}: {done / 1e6:.1f}/{total / 1e6:.1f} MB")
-                if done >= total:
-                    sys.stderr.write("\n")
-            _download(f, dest, report if show else None)
+        records = _read_tofu(folder) if not f.verified else {}
+        recorded = records.get(f.filename)
+        want = f.hashes or ({"sha256": str(recorded["sha256"])} if recorded else {})
+        if want and dest.is_file() and dest.stat().st_size == f.bytes and file_digests(dest, set(want)) == want:
+            paths[f.role] = dest
+            continue
+        if not want and not (trust if trust is not None else _ask_trust(model, f)):
+            raise DarkcfgError(f"{model.name}: {f.filename} is published without a hash ({f.url}); fetch it "
+                               f"once with `darkcfg zoo fetch {model.name} --trust` to download it and record "
+                               "its sha256 (trust on first use)")
+        folder.mkdir(parents=True, exist_ok=True)
+        digests = download(f.url, dest, size=f.bytes, hashes=want, timeout=timeout, deadline=deadline,
+                           report=_progress(f"{model.name}/{f.filename}") if show else None)
+        if not f.verified and not recorded:
+            records[f.filename] = {"sha256": digests["sha256"], "bytes": f.bytes, "url": f.url,
+                                   "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _write_tofu(folder, records)
+            print(f"{model.name}: {f.filename} sha256 {digests['sha256']} (unverified upstream; recorded in "
+                  f"{folder / TOFU_FILE} and checked on every later use)", file=sys.stderr)
         paths[f.role] = dest
     return paths
