@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import http.server
 import json
 import threading
@@ -114,23 +115,104 @@ def test_run_by_zoo_name(served: tuple[_Server, Path], tmp_path: Path, monkeypat
                          capsys: pytest.CaptureFixture[str]) -> None:
     _, index = served
     monkeypatch.setenv("DARKCFG_ZOO", str(index))
-    monkeypatch.setenv("DARKCFG_WEIGHTS", str(tmp_path / "store"))
+    monkeypatch.setenv("DARKCFG_HOME", str(tmp_path / "home"))
     img = tmp_path / "i.png"
     cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     assert main(["run", "tiny", str(img), "--json", "--thresh", "0.01"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert {d["name"] for d in record["detections"]} <= {"apple", "banana"}  # the fetched .names is used
+    assert (tmp_path / "home" / "tiny" / "tiny.weights").is_file()  # the store is $DARKCFG_HOME
     assert main(["zoo", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "tiny"
 
 
-def test_index_hashes_match_the_published_files(shared: Path) -> None:
-    """cfgs/zoo.json's sizes and sha256 are those of the upstream files mirrored in ../shared."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_real_models_match_the_shared_copies(shared: Path) -> None:
+    """Every model of ../shared/darknet/real: URL pinned to the README's commit, size and sha256 of the copy."""
+    real = shared / "darknet" / "real"
+    models = {m.name: m for m in load_index(DEFAULT_INDEX)}
+    rows = [line.split("|")[1:-1] for line in (real / "README.md").read_text().splitlines()
+            if line.startswith("| ") and line.count("|") == 7 and not line.startswith("| name")]
+    commits = dict(re.findall(r"^- (\S+): ([0-9a-f]{40})$", (real / "README.md").read_text(), re.M))
+    assert len(rows) == len(commits) == 10
+    for name, _kind, repo_at, path, size, sha in ([c.strip() for c in r] for r in rows):
+        m = models[name]
+        repo = repo_at.split(" @ ")[0]
+        w, c = m.file("weights"), m.file("cfg")
+        assert w is not None and c is not None
+        assert w.url == f"https://raw.githubusercontent.com/{repo}/{commits[name]}/{path}"
+        assert (w.bytes, w.sha256) == (int(size), sha) == ((real / f"{name}.weights").stat().st_size,
+                                                            _sha256(real / f"{name}.weights"))
+        assert c.url.startswith(f"https://raw.githubusercontent.com/{repo}/{commits[name]}/")
+        assert (c.bytes, c.sha256) == ((real / f"{name}.cfg").stat().st_size, _sha256(real / f"{name}.cfg"))
+
+
+def test_index_hashes_match_the_shared_upstream_copies(shared: Path) -> None:
+    """cfg (and Yolo-Fastest weights/names) hashes equal the unmodified upstream copies in ../shared."""
+    dk = shared / "darknet"
     checked = 0
     for model in load_index(DEFAULT_INDEX):
         for f in model.files:
-            local = shared / "darknet" / "yolo-fastest" / f.url.split("/ModelZoo/", 1)[1]
-            data = local.read_bytes()
-            assert (len(data), hashlib.sha256(data).hexdigest()) == (f.bytes, f.sha256), f.url
+            if "/Yolo-Fastest/" in f.url and "/ModelZoo/" in f.url:
+                local = dk / "yolo-fastest" / f.url.split("/ModelZoo/", 1)[1]
+            elif f.role == "cfg" and f.url.startswith(f"https://raw.githubusercontent.com/AlexeyAB/darknet/{AB_HEAD}/cfg/"):
+                local = dk / "cfg" / f.filename
+            elif f.role == "cfg" and "/CrossStagePartialNetworks/" in f.url:
+                local = dk / "csp-cfg" / f.filename
+            else:
+                continue
+            assert (local.stat().st_size, _sha256(local)) == (f.bytes, f.sha256), f.url
             checked += 1
-    assert checked >= 10
+    assert checked >= 30
+
+
+AB_HEAD = "59596d7880f6504768df41d6daa586f5cb2b932f"
+PUBLISHED = {  # issue 9 §2: the hashes upstream published
+    "yolov4": ("sha256", "e8a4f6c62188738d86dc6898d82724ec0964d0eb9d2ae0f0a9d53d65d108d562", 257717640),
+    "yolov4-tiny": ("sha256", "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87", 24251276),
+    "yolov4-tiny-2020-06": ("sha256", "037676f0d929c24e1bd9a0037fe30dc416fc26e0ca2a4491a44d024873316061", None),
+    "yolov3": ("sha256", "523e4e69e1d015393a1b0a441cef1d9c7659e3eb2d7e15f793f060a21b32f297", None),
+    "yolov3-tiny": ("sha256", "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c", None),
+    "yolov2-tiny": ("sha256", "16f4e870f1aed83f0089cb69bfda6b53cb7b2a4a01721be56eaf5c899dfac45f", None),
+    "yolov4x-mish": ("sha1", "a6f2879af2241de2e9730d317a55db6afd0af00b", None),
+}
+
+
+def test_published_models_and_sizes() -> None:
+    """The hashes upstream published; the unverified (Google Drive, release without hash) entries."""
+    models = {m.name: m for m in load_index(DEFAULT_INDEX)}
+    for name, (algo, digest, size) in PUBLISHED.items():
+        w = models[name].file("weights")
+        assert w is not None and w.hashes[algo] == digest and w.verified
+        assert size is None or w.bytes == size
+    unverified = {m.name for m in models.values() if not m.verified}
+    assert {"csresnext50-panet-spp", "csdarknet53-panet-spp", "csdarknet53", "csresnext50", "csresnet50",
+            "yolov4-csp", "yolov4.conv.137", "yolov4-tiny.conv.29", "darknet53.conv.74"} <= unverified
+    assert all("drive.google.com" not in f.url for m in models.values() if m.verified for f in m.files)
+    assert len(models) >= 35
+
+
+def test_weights_sizes_follow_from_the_cfgs(shared: Path) -> None:
+    """Every weights size equals what its cfg implies: header + 4 bytes per float (of the first N
+    layers for the partial backbones ``*.conv.N``)."""
+    from darkcfg.cfg import read_cfg
+    from darkcfg.graph import build_graph
+
+    dk = shared / "darknet"
+    checked = 0
+    for m in load_index(DEFAULT_INDEX):
+        c, w = m.file("cfg"), m.file("weights")
+        assert c is not None and w is not None
+        local = next((p for p in (dk / "cfg" / c.filename, dk / "csp-cfg" / c.filename, dk / "real" / c.filename)
+                      if p.is_file() and _sha256(p) == c.sha256), None)
+        if local is None:
+            continue
+        graph = build_graph(read_cfg(local))
+        upto = int(m.name.rsplit(".", 1)[1]) if m.task == "backbone" else len(graph.layers)
+        floats = sum(s.weight_floats for s in graph.layers[:upto])
+        assert w.bytes in (20 + 4 * floats, 16 + 4 * floats), m.name  # 16: pre-2017 header (tiny-darknet)
+        checked += 1
+    assert checked >= 30
