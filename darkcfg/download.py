@@ -324,8 +324,8 @@ def _stream(resp: Any, url: str, out: Any, size: int, expected: dict[str, str], 
         raise DarkcfgError(f"{url}: got {got:,} bytes, the zoo index declares {size:,}; nothing kept")
     for name, want in expected.items():
         if digests[name] != want:
-            raise DarkcfgError(f"{url}: {name} {digests[name]} does not match the published {want}; "
-                               "the file was discarded")
+            raise DarkcfgError(f"{url}: {name} {digests[name]} does not match the expected {want} (published, "
+                               "or recorded at the first download); the file was discarded")
     return digests
 
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 from .download import HASHES, check_url, download, file_digests
 from .errors import DarkcfgError
@@ -111,6 +111,12 @@ class ZooModel:
     license: str = ""
     note: str = ""
 
+    @property
+    def upto(self) -> Optional[int]:
+        """For a partial backbone ``*.conv.N``: how many layers its weights file covers."""
+        tail = self.name.rsplit(".", 1)[-1]
+        return int(tail) if self.task == "backbone" and tail.isdigit() else None
+
     def file(self, role: str) -> Optional[ZooFile]:
         return next((f for f in self.files if f.role == role), None)
 
@@ -177,6 +183,7 @@ def _entry_name(entry: Any) -> str:
 
 
 def find_model(name: str, index: "str | os.PathLike[str] | None" = None) -> ZooModel:
+    """The index entry of model ``name`` (an error listing the known names if there is none)."""
     check_name(name)
     models = load_index(index)
     for m in models:
@@ -245,8 +252,9 @@ def _progress(label: str) -> Callable[[int, int], None]:
 
 def fetch(name: str, store: "str | os.PathLike[str] | None" = None, index: "str | os.PathLike[str] | None" = None,
           progress: Optional[bool] = None, trust: Optional[bool] = None, timeout: Optional[float] = None,
-          deadline: Optional[float] = None) -> dict[str, Path]:
-    """Make model ``name``'s files present and verified in the store; returns role -> path.
+          deadline: Optional[float] = None, roles: Optional[Collection[str]] = None) -> dict[str, Path]:
+    """Make model ``name``'s files (those of ``roles``; default all) present and verified in the
+    store; returns role -> path.
 
     Verified files are checked against the published hashes; unverified ones against the sha256
     recorded at their first download (which needs ``trust``: True, or None to ask on a terminal).
@@ -258,6 +266,8 @@ def fetch(name: str, store: "str | os.PathLike[str] | None" = None, index: "str 
     show = sys.stderr.isatty() if progress is None else progress
     paths: dict[str, Path] = {}
     for f in model.files:
+        if roles is not None and f.role not in roles:
+            continue
         dest = folder / f.filename
         records = _read_tofu(folder) if not f.verified else {}
         recorded = records.get(f.filename)

@@ -6,6 +6,7 @@ import hashlib
 import re
 import http.server
 import json
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -211,8 +212,67 @@ def test_weights_sizes_follow_from_the_cfgs(shared: Path) -> None:
         if local is None:
             continue
         graph = build_graph(read_cfg(local))
-        upto = int(m.name.rsplit(".", 1)[1]) if m.task == "backbone" else len(graph.layers)
+        upto = m.upto or len(graph.layers)
         floats = sum(s.weight_floats for s in graph.layers[:upto])
         assert w.bytes in (20 + 4 * floats, 16 + 4 * floats), m.name  # 16: pre-2017 header (tiny-darknet)
         checked += 1
     assert checked >= 30
+
+
+def test_unverified_model_trust_on_first_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Drive-hosted model without a hash: refused without trust; with it, fetched through the
+    confirmation page, its sha256 printed and recorded, and checked on every later use."""
+    from loopback import LoopbackServer, send, serve_bytes
+
+    cfg = (REPO / "cfgs" / "tiny-yolo-all.cfg").read_bytes()
+    weights = synthetic_weights(darkcfg.load(REPO / "cfgs" / "tiny-yolo-all.cfg").graph, seed=3)
+    server = LoopbackServer()
+    page = (f'<html><form id="download-form" action="{server.url}/download" method="get">'
+            '<input type="hidden" name="id" value="W1"><input type="hidden" name="confirm" value="t">'
+            "</form></html>").encode()
+    served = {"weights": weights}
+    server.routes["/uc"] = serve_bytes(page, "text/html")
+    server.routes["/download"] = lambda h: send(h, served["weights"])
+    server.routes["/tiny.cfg"] = serve_bytes(cfg)
+    index = tmp_path / "zoo.json"
+    index.write_text(json.dumps({"models": [{"name": "drive-tiny", "task": "detect", "files": {
+        "cfg": {"url": f"{server.url}/tiny.cfg", "bytes": len(cfg), "sha256": hashlib.sha256(cfg).hexdigest()},
+        "weights": {"url": f"{server.url}/uc?export=download&id=W1", "bytes": len(weights),
+                    "file": "drive-tiny.weights"}}}]}))
+    store = tmp_path / "store"
+    try:
+        with pytest.raises(darkcfg.DarkcfgError, match="without a hash.*--trust"):
+            fetch("drive-tiny", store=store, index=index, progress=False)  # not a TTY: never trusted silently
+        assert not (store / "drive-tiny" / "drive-tiny.weights").exists()
+        paths = fetch("drive-tiny", store=store, index=index, progress=False, trust=True)
+        sha = hashlib.sha256(weights).hexdigest()
+        assert paths["weights"].read_bytes() == weights and sha in capsys.readouterr().err
+        record = json.loads((store / "drive-tiny" / "tofu.json").read_text())
+        assert record["drive-tiny.weights"]["sha256"] == sha
+        n = len(server.requests)
+        fetch("drive-tiny", store=store, index=index, progress=False)  # pinned now: no trust needed, no download
+        assert len(server.requests) == n
+        paths["weights"].write_bytes(weights[:-4] + b"\x00\x00\x80\x7f")  # local damage: re-fetched, re-checked
+        fetch("drive-tiny", store=store, index=index, progress=False)
+        assert paths["weights"].read_bytes() == weights
+        served["weights"] = weights[:-4] + b"\x01\x02\x03\x04"  # upstream changed since first use
+        paths["weights"].unlink()
+        with pytest.raises(darkcfg.DarkcfgError, match=f"does not match.*{sha}"):
+            fetch("drive-tiny", store=store, index=index, progress=False, trust=True)
+        assert not paths["weights"].exists() and json.loads((store / "drive-tiny" / "tofu.json").read_text()) == record
+        model = darkcfg.load(paths["cfg"], None)
+        assert model is not None
+    finally:
+        server.close()
+
+
+def test_store_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from darkcfg.zoo import cache_home
+
+    monkeypatch.setenv("DARKCFG_HOME", str(tmp_path / "h"))
+    assert cache_home() == tmp_path / "h"
+    monkeypatch.delenv("DARKCFG_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert cache_home() == tmp_path / "xdg" / "darkcfg"
+    assert "site-packages" not in str(cache_home())
