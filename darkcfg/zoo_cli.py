@@ -15,11 +15,12 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([m.as_json() for m in models]))
             return 0
+        width = max((len(m.name) for m in models), default=0)
         for m in models:
             size = sum(f.bytes for f in m.files) / 1e6
             mark = "" if m.verified else "  [unverified: --trust]"
             shape = f"{m.input[0]}x{m.input[1]}"
-            print(f"{m.name:<28} {m.task:<9} {shape:<9} {size:7.1f} MB  {m.dataset}{mark}")
+            print(f"{m.name:<{width}} {m.task:<9} {shape:<9} {size:7.1f} MB  {m.dataset}{mark}")
         print(f"store: {args.store or cache_home()}")
         return 0
     if not args.names:
