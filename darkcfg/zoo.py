@@ -265,20 +265,21 @@ def fetch(name: str, store: "str | os.PathLike[str] | None" = None, index: "str 
     folder = root / check_name(model.name)
     show = sys.stderr.isatty() if progress is None else progress
     paths: dict[str, Path] = {}
-    for f in model.files:
-        if roles is not None and f.role not in roles:
-            continue
+    files = [f for f in model.files if roles is None or f.role in roles]
+    records = _read_tofu(folder)
+    for f in files:  # decide about trust before downloading anything
+        if not f.verified and f.filename not in records and not (
+                trust if trust is not None else _ask_trust(model, f)):
+            raise DarkcfgError(f"{model.name}: {f.filename} is published without a hash ({f.url}); fetch it "
+                               f"once with `darkcfg zoo fetch {model.name} --trust` to download it and record "
+                               "its sha256 (trust on first use)")
+    for f in files:
         dest = folder / f.filename
-        records = _read_tofu(folder) if not f.verified else {}
-        recorded = records.get(f.filename)
+        recorded = None if f.verified else records.get(f.filename)
         want = f.hashes or ({"sha256": str(recorded["sha256"])} if recorded else {})
         if want and dest.is_file() and dest.stat().st_size == f.bytes and file_digests(dest, set(want)) == want:
             paths[f.role] = dest
             continue
-        if not want and not (trust if trust is not None else _ask_trust(model, f)):
-            raise DarkcfgError(f"{model.name}: {f.filename} is published without a hash ({f.url}); fetch it "
-                               f"once with `darkcfg zoo fetch {model.name} --trust` to download it and record "
-                               "its sha256 (trust on first use)")
         folder.mkdir(parents=True, exist_ok=True)
         digests = download(f.url, dest, size=f.bytes, hashes=want, timeout=timeout, deadline=deadline,
                            report=_progress(f"{model.name}/{f.filename}") if show else None)
