@@ -218,5 +218,6 @@ def test_sigterm_removes_the_part_file(server: LoopbackServer, tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert rc == 128 + signal.SIGTERM
-    assert list(dest.parent.iterdir()) == []
+    err = proc.stderr.read() if proc.stderr else b""
+    assert rc == 128 + signal.SIGTERM, (rc, err)
+    assert list(dest.parent.iterdir()) == [], err
