@@ -63,7 +63,7 @@ class DownloadInterrupted(SystemExit):
     """SIGTERM arrived during a download: unwinds like Ctrl-C so the ``*.part`` file is removed."""
 
 
-def _env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
     value = os.environ.get(name)
     if not value:
         return default
@@ -253,8 +253,8 @@ def download(url: str, dest: "str | os.PathLike", *, size: int, hashes: Optional
         raise DarkcfgError(f"{url}: unsupported hash algorithm(s) {sorted(unknown)} (supported: {', '.join(HASHES)})")
     if size < 0:
         raise DarkcfgError(f"{url}: invalid declared size {size}")
-    timeout = timeout if timeout is not None else _env_seconds("DARKCFG_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)
-    deadline = deadline if deadline is not None else _env_seconds("DARKCFG_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE)
+    timeout = timeout if timeout is not None else env_seconds("DARKCFG_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)
+    deadline = deadline if deadline is not None else env_seconds("DARKCFG_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE)
     parts = check_url(url)
     opener = urllib.request.build_opener(_Redirects(parts.hostname or ""),
                                          urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Optional
 
-from .download import HASHES, check_url, download, file_digests
+from .download import DEFAULT_DEADLINE, HASHES, env_seconds, check_url, download, file_digests
 from .errors import DarkcfgError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -235,6 +235,24 @@ def _ask_trust(model: ZooModel, f: ZooFile) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ fetch
+def _deadline_seconds() -> float:
+    return env_seconds("DARKCFG_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE)
+
+
+def _remove_stale_parts(folder: Path, filename: str) -> None:
+    """``*.part`` files a killed process (SIGKILL, power loss) left behind.  A live download writes
+    to its part file at least every read timeout and ends by its deadline, so a part file untouched
+    for longer than the deadline belongs to nobody; fresher ones may be another process's."""
+    stale_after = _deadline_seconds()
+    now = time.time()
+    for part in folder.glob(f"{filename}.*.part"):
+        try:
+            if now - part.stat().st_mtime > stale_after:
+                part.unlink()
+        except OSError:
+            pass
+
+
 def _progress(label: str) -> Callable[[int, int], None]:
     start = time.monotonic()
 
@@ -281,6 +299,7 @@ def fetch(name: str, store: "str | os.PathLike[str] | None" = None, index: "str 
             paths[f.role] = dest
             continue
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(folder, f.filename)
         digests = download(f.url, dest, size=f.bytes, hashes=want, timeout=timeout, deadline=deadline,
                            report=_progress(f"{model.name}/{f.filename}") if show else None)
         if not f.verified and not recorded:

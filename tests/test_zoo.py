@@ -276,3 +276,20 @@ def test_store_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     if sys.platform.startswith("linux"):
         assert cache_home() == tmp_path / "xdg" / "darkcfg"
     assert "site-packages" not in str(cache_home())
+
+
+def test_stale_part_files_are_cleaned(served: tuple[_Server, Path], tmp_path: Path) -> None:
+    """A part file left by a killed download (older than the deadline) goes; a fresh one (maybe
+    another process's download in progress) stays."""
+    import os
+    import time
+
+    _, index = served
+    folder = tmp_path / "store" / "tiny"
+    folder.mkdir(parents=True)
+    old, fresh = folder / "tiny.weights.abc123.part", folder / "tiny.weights.def456.part"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fetch("tiny", store=tmp_path / "store", index=index, progress=False)
+    assert not old.exists() and fresh.exists()
