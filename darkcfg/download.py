@@ -28,8 +28,8 @@ import http.cookiejar
 import ipaddress
 import os
 import re
+import secrets
 import signal
-import tempfile
 import threading
 import time
 import urllib.error
@@ -263,7 +263,9 @@ def download(url: str, dest: "str | os.PathLike", *, size: int, hashes: Optional
     tmp: Optional[str] = None
     with _SigtermGuard():
         try:
-            fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+            # The name is bound before the file exists, so a signal at any point leaves nothing behind.
+            tmp = str(dest.parent / f"{dest.name}.{secrets.token_hex(6)}.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
             with os.fdopen(fd, "wb") as out:
                 digests = _transfer(url, opener, out, size, expected, timeout, deadline, deadline_at, report)
             os.chmod(tmp, _file_mode())
