@@ -221,3 +221,16 @@ def test_sigterm_removes_the_part_file(server: LoopbackServer, tmp_path: Path) -
     err = proc.stderr.read() if proc.stderr else b""
     assert rc == 128 + signal.SIGTERM, (rc, err)
     assert list(dest.parent.iterdir()) == [], err
+
+
+def test_cli_reports_bad_urls_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from darkcfg.cli import main
+
+    index = tmp_path / "zoo.json"
+    index.write_text('{"models": [{"name": "m", "files": {"cfg": {"url": "example.com/m.cfg", "bytes": 1},'
+                     ' "weights": {"url": "https://example.com/m.weights", "bytes": 1}}}]}')
+    assert main(["zoo", "fetch", "m", "--index", str(index), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "not an absolute URL" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["zoo", "fetch", "../../etc", "--index", str(index), "--store", str(tmp_path / "s")]) == 2
+    assert "invalid model name" in capsys.readouterr().err and not (tmp_path / "s").exists()
