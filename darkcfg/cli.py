@@ -1,4 +1,7 @@
-"""The ``darkcfg`` command line: ``info``, ``run``, ``convert``, ``bench``, ``conformance``.
+"""The ``darkcfg`` command line: argparse and thin commands (``info``, ``run``, ``convert``, ...).
+
+The work lives in small modules (info_table, inputs, locate, progress, results, video,
+run_command); a command here only turns parsed arguments into one call.
 
 Every subcommand that prints results has ``--json`` with a stable, documented
 shape (see README).  Errors in user input are reported as one line naming the
@@ -11,85 +14,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 from .errors import DarkcfgError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pbm", ".pgm", ".ppm"}
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv"}
-
-
-# ---------------------------------------------------------------------------------------- helpers
-class Progress:
-    """A minimal progress bar on stderr, shown only for long work on a terminal."""
-
-    def __init__(self, total: Optional[int], label: str, enabled: Optional[bool] = None):
-        self.total, self.label, self.count = total, label, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        if not self.enabled:
-            return
-        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
-        if self.total:
-            filled = int(30 * self.count / self.total)
-            bar = "#" * filled + "-" * (30 - filled)
-            sys.stderr.write(f"\r{self.label} [{bar}] {self.count}/{self.total} {rate:.1f}/s")
-        else:
-            sys.stderr.write(f"\r{self.label} {self.count} {rate:.1f}/s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.count:
-            sys.stderr.write("\n")
-
-
-def resolve_cfg(arg: str) -> Path:
-    """A cfg path, or a zoo model name (fetched and verified into the zoo store)."""
-    path = Path(arg)
-    if path.exists() or path.suffix == ".cfg" or os.sep in arg:
-        return path
-    from .zoo import fetch
-
-    return fetch(arg)["cfg"]
-
-
-def find_weights(cfg: Path, explicit: Optional[str]) -> Path:
-    """``--weights``; else ``<cfg stem>.weights`` beside the cfg; else the weights store."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise DarkcfgError(f"{path}: weights file not found")
-        return path
-    from .zoo import store_dirs
-
-    looked = [cfg.with_suffix(".weights")] + [d / (cfg.stem + ".weights") for d in store_dirs()]
-    for cand in looked:
-        if cand.is_file():
-            return cand
-    raise DarkcfgError(f"no weights for {cfg}: looked for " + ", ".join(str(p) for p in looked)
-                       + " (pass --weights FILE)")
-
-
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files, directories (their images/videos, sorted) and globs, in the order given."""
-    import glob
-
-    out: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            out += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            out += [Path(m) for m in matches] if matches else [path]  # a glob with no match is reported
-        else:
-            out.append(path)
-    return out
+from .info_table import info_json, info_lines
+from .inputs import IMAGE_EXTS, VIDEO_EXTS, expand_inputs  # noqa: F401  (re-exported for callers of cli)
+from .locate import find_weights, resolve_cfg
+from .progress import Progress  # noqa: F401  (re-exported)
 
 
 def _size(args: argparse.Namespace) -> Optional[tuple[int, int]]:
@@ -105,213 +37,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info_json(graph, args.cfg)))
         return 0
-    print(f"{args.cfg}: input {graph.net.width} x {graph.net.height} x {graph.net.channels}, "
-          f"{len(graph.layers)} layers")
-    print(f"{'layer':>5} {'type':<15} {'filters':>7} {'size/strd(dil)':<15} {'input':>18}  ->  {'output':<18} {'BFLOPs':>8}")
-    for s in graph.layers:
-        print(f"{s.index:5d} {s.section.raw_type[:15]:<15} {_filters(s):>7} {_geometry(s):<15} "
-              f"{_dims(s.in_shape, s.in_outputs):>18}  ->  {_dims(s.out_shape, s.outputs):<18} {s.bflops:8.3f}")
-    print(f"Total BFLOPS {graph.bflops:.3f}")
-    print(f"Parameters {graph.params:,} ({graph.params / 1e6:.2f}M, kernel weights only, as the CSPNet paper "
-          f"counts them); .weights floats {graph.weight_floats:,} ({20 + 4 * graph.weight_floats:,} bytes with a "
-          "20-byte header)")
-    for w in graph.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    for w in graph.unused_options():
+    print("\n".join(info_lines(graph, args.cfg)))
+    for w in graph.warnings + graph.unused_options():
         print(f"warning: {w}", file=sys.stderr)
     return 0
-
-
-def info_json(graph: Any, cfg: str) -> dict:
-    return {
-        "cfg": str(cfg),
-        "width": graph.net.width,
-        "height": graph.net.height,
-        "channels": graph.net.channels,
-        "layers": [{"index": s.index, "type": s.kind, "input": list(s.in_shape), "output": list(s.out_shape),
-                    "outputs": s.outputs, "params": s.params, "weight_floats": s.weight_floats,
-                    "bflops": round(s.bflops, 6), "line": s.section.line} for s in graph.layers],
-        "total": {"params": graph.params, "weight_floats": graph.weight_floats, "bflops": round(graph.bflops, 6)},
-        "warnings": graph.warnings + graph.unused_options(),
-    }
-
-
-def _filters(s: Any) -> str:
-    a = s.attrs
-    for key in ("filters", "output", "out_channels"):
-        if hasattr(a, key) and s.kind != "maxpool":
-            return str(getattr(a, key))
-    return ""
-
-
-def _geometry(s: Any) -> str:
-    a = s.attrs
-    if s.kind == "convolutional":
-        stride = f"{a.stride_x}" if a.stride_x == a.stride_y else f"{a.stride_x}x{a.stride_y}"
-        dil = f"({a.dilation})" if a.dilation > 1 else ""
-        grp = f" g{a.groups}" if a.groups > 1 else ""
-        return f"{a.size}x{a.size}/{stride}{dil}{grp}"
-    if s.kind in ("maxpool", "local_avgpool"):
-        return f"{a.size}x{a.size}/{a.stride_x}"
-    if s.kind == "route":
-        return ",".join(map(str, a.layers)) + (f" {a.group_id}/{a.groups}" if a.groups > 1 else "")
-    if s.kind == "shortcut":
-        return ",".join(map(str, a.sources))
-    if s.kind in ("sam", "scale_channels"):
-        return str(a.source)
-    if s.kind == "upsample":
-        return f"x{a.stride}" if a.stride > 0 else f"/{-a.stride}"
-    return ""
-
-
-def _dims(shape: tuple[int, int, int], outputs: int) -> str:
-    c, h, w = shape
-    return f"{w} x {h} x {c}" if c * h * w == outputs else f"{outputs} (flat)"
 
 
 # -------------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
+    from .run_command import run
 
-    from .classify import Classifier
-    from .detect_api import Detector
-    from .draw import write_annotated
-    from .image import load_image
-    from .model import load
-
-    cfg = resolve_cfg(args.cfg)
-    weights = find_weights(cfg, args.weights)
-    model = load(cfg, weights, size=_size(args), device=args.device).optimize()
-    if args.half:
-        if str(args.device).startswith("cpu"):
-            raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
-        model = model.half()
-    if any(s.kind in HEADS for s in model.graph.layers):
-        detector = Detector(model, names_file=args.names, letterbox=True if args.letterbox else None)
-
-        def predict(imgs: list) -> list:
-            return detector(imgs, thresh=args.thresh, nms_thresh=args.nms)
-    else:  # a classifier: `darknet classifier predict`
-        classifier = Classifier(model, names_file=args.names)
-
-        def predict(imgs: list) -> list:
-            return classifier(imgs, top=args.top)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    paths = expand_inputs(args.inputs)
-    images = [p for p in paths if p.suffix.lower() not in VIDEO_EXTS]
-    videos = [p for p in paths if p.suffix.lower() in VIDEO_EXTS]
-    failures = 0
-    progress = Progress(len(images), "images", enabled=None if len(images) > 4 else False)
-    loaded: list[tuple[Path, Any]] = []
-
-    def flush() -> None:
-        results = predict([img for _, img in loaded])
-        for (path, img), result in zip(loaded, results):
-            _report(args, path, img, result)
-            if out_dir and not _is_classification(result):
-                write_annotated(out_dir / (path.stem + ".jpg"), img, result)
-        progress.update(len(loaded))
-        loaded.clear()
-
-    with torch.inference_mode():
-        for path in images:
-            try:
-                loaded.append((path, load_image(path)))
-            except DarkcfgError as exc:
-                failures += 1
-                print(f"darkcfg run: skipped {exc}", file=sys.stderr)
-                continue
-            if len(loaded) >= args.batch:
-                flush()
-        if loaded:
-            flush()
-        progress.close()
-        for path in videos:
-            failures += _run_video(args, predict, path, out_dir)
-    if failures:
-        print(f"darkcfg run: {failures} of {len(paths)} inputs failed", file=sys.stderr)
-    return 1 if failures else 0
-
-
-HEADS = ("yolo", "Gaussian_yolo", "region", "detection")
-
-
-def _is_classification(result: Sequence[Any]) -> bool:
-    from .classify import Classification
-
-    return bool(result) and isinstance(result[0], Classification)
-
-
-def _report(args: argparse.Namespace, path: Path, img: Any, dets: Sequence[Any], frame: Optional[int] = None) -> None:
-    h, w = img.shape[:2]
-    where = f"{path}" + (f" frame {frame}" if frame is not None else "")
-    if _is_classification(dets):
-        if args.json:
-            record = {"image": str(path), "width": w, "height": h, **({"frame": frame} if frame is not None else {}),
-                      "classes": [{"class_id": c.class_id, "name": c.name, "prob": round(c.prob, 6)} for c in dets]}
-            print(json.dumps(record), flush=True)
-        else:
-            print(f"{where}:")
-            for c in dets:  # darknet: "%5.2f%%: %s"
-                print(f"{100 * c.prob:5.2f}%: {c.name}")
-        return
-    if args.json:
-        record: dict = {"image": str(path), "width": w, "height": h}
-        if frame is not None:
-            record["frame"] = frame
-        record["detections"] = [{"class_id": d.class_id, "name": d.name, "prob": round(d.prob, 6),
-                                 "box": [round(v, 2) for v in d.box], "objectness": round(d.objectness, 6)}
-                                for d in dets]
-        print(json.dumps(record), flush=True)
-        return
-    print(f"{where}: {len(dets)} detections")
-    for d in dets:
-        x1, y1, x2, y2 = d.box_int
-        print(f"{d.name}: {round(100 * d.prob)}%\t(left_x: {x1:4d}   top_y: {y1:4d}   width: {x2 - x1:4d}   "
-              f"height: {y2 - y1:4d})")
-
-
-def _run_video(args: argparse.Namespace, predict: Any, path: Path, out_dir: Optional[Path]) -> int:
-    import cv2
-
-    from .draw import annotate
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        print(f"darkcfg run: skipped {path}: cannot open video", file=sys.stderr)
-        return 1
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    writer = None
-    progress = Progress(total, f"{path.name}")
-    frame_no = 0
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            dets = predict([rgb])[0]
-            _report(args, path, rgb, dets, frame=frame_no)
-            if out_dir and not _is_classification(dets):
-                if writer is None:
-                    h, w = rgb.shape[:2]
-                    writer = cv2.VideoWriter(str(out_dir / (path.stem + ".mp4")), cv2.VideoWriter_fourcc(*"mp4v"),
-                                             fps, (w, h))
-                writer.write(annotate(rgb, dets))
-            frame_no += 1
-            progress.update()
-    finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
-        progress.close()
-    if frame_no == 0:
-        print(f"darkcfg run: skipped {path}: no frames could be decoded", file=sys.stderr)
-        return 1
-    return 0
+    return run(args, _size(args))
 
 
 # ---------------------------------------------------------------------------------------- convert
