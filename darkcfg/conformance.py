@@ -69,8 +69,12 @@ def load_make_weights(conformance_dir: Path) -> ModuleType:
     return module
 
 
-def synthetic_weights(mw: ModuleType, case_dir: Path, meta: dict) -> bytes:
-    """The case's .weights file, generated in memory exactly as ``make_weights.py`` writes it."""
+def case_weights(mw: ModuleType, case_dir: Path, meta: dict) -> bytes:
+    """The case's .weights file, generated in memory exactly as ``make_weights.py`` writes it.
+
+    (Not :func:`darkcfg.weights.synthetic_weights`, which makes well-scaled random weights for any
+    graph; these are the fixture's own seeded values that Darknet's outputs were computed with.)
+    """
     w = meta["weights"]
     rows = mw.read_rolemap(str(case_dir / "rolemap.tsv"))
     parts = [mw.header_bytes(w["major"], w["minor"], w["revision"], w["seen"])]
@@ -85,7 +89,7 @@ def case_inputs(mw: ModuleType, shared: Path, case_dir: Path, meta: dict) -> tup
         weights: object = shared / w["file"]
         sha_ok = None
     else:
-        weights = synthetic_weights(mw, case_dir, meta)
+        weights = case_weights(mw, case_dir, meta)
         sha_ok = hashlib.sha256(weights).hexdigest() == w["sha256"]  # type: ignore[arg-type]
     inp = meta["input"]
     if "file" in inp:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .layers.functional import DarknetTree
+from .image import letterbox_size
 
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
 YOLO_POINTS = ("center", "left_top", "right_bottom")
@@ -511,17 +512,14 @@ def _dense_for_head(out: Tensor, head: Head, net_w: int, net_h: int, thresh: flo
 def correct_boxes(boxes: Tensor, img_w: int, img_h: int, net_w: int, net_h: int, letterbox: bool) -> Tensor:
     """yolo_layer.c ``correct_yolo_boxes`` with relative=1: undo the letterbox.
 
-    ``new_w/new_h`` use the same int arithmetic as letterbox_image; the offset subtracted is the
+    ``new_w/new_h`` come from :func:`darkcfg.image.letterbox_size`, as in preprocessing; the offset subtracted is the
     *fractional* ``(net-new)/2/net`` (done in double, as in C), while the image was pasted at the
     integer offset -- darknet's half-pixel mismatch for odd differences is reproduced on purpose.
     Without letterbox the boxes are returned unchanged (darknet divides by exactly 1).
     """
     if not letterbox:
         return boxes
-    if np.float32(net_w) / np.float32(img_w) < np.float32(net_h) / np.float32(img_h):
-        new_w, new_h = net_w, (img_h * net_w) // img_w
-    else:
-        new_w, new_h = (img_w * net_h) // img_h, net_h
+    new_w, new_h = letterbox_size(img_w, img_h, net_w, net_h)
     ratio_w = np.float32(new_w) / np.float32(net_w)
     ratio_h = np.float32(new_h) / np.float32(net_h)
     off_x = float(np.float32(net_w - new_w)) / 2.0 / net_w

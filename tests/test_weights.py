@@ -58,7 +58,7 @@ if CASES:
         if "file" in w:
             blob = (SHARED / w["file"]).read_bytes()
         else:
-            blob = conformance.synthetic_weights(make_weights, case_dir, meta)
+            blob = conformance.case_weights(make_weights, case_dir, meta)
         digest, nbytes = hashlib.sha256(blob).hexdigest(), len(blob)
         if "sha256" in w:
             assert digest == w["sha256"], "regenerated synthetic weights differ from meta.json's sha256"
