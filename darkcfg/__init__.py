@@ -5,8 +5,8 @@
 >>> heads = model(torch.rand(1, 3, 416, 416))                          # doctest: +SKIP
 """
 
-from .errors import CfgError, DarkcfgError, ImageError, WeightsError
+from .errors import CfgError, DarkcfgError, ImageBatchError, ImageError, WeightsError
 from .model import Darknet, load
 
 __version__ = "0.1.0"
-__all__ = ["CfgError", "DarkcfgError", "Darknet", "ImageError", "WeightsError", "__version__", "load"]
+__all__ = ["CfgError", "DarkcfgError", "Darknet", "ImageBatchError", "ImageError", "WeightsError", "__version__", "load"]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .detect_api import resolve_names, rgb_images
+from .batching import image_items
+from .detect_api import resolve_names, run_streamed
 from .errors import DarkcfgError
 from .image import classifier_preprocess
 
@@ -43,8 +44,15 @@ class Classifier:
         self.names = list(names) if names is not None else resolve_names(graph.path, self.classes, names_file)
 
     def __call__(self, images: Sequence[np.ndarray], top: int = 5) -> list[list[Classification]]:
+        return self.infer(torch.cat([self.prepare(img) for img in images]), top)
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """One RGB uint8 image -> its ``1x3xHxW`` input (``resize_min`` + centre crop)."""
         net = self.model.graph.net
-        batch = torch.cat([classifier_preprocess(img, net.width, net.height) for img in images])
+        return classifier_preprocess(image, net.width, net.height)
+
+    def infer(self, batch: torch.Tensor, top: int = 5) -> list[list[Classification]]:
+        """Top classes for a prepared batch."""
         param = next(self.model.parameters(), torch.zeros(()))
         with torch.no_grad():
             out = self.model(batch.to(param.device, param.dtype))[-1]
@@ -57,8 +65,12 @@ class Classifier:
         return results
 
 
-def classify_images(model: "Darknet", images: Any, top: int = 5,
-                    names: Optional[Sequence[str]] = None) -> list[list[Classification]]:
-    """``Darknet.classify``: the top-``top`` classes of each image (paths, arrays or tensors)."""
+def classify_images(model: "Darknet", images: Any, top: int = 5, names: Optional[Sequence[str]] = None,
+                    batch_size: int = 8, on_error: str = "raise",
+                    max_pixels: Optional[int] = None) -> list[Optional[list[Classification]]]:
+    """``Darknet.classify``: the top-``top`` classes of each image (paths, arrays or tensors),
+    streamed ``batch_size`` at a time; failed images are reported as in
+    :func:`darkcfg.detect_api.detect_images` (``on_error``)."""
     classifier = Classifier(model, names=names)
-    return classifier(rgb_images(images), top=top)
+    return run_streamed(image_items(images), classifier.prepare, lambda batch, sizes: classifier.infer(batch, top),
+                        batch_size, on_error, max_pixels)

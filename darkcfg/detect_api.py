@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .detect import (DetectionHead, Detection, Head, RegionHead, YoloHead, decode, head_classes, nms, nms_params,
                      to_pixel_list)
-from .errors import DarkcfgError, ImageError
+from .batching import image_items, prepared_batches, stack
+from .errors import DarkcfgError, ImageBatchError, ImageError
 from .graph import Graph
 from .image import image_from_array, load_image, preprocess
 from .names import BUILTIN
@@ -152,10 +153,12 @@ def _builtin_names(classes: int) -> list[str]:
     return list(table) if table is not None else [str(k) for k in range(classes)]
 
 
-def to_rgb_image(image: Any) -> np.ndarray:
-    """A path, a numpy array (BGR, as OpenCV gives it) or a CHW/HWC tensor -> HxWx3 uint8 RGB."""
+def to_rgb_image(image: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+    """A path, a numpy array (BGR, as OpenCV gives it) or a CHW/HWC tensor -> HxWx3 uint8 RGB.
+
+    ``max_pixels`` caps image files (see :func:`darkcfg.image.max_image_pixels`)."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return load_image(image, max_pixels=max_pixels)
     if isinstance(image, torch.Tensor):
         arr = image.detach().cpu()
         if arr.dim() == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
@@ -169,12 +172,7 @@ def to_rgb_image(image: Any) -> np.ndarray:
 
 def rgb_images(images: Any) -> list[np.ndarray]:
     """One image or a list of them (paths, BGR arrays, CHW tensors, or an NCHW batch) as RGB uint8."""
-    if isinstance(images, (str, os.PathLike, np.ndarray)) or (
-            isinstance(images, torch.Tensor) and images.dim() == 3):
-        images = [images]
-    elif isinstance(images, torch.Tensor):
-        images = list(images)
-    return [to_rgb_image(img) for img in images]
+    return [to_rgb_image(img) for img in image_items(images)]
 
 
 class Detector:
@@ -207,13 +205,23 @@ class Detector:
         """Detections for a batch of RGB uint8 images (each list sorted like Darknet's printout)."""
         if not images:
             return []
+        batch = torch.cat([self.prepare(img) for img in images])
+        return self.infer(batch, [(img.shape[1], img.shape[0]) for img in images], thresh, nms_thresh, hier_thresh)
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """One RGB uint8 image -> its ``1x3xHxW`` network input (stretched or letterboxed)."""
         net = self.model.graph.net
-        batch = torch.cat([preprocess(img, net.width, net.height, self.letterbox) for img in images])
+        return preprocess(image, net.width, net.height, self.letterbox)
+
+    def infer(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], thresh: float = 0.25,
+              nms_thresh: float = 0.45, hier_thresh: float = 0.5) -> list[list[Detection]]:
+        """Detections for a prepared batch; ``sizes`` are the original (width, height) of each image."""
+        net = self.model.graph.net
         dtype = next(self.model.parameters(), torch.zeros(())).dtype
         with torch.no_grad():
             outs = self.model(batch.to(self.device, dtype))  # the heads, in layer order
         head_outs = [o.float() for o in outs]
-        sizes = [(img.shape[1], img.shape[0]) for img in images]
+        sizes = list(sizes)
         per_image = decode(head_outs, self.heads, net.width, net.height, sizes, thresh=thresh,
                            hier_thresh=hier_thresh, letterbox=self.letterbox)
         return [to_pixel_list(nms(d, nms_thresh, self.nms_kind, self.beta_nms), size, self.names, thresh)
@@ -222,15 +230,46 @@ class Detector:
 
 def detect_images(model: "Darknet", images: Any, thresh: float = 0.25, nms: float = 0.45,
                   names: Optional[Sequence[str]] = None, letterbox: Optional[bool] = None,
-                  batch_size: int = 8) -> list[list[Detection]]:
-    """``Darknet.detect``: one list of :class:`Detection` per image.
+                  batch_size: int = 8, on_error: str = "raise",
+                  max_pixels: Optional[int] = None) -> list[Optional[list[Detection]]]:
+    """``Darknet.detect``: one list of :class:`Detection` per image, in input order.
 
-    ``images``: a path, an array or tensor, or a list of them.  A missing, empty or
-    corrupt image raises :class:`ImageError` naming it.
+    ``images``: a path, an array or tensor, or a list / iterable of them. They are read and
+    preprocessed ``batch_size`` at a time (a list of 10,000 paths never holds more than one
+    batch of decoded images). An image that cannot be read, decoded or preprocessed never stops
+    the others: with ``on_error="raise"`` (default), every image is processed and then an
+    :class:`~darkcfg.errors.ImageBatchError` (an :class:`ImageError`) naming the failed files is
+    raised, carrying ``.results`` (``None`` at failed positions) and ``.errors``; with
+    ``on_error="none"`` the list is returned with ``None`` at failed positions.
+    ``max_pixels`` caps image files (see :func:`darkcfg.image.max_image_pixels`).
     """
     detector = Detector(model, names=names, letterbox=letterbox)
-    rgb = rgb_images(images)
-    results: list[list[Detection]] = []
-    for start in range(0, len(rgb), max(1, batch_size)):
-        results += detector(rgb[start:start + batch_size], thresh=thresh, nms_thresh=nms)
+    return run_streamed(image_items(images), detector.prepare,
+                        lambda batch, sizes: detector.infer(batch, sizes, thresh=thresh, nms_thresh=nms),
+                        batch_size, on_error, max_pixels)
+
+
+def run_streamed(items: Iterable[Any], prepare: Callable[[np.ndarray], torch.Tensor],
+                 infer: Callable[[torch.Tensor, list[tuple[int, int]]], list],
+                 batch_size: int, on_error: str, max_pixels: Optional[int]) -> list:
+    """Shared by detect and classify: stream, collect per-input results, report failures per ``on_error``."""
+    if on_error not in ("raise", "none"):
+        raise ValueError(f'on_error must be "raise" or "none", got {on_error!r}')
+    results: list = []
+    errors: dict[int, ImageError] = {}
+
+    def failed(index: int, exc: ImageError) -> None:
+        errors[index] = exc
+
+    for batch in prepared_batches(items, prepare, max(1, batch_size), failed, max_pixels):
+        outputs = infer(stack(batch), [p.size for p in batch])
+        for prepared, output in zip(batch, outputs):
+            results.extend([None] * (prepared.index - len(results)))
+            results.append(output)
+    total = max([len(results)] + [i + 1 for i in errors])
+    results.extend([None] * (total - len(results)))
+    if errors and on_error == "raise":
+        if total == 1:
+            raise next(iter(errors.values()))
+        raise ImageBatchError(errors, results)
     return results
