@@ -80,7 +80,7 @@ def test_run_json_skips_bad_inputs(detector_files: tuple[Path, Path], tmp_path: 
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= r["width"] and 0 <= y1 <= y2 <= r["height"]
     assert "c.jpg" in captured.err and "missing.png" in captured.err and "2 of 4 inputs failed" in captured.err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "b.jpg"]  # the inputs' formats
 
 
 def test_run_json_equals_api(detector_files: tuple[Path, Path], tmp_path: Path,
@@ -114,7 +114,10 @@ def test_run_video(detector_files: tuple[Path, Path], tmp_path: Path, capsys: py
     assert main(["run", str(cfg), str(video), "--json", "--out", str(tmp_path / "o")]) == 0
     frames = [json.loads(line)["frame"] for line in capsys.readouterr().out.splitlines()]
     assert frames == [0, 1, 2]
-    assert (tmp_path / "o" / "clip.mp4").is_file()
+    written = cv2.VideoCapture(str(tmp_path / "o" / "clip.avi"))  # the input's container kept
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    written.release()
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["clip.avi"]  # no partial file left
 
 
 def test_convert_torchscript_and_weights(detector_files: tuple[Path, Path], tmp_path: Path,
