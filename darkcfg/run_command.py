@@ -130,8 +130,14 @@ def run(args: argparse.Namespace, size: Optional[tuple[int, int]]) -> int:
 
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
-    if (args.save_txt or args.overwrite) and not args.out:
-        raise DarkcfgError("--save-txt and --overwrite need --out DIR (outputs are never written beside inputs)")
+    if args.save_conf and not args.save_txt:
+        raise DarkcfgError("--save-conf adds a column to --save-txt label files; give --save-txt too")
+    if args.coco_ids and not args.save_json:
+        raise DarkcfgError("--coco-ids applies to --save-json FILE; give --save-json too")
+    if args.save_txt and not args.out:
+        raise DarkcfgError("--save-txt needs --out DIR (outputs are never written beside the inputs)")
+    if args.overwrite and not (args.out or args.save_json):
+        raise DarkcfgError("--overwrite applies to --out DIR and --save-json FILE; give one of them")
     empty: list[str] = []
     srcs = sources(args.inputs, empty)
     cfg = resolve_cfg(args.cfg)
