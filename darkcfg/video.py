@@ -33,7 +33,8 @@ def open_capture(src: Source) -> Any:
             raise DarkcfgError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
         cap = cv2.VideoCapture(str(path))
     elif src.kind == "camera":
-        cap = cv2.VideoCapture(int(src.target))
+        assert isinstance(src.target, int)
+        cap = cv2.VideoCapture(src.target)
     else:
         ms = STREAM_TIMEOUT_S * 1000
         cap = cv2.VideoCapture(str(src.target), cv2.CAP_ANY,
@@ -102,7 +103,7 @@ def run_frames(state: "RunState", n: int, src: Source) -> None:
 def _open_writer(path: Path, fps: float, width: int, height: int) -> Any:
     import cv2
 
-    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
+    fourcc = cv2.VideoWriter.fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
     writer = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
     if not writer.isOpened():
         raise DarkcfgError(f"{path}: OpenCV cannot write this video format")

@@ -334,3 +334,16 @@ def test_run_flushes_each_image(det: Path, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(sys, "stdout", rec)
     assert main(["run", str(det), *imgs, "--json"]) == 0
     assert [n for n in (1, 2, 3) if n in rec.flushed_at] == [1, 2, 3]
+
+
+def test_video_frames_get_label_files_and_keep_the_container(det: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    clip = _video(tmp_path / "clip.avi", frames=2)
+    out = tmp_path / "o"
+    assert main(["run", str(det), str(clip), "--out", str(out), "--save-txt", "--thresh", "0.28"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.avi", "clip_000000.txt", "clip_000001.txt"]
+    printed = capsys.readouterr().out
+    assert "clip.avi frame 1:" in printed
+    # a second run refuses to replace the earlier video unless told to
+    assert main(["run", str(det), str(clip), "--out", str(out), "--save-txt"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
