@@ -51,6 +51,7 @@ class Darknet(nn.Module):
         self.fused = False
         self.channels_last = False
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
+        self.seen = 0  # images trained on (the header's ``seen``); Darknet.loss adds the batch in train mode
 
     # ------------------------------------------------------------------ info
     @property
@@ -69,8 +70,9 @@ class Darknet(nn.Module):
     def _run(self, x: Tensor) -> List[Tensor]:
         net = self.graph.net
         if x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height or x.shape[3] != net.width:
-            raise DarkcfgError(f"{self.graph.path}: expected input N x {net.channels} x {net.height} x "
-                               f"{net.width}, got {tuple(x.shape)} (load with size=(w, h) for another size)")
+            from .train.resize import check_input_size
+
+            check_input_size(self, x)  # another size the graph takes (as resize_network), or DarkcfgError
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outs: List[Tensor] = []
@@ -92,7 +94,8 @@ class Darknet(nn.Module):
         """Load a Darknet ``.weights`` file (see :func:`darkcfg.weights.load_weights`)."""
         from .weights import load_weights
 
-        load_weights(self, path, upto=upto, strict=strict)
+        header = load_weights(self, path, upto=upto, strict=strict)
+        self.seen = header.seen
         return self
 
     def save_weights(self, path: "str | os.PathLike", upto: Optional[int] = None) -> None:
@@ -100,6 +103,17 @@ class Darknet(nn.Module):
         from .weights import save_weights
 
         save_weights(self, path, upto=upto)
+
+    def loss(self, x: Tensor, targets: Any) -> Any:
+        """Darknet's training loss for one batch: a :class:`darkcfg.train.LossResult`.
+
+        ``targets``: per image a list or K x 5 array of normalised (x_center, y_center, w, h,
+        class_id).  ``result.loss.backward()`` leaves minus Darknet's weight updates in every
+        ``.grad``; in train mode ``seen`` grows by the batch size.  See :mod:`darkcfg.train.loss`.
+        """
+        from .train.loss import darknet_loss
+
+        return darknet_loss(self, x, targets)
 
     def fuse(self) -> "Darknet":
         """Fold every conv's batch norm into its weights (float64, like Darknet's detector).
@@ -166,6 +180,10 @@ def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | None" = None, *
     model = Darknet(graph, bn_formula=bn_formula)
     if weights is not None:
         model.load_weights(weights, strict=strict)
+    else:
+        from .train.init import darknet_init
+
+        darknet_init(model)
     return model.to(device).eval()
 
 

@@ -210,6 +210,14 @@ def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase"
                            "save before calling fuse()")
     header_bytes = model.header or DEFAULT_HEADER.pack()
     header = parse_header(header_bytes, "<model header>")
+    seen = int(getattr(model, "seen", header.seen))
+    if seen != header.seen:  # training moved it on: write it back as Darknet's save_weights does
+        wide = header.seen_is_64bit
+        if not wide and seen >= 2 ** 32:
+            header = Header(0, 2, 5, seen)  # a 32-bit counter cannot hold it: current format
+        else:
+            header = Header(header.major, header.minor, header.revision, seen)
+        header_bytes = header.pack()
     chunks = [header_bytes] + [_tensor_to_block(slot).tobytes() for slot in iter_slots(model, header, upto)]
     if isinstance(path, io.IOBase):
         for chunk in chunks:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,17 @@ class DarknetBatchNorm(nn.Module):
 
     AlexeyAB: ``(x - mean) / sqrt(var + 1e-5) * scale + bias`` (= ``BatchNorm2d(eps=1e-5)``).
     pjreddie: ``(x - mean) / (sqrt(var) + 1e-6) * scale + bias`` (the legacy ResNet cfgs).
-    Unloaded statistics keep Darknet's init: scale 1, mean 0, **variance 0**.
+    Unloaded statistics: scale 1, mean 0, variance 0 (Darknet's calloc; see
+    :func:`darkcfg.train.init.darknet_init`, which sets variance 1 so eval outputs stay finite).
+
+    In train mode it normalises with the batch statistics, updates the rolling ones and
+    back-propagates with Darknet's formula (:mod:`darkcfg.train.bn`); ``exact_backward``
+    switches to autograd's exact gradient, ``momentum`` is the rolling-update weight.
     """
 
     pjreddie: bool
+    exact_backward: bool
+    momentum: float
 
     def __init__(self, channels: int, formula: str = "alexeyab"):
         super().__init__()
@@ -31,8 +38,12 @@ class DarknetBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.zeros(channels))
         self.pjreddie = formula == "pjreddie"
+        self.exact_backward = False
+        self.momentum = 0.1
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return self.train_forward(x, self.bias)
         shape = [1, -1] + [1] * (x.dim() - 2)
         if self.pjreddie:
             denom = self.running_var.sqrt() + 1e-6
@@ -40,6 +51,14 @@ class DarknetBatchNorm(nn.Module):
             denom = (self.running_var + 1e-5).sqrt()
         k = self.weight / denom
         return x * k.view(shape) + (self.bias - self.running_mean * k).view(shape)
+
+    @torch.jit.unused
+    def train_forward(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """Darknet's training batch norm (batch statistics, rolling update, Darknet backward)."""
+        from ..train.bn import batch_norm_train
+
+        return batch_norm_train(x, self.weight, bias, self.running_mean, self.running_var, self.momentum,
+                                self.exact_backward, self.pjreddie)
 
     def gain_shift(self) -> tuple[Tensor, Tensor]:
         """Per-channel (k, b) in float64 with ``BN(x) = k*x + b`` (Darknet's fuse_conv_batchnorm)."""
@@ -251,6 +270,8 @@ class ConnectedLayer(WeightedLayer):
         self.linear = nn.Linear(n_in, n_out, bias=True)
         nn.init.zeros_(self.linear.bias)
         self.bn = DarknetBatchNorm(n_out, bn_formula) if bn else None
+        if self.bn is not None:
+            self.bn.momentum = 0.05  # forward_connected_layer: rolling = .95*rolling + .05*batch
         self.act = Activation(activation)
 
     def forward(self, xs: List[Tensor]) -> Tensor:
@@ -261,6 +282,8 @@ class ConnectedLayer(WeightedLayer):
             # Darknet: normalise W x, scale, then add the bias (the bias is not BN's beta here).
             y = F.linear(x, self.linear.weight)
             bn = self.bn
+            if bn.training:
+                return self.act(bn.train_forward(y, None) + self.linear.bias)[:, :, None, None]
             denom = bn.running_var.sqrt() + 1e-6 if bn.pjreddie else (bn.running_var + 1e-5).sqrt()
             y = (y - bn.running_mean) / denom * bn.weight + self.linear.bias
         return self.act(y)[:, :, None, None]

@@ -117,6 +117,14 @@ def darknet_maxpool(x: Tensor, size: int, stride_x: int, stride_y: int, padding:
     return torch.clamp_min(_separable_max(x, size, stride_x, stride_y), _lowest(x))
 
 
+def darknet_maxpool_train(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int) -> Tensor:
+    """:func:`darknet_maxpool` whose gradient goes to the first maximum of each window (row-major)."""
+    pads = _pool_pads(x, size, stride_x, stride_y, padding)
+    if pads[0] > 0 or pads[1] > 0 or pads[2] > 0 or pads[3] > 0:
+        x = F.pad(x, pads, mode="constant", value=_lowest(x))
+    return torch.clamp_min(F.max_pool2d(x, size, (stride_y, stride_x)), _lowest(x))
+
+
 def _separable_max(x: Tensor, size: int, stride_x: int, stride_y: int) -> Tensor:
     """Window max as ``size`` strided row maxima, then ``size`` strided column maxima.
 

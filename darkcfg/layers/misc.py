@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import List
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CfgError
@@ -20,8 +21,30 @@ class Identity(nn.Module):
         return xs[0]
 
 
+class Dropout(nn.Module):
+    """``[dropout]``: identity at inference; in train mode zero with ``probability`` and scale the
+    rest by ``1/(1 - probability)`` (``forward_dropout_layer``; what ``F.dropout`` computes)."""
+
+    def __init__(self, probability: float):
+        super().__init__()
+        self.probability = probability
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        if self.training and self.probability > 0:
+            return F.dropout(xs[0], self.probability, True)
+        return xs[0]
+
+    def extra_repr(self) -> str:
+        return f"probability={self.probability}"
+
+
 @builder("dropout", "empty")
 def build_identity(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
+    if spec.kind == "dropout":
+        p = spec.section.get_float("probability", 0.5)
+        if not 0.0 <= p < 1.0:
+            raise CfgError(f"{spec.section.where('probability')}: probability must be in [0, 1), got {p}")
+        return Dropout(p)
     return Identity()
 
 

@@ -28,6 +28,10 @@ class PaddedMaxPool(nn.Module):
         if self.antialiasing:
             y = DF.darknet_maxpool(xs[0], self.size, 1, 1, self.padding)
             return DF.antialias_blur(y, self.antialiasing, self.stride_x, self.stride_y)
+        if self.training and xs[0].requires_grad:
+            # F.max_pool2d routes the gradient to the FIRST maximal element, as Darknet's
+            # backward does; the separable inference path would split it between ties.
+            return DF.darknet_maxpool_train(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
         return DF.darknet_maxpool(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
 
     def extra_repr(self) -> str:
