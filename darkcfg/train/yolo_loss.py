@@ -226,8 +226,8 @@ def yolo_delta(out: np.ndarray, truths: List[np.ndarray], cfg: YoloLossConfig, n
             t = tb[k]
             truth: Box = (float(t[0]), float(t[1]), float(t[2]), float(t[3]))
             class_id = int(t[4])
-            i = min(max(int(truth[0] * W), 0), W - 1)
-            j = min(max(int(truth[1] * H), 0), H - 1)
+            i = min(max(int(np.float32(t[0]) * np.float32(W)), 0), W - 1)  # float32 product, as C
+            j = min(max(int(np.float32(t[1]) * np.float32(H)), 0), H - 1)
             shift: Box = (0.0, 0.0, truth[2], truth[3])
             best, best_n = 0.0, 0
             for m, anchor in enumerate(cfg.anchors):
