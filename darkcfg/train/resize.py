@@ -32,16 +32,18 @@ def _problem(model: "Darknet", w: int, h: int) -> Optional[str]:
     return None
 
 
-def _sizes_hint(model: "Darknet") -> str:
+def _sizes_hint(model: "Darknet", w: int, h: int) -> str:
+    """The smallest power-of-two step d such that the cfg size plus 1..4 steps all work."""
     net = model.graph.net
     for d in (1, 2, 4, 8, 16, 32, 64, 128):
         if net.width % d or net.height % d:
             break
-        ok = all(_problem(model, net.width + k * d, net.height + k * d) is None for k in (1, 2))
-        if ok and (d == 1 or _problem(model, net.width + d // 2, net.height + d // 2) is not None):
-            return f"widths and heights that are multiples of {d} (e.g. {net.width}x{net.height}, " \
-                   f"{net.width + d}x{net.height + d})"
-    return f"only {net.width}x{net.height} (a layer's parameters depend on the input size)"
+        if all(_problem(model, net.width + k * d, net.height + k * d) is None for k in (1, 2, 3, 4)):
+            if w % d or h % d:
+                return (f"widths and heights that are multiples of {d} (e.g. {net.width}x{net.height}, "
+                        f"{net.width + d}x{net.height + d})")
+            break
+    return f"only {net.width}x{net.height} and the sizes its layers' shapes allow"
 
 
 def check_input_size(model: "Darknet", x: Tensor) -> None:
@@ -54,6 +56,9 @@ def check_input_size(model: "Darknet", x: Tensor) -> None:
     if (w, h) not in cache:
         cache[(w, h)] = _problem(model, w, h)
     problem = cache[(w, h)]
+    if problem is not None and " parameters at " in problem:
+        raise DarkcfgError(f"{model.graph.path}: cannot run at {w}x{h}: {problem}. This network takes only "
+                           f"{net.width}x{net.height}")
     if problem is not None:
         raise DarkcfgError(f"{model.graph.path}: cannot run at {w}x{h}: {problem}. This network takes "
-                           f"{_sizes_hint(model)}")
+                           f"{_sizes_hint(model, w, h)}")
