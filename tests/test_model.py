@@ -66,8 +66,9 @@ def test_half_precision_forward() -> None:
 
 def test_wrong_input_shape_names_the_expected_one() -> None:
     model = darkcfg.load(REPO / "cfgs" / "tiny-classifier.cfg")
-    with pytest.raises(darkcfg.DarkcfgError, match=r"expected input N x 3 x 32 x 32"):
-        model(torch.rand(1, 3, 64, 64))
+    with pytest.raises(darkcfg.DarkcfgError, match=r"expected input N x 3 x H x W"):
+        model(torch.rand(1, 1, 32, 32))
+    assert model(torch.rand(1, 3, 64, 64))[0].shape == model(torch.rand(1, 3, 32, 32))[0].shape  # any size
 
 
 def test_bad_devices_are_clear_errors() -> None:

@@ -284,3 +284,20 @@ def test_seen_and_partial_weights_round_trip(tmp_path):
     reloaded.load_weights(full)
     reloaded.save_weights(again)
     assert again.read_bytes() == full.read_bytes()
+
+
+def test_gaussian_yolo_and_yolo_heads_train_together():
+    """tiny-yolo-all has a [yolo] (new_coords=1) and a [Gaussian_yolo] head."""
+    torch.manual_seed(0)
+    model = darkcfg.load(REPO / "cfgs" / "tiny-yolo-all.cfg").train()
+    kinds = {s.index: s.kind for s in model.graph.layers if s.kind in ("yolo", "Gaussian_yolo")}
+    assert set(kinds.values()) == {"yolo", "Gaussian_yolo"}
+    r = model.loss(torch.rand(2, 3, 64, 64), TARGETS)
+    r.loss.backward()
+    assert set(r.costs) == set(kinds)
+    for i, kind in kinds.items():
+        d = r.deltas[i]
+        assert torch.isfinite(d).all() and d.abs().sum() > 0
+        # the delta is exactly what reaches the head's input
+        assert r.costs[i] == pytest.approx(float((d.double() ** 2).sum()), rel=1e-6) or kind == "yolo"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -102,6 +102,8 @@ def mish(x: Tensor) -> Tensor:
     is not vectorised) and agrees with it to 1e-6 absolute; below x ~ -15, where mish is
     under 1e-5, the cancellation in ``1 - q`` costs relative but no absolute accuracy.
     """
+    if x.requires_grad:  # training: the in-place fast path below cannot be differentiated
+        return F.mish(x)
     q = torch.sigmoid(-x).square_()
     return torch.sub(1.0, q).mul_(x).div_(q.add_(1.0))
 

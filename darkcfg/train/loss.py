@@ -105,6 +105,7 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
     In train mode ``model.seen`` grows by the batch size first (the [region] prior term reads it).
     Batch norm uses batch statistics only in train mode; in eval mode this is a validation loss.
     """
+    from .gaussian_loss import gaussian_yolo_delta
     from .region_loss import RegionLossConfig, region_delta
     from .yolo_loss import YoloLossConfig, yolo_delta
 
@@ -129,6 +130,12 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
             truths = normalize_targets(targets, batch, cfg.max_boxes)
             _check_classes(truths, cfg.classes, spec)
             delta_np, cost = yolo_delta(out_np, truths, cfg, net_w, net_h)
+            scale = cfg.delta_normalizer
+        elif spec.kind == "Gaussian_yolo":
+            cfg = YoloLossConfig.from_spec(spec)
+            truths = normalize_targets(targets, batch, cfg.max_boxes)
+            _check_classes(truths, cfg.classes, spec)
+            delta_np, cost = gaussian_yolo_delta(out_np, truths, cfg, net_w, net_h)
             scale = cfg.delta_normalizer
         elif spec.kind == "region":
             rcfg = RegionLossConfig.from_spec(spec)

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import DarkcfgError
 from ..graph import LayerSpec
 from .boxes import Box, box_iou
+from .yolo_loss import iou_grid
 
 
 @dataclass(frozen=True)
@@ -179,13 +180,7 @@ def _cell_best(r: _Records, tb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         py = (jj[..., None] + 1 / (1 + np.exp(-raw[..., 1]))) / H
         pw = np.exp(raw[..., 2]) * aw / W
         ph = np.exp(raw[..., 3]) * ah / H
-        tx, ty, tw, th = (tb[:, k].astype(np.float64)[:, None, None, None] for k in range(4))
-        ow = np.minimum(px + pw / 2, tx + tw / 2) - np.maximum(px - pw / 2, tx - tw / 2)
-        oh = np.minimum(py + ph / 2, ty + th / 2) - np.maximum(py - ph / 2, ty - th / 2)
-        inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-        union = pw * ph + tw * th - inter
-        iou = np.where((inter == 0) | (union == 0), 0.0, inter / np.where(union == 0, 1, union))
-    iou = np.nan_to_num(iou, nan=0.0)
+    iou = iou_grid(px, py, pw, ph, tb)
     best = iou.max(axis=0)
     cls = tb[:, 4].astype(np.int64)[iou.argmax(axis=0)]
     return np.maximum(best, 0.0), np.where(best > 0, cls, -1)

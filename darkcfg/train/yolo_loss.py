@@ -53,6 +53,8 @@ class YoloLossConfig:
     classes_multipliers: Optional[Tuple[float, ...]]
     show_details: bool
     max_boxes: int
+    uc_normalizer: float = 1.0  # [Gaussian_yolo] only
+    yolo_point: str = "center"  # [Gaussian_yolo] only
 
     @classmethod
     def from_spec(cls, spec: LayerSpec) -> "YoloLossConfig":
@@ -85,7 +87,8 @@ class YoloLossConfig:
             label_smooth_eps=s.get_float("label_smooth_eps", 0.0),
             objectness_smooth=s.get_int("objectness_smooth", 0) != 0, focal_loss=s.get_int("focal_loss", 0) != 0,
             classes_multipliers=multipliers, show_details=s.get_int("show_details", 1) != 0,
-            max_boxes=s.get_int("max", 200))
+            max_boxes=s.get_int("max", 200), uc_normalizer=s.get_float("uc_normalizer", 1.0),
+            yolo_point=getattr(a, "yolo_point", "center"))
 
 
 def _fix(v: float) -> float:
@@ -296,18 +299,25 @@ def _cell_ious(img: _Image, tb: np.ndarray, cfg: YoloLossConfig, net_w: int,
         else:
             pw = np.exp(o[:, 2]) * aw / net_w
             ph = np.exp(o[:, 3]) * ah / net_h
-        tx, ty, tw, th = (tb[:, k].astype(np.float64)[:, None, None, None] for k in range(4))
-        ow = np.minimum(px + pw / 2, tx + tw / 2) - np.maximum(px - pw / 2, tx - tw / 2)
-        oh = np.minimum(py + ph / 2, ty + th / 2) - np.maximum(py - ph / 2, ty - th / 2)
-        inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-        union = pw * ph + tw * th - inter
-        iou = np.where((inter == 0) | (union == 0), 0.0, inter / np.where(union == 0, 1, union))
-    iou = np.nan_to_num(iou, nan=0.0)  # T x n x H x W; a NaN never wins Darknet's '>' test
+    iou = iou_grid(px, py, pw, ph, tb)
     cls_match = (img.out[:, 5:] > 0.25).any(axis=1)
     best_iou = iou.max(axis=0)
     best_t = iou.argmax(axis=0)
     best_match = np.where(cls_match, best_iou, 0.0)
     return best_match, np.maximum(best_iou, 0.0), best_t
+
+
+def iou_grid(px: np.ndarray, py: np.ndarray, pw: np.ndarray, ph: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    """``box_iou`` of every predicted box (arrays of one shape S) with every truth: T x S."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        shape = (-1,) + (1,) * px.ndim
+        tx, ty, tw, th = (tb[:, k].astype(np.float64).reshape(shape) for k in range(4))
+        ow = np.minimum(px + pw / 2, tx + tw / 2) - np.maximum(px - pw / 2, tx - tw / 2)
+        oh = np.minimum(py + ph / 2, ty + th / 2) - np.maximum(py - ph / 2, ty - th / 2)
+        inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
+        union = pw * ph + tw * th - inter
+        iou = np.where((inter == 0) | (union == 0), 0.0, inter / np.where(union == 0, 1, union))
+    return np.nan_to_num(iou, nan=0.0)  # a NaN never wins Darknet's '>' test
 
 
 def _truth_thresh_branch(img: _Image, a: int, j: int, i: int, t: np.ndarray, best_iou: float) -> None:
