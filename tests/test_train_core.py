@@ -301,3 +301,17 @@ def test_gaussian_yolo_and_yolo_heads_train_together():
         # the delta is exactly what reaches the head's input
         assert r.costs[i] == pytest.approx(float((d.double() ** 2).sum()), rel=1e-6) or kind == "yolo"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_detection_layer_loss_on_own_cfg():
+    """tiny-detection: [local], [connected] (BN in train mode), [dropout] and the YOLOv1 head."""
+    torch.manual_seed(0)
+    model = darkcfg.load(REPO / "cfgs" / "tiny-detection.cfg").train()
+    c, h, w = model.channels, model.height, model.width
+    r = model.loss(torch.rand(2, c, h, w), [[(0.4, 0.5, 0.3, 0.2, 0)], [(0.7, 0.2, 0.1, 0.3, 0)]])
+    r.loss.backward()
+    (i,) = r.costs
+    d = r.deltas[i].flatten(1)
+    assert r.costs[i] == pytest.approx(float((d.double() ** 2).sum()), rel=1e-6)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.seen == 2

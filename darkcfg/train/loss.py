@@ -105,6 +105,7 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
     In train mode ``model.seen`` grows by the batch size first (the [region] prior term reads it).
     Batch norm uses batch statistics only in train mode; in eval mode this is a validation loss.
     """
+    from .detection_loss import DetectionLossConfig, detection_delta
     from .gaussian_loss import gaussian_yolo_delta
     from .region_loss import RegionLossConfig, region_delta
     from .yolo_loss import YoloLossConfig, yolo_delta
@@ -143,7 +144,10 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
             _check_classes(truths, rcfg.classes, spec)
             delta_np, cost = region_delta(out_np, truths, rcfg, model.seen)
         else:
-            raise DarkcfgError(f"{spec.where}: training [{spec.section.raw_type}] layers is not supported yet")
+            dcfg = DetectionLossConfig.from_spec(spec)
+            truths = normalize_targets(targets, batch, spec.section.get_int("max", 200))
+            _check_classes(truths, dcfg.classes, spec)
+            delta_np, cost = detection_delta(out_np, truths, dcfg, model.seen)
         delta = torch.from_numpy(delta_np).to(head_in.device, head_in.dtype).reshape(head_in.shape)
         term = _InjectDelta.apply(head_in, delta, cost, scale)
         total = term if total is None else total + term
