@@ -220,6 +220,22 @@ def test_darknet_bn_backward_formula_and_exact_option():
     assert (dxe - dx).abs().max() > 1e-6  # the two really differ on a small map
 
 
+def test_exact_bn_backward_switch_changes_gradients(tmp_path):
+    from darkcfg.train import set_bn_backward
+
+    model = _tiny_yolo(tmp_path, "mse").train()
+    x = torch.rand(2, 3, 64, 64)
+    grads = []
+    for exact in (False, True):
+        assert set_bn_backward(model, exact) == 1
+        model.zero_grad()
+        torch.manual_seed(3)  # same dropout mask
+        model.loss(x, TARGETS).loss.backward()
+        grads.append(model.layers[0].conv.weight.grad.clone())
+    rel = float((grads[0] - grads[1]).norm() / grads[1].norm())
+    assert 0 < rel < 0.05
+
+
 def test_dropout_only_in_train_mode(tmp_path):
     model = _tiny_yolo(tmp_path)
     drop = model.layers[1]
@@ -315,3 +331,59 @@ def test_detection_layer_loss_on_own_cfg():
     assert r.costs[i] == pytest.approx(float((d.double() ** 2).sum()), rel=1e-6)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.seen == 2
+
+
+_ONE_ANCHOR = """[net]
+width=32
+height=32
+channels=3
+[convolutional]
+filters=7
+size=3
+stride=8
+pad=1
+activation=linear
+[yolo]
+mask=0
+anchors=12,10
+classes=2
+num=1
+iou_normalizer=0.5
+obj_normalizer=2.0
+cls_normalizer=3.0
+label_smooth_eps=0.1
+counters_per_class=10,40
+ignore_thresh=1.0
+"""
+
+
+def test_yolo_mse_delta_matches_an_independent_computation(tmp_path):
+    """One anchor, one truth: the cell, box, objectness and (smoothed, counted) class deltas by hand."""
+    cfg = tmp_path / "one.cfg"
+    cfg.write_text(_ONE_ANCHOR)
+    torch.manual_seed(1)
+    model = darkcfg.load(cfg).train()
+    x = torch.rand(1, 3, 32, 32)
+    truth = (0.6, 0.3, 0.25, 0.5, 0)
+    r = model.loss(x, [[truth]])
+    (i_layer,) = r.costs
+    out = model.layer_outputs(x)[i_layer][0].detach().double()  # 7 x 4 x 4, activated
+    delta = r.deltas[i_layer][0].double()
+    ci, cj = int(0.6 * 4), int(0.3 * 4)
+    o = out[:, cj, ci]
+    scale = 2 - 0.25 * 0.5
+    want_box = [0.6 * 4 - ci, 0.3 * 4 - cj, np.log(0.25 * 32 / 12), np.log(0.5 * 32 / 10)]
+    mult = 40 / 10  # counters_per_class: class 0's multiplier scales its box, objectness and class deltas
+    for k in range(4):
+        assert float(delta[k, cj, ci]) == pytest.approx(0.5 * mult * scale * (want_box[k] - float(o[k])), abs=1e-5)
+    assert float(delta[4, cj, ci]) == pytest.approx(mult * 2.0 * (1 - float(o[4])), abs=1e-5)
+    # classes: y = 1*(1-eps) + eps/2 for the truth's class, eps/2 for the other; the multiplier
+    # comes with cls_normalizer on this path
+    assert float(delta[5, cj, ci]) == pytest.approx((0.95 - float(o[5])) * mult * 3.0, abs=1e-5)
+    assert float(delta[6, cj, ci]) == pytest.approx(0.05 - float(o[6]), abs=1e-6)
+    # every other cell: objectness pulled to 0 (ignore_thresh=1 never fires), nothing else
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[cj, ci] = False
+    assert torch.allclose(delta[4][mask], -2.0 * out[4][mask], atol=1e-6)
+    assert torch.count_nonzero(delta[[0, 1, 2, 3, 5, 6]][:, mask]) == 0
+    assert r.costs[i_layer] == pytest.approx(float((delta ** 2).sum()), rel=1e-6)  # mse: sum of squares

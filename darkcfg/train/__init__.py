@@ -5,6 +5,8 @@ its forward (batch norm, the [yolo] box deltas), the module injects Darknet's nu
 custom autograd function instead of letting autograd differentiate something else.
 """
 
+from .bn import set_bn_backward
+from .init import darknet_init
 from .loss import LossResult, darknet_loss
 
-__all__ = ["LossResult", "darknet_loss"]
+__all__ = ["LossResult", "darknet_loss", "darknet_init", "set_bn_backward"]

@@ -90,3 +90,18 @@ def batch_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
     """Darknet's batch mean and unbiased variance of ``x`` (for tests and diagnostics)."""
     mean, var, _, _ = _stats(x)
     return mean, var
+
+
+def set_bn_backward(model: torch.nn.Module, exact: bool) -> int:
+    """Choose the batch-norm backward of every BN in ``model``: Darknet's (default) or ``exact``.
+
+    Returns how many batch norms were switched.
+    """
+    from ..layers.conv import DarknetBatchNorm
+
+    count = 0
+    for m in model.modules():
+        if isinstance(m, DarknetBatchNorm):
+            m.exact_backward = bool(exact)
+            count += 1
+    return count
