@@ -118,7 +118,7 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
     if model.training:
         model.seen += batch
     net_h, net_w = int(x.shape[2]), int(x.shape[3])
-    outs = model._run(x)
+    outs = model.layer_outputs(x)  # every layer: the heads and what feeds them
     costs: Dict[int, float] = {}
     deltas: Dict[int, Tensor] = {}
     total: Tensor | None = None
