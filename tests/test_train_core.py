@@ -387,3 +387,17 @@ def test_yolo_mse_delta_matches_an_independent_computation(tmp_path):
     assert torch.allclose(delta[4][mask], -2.0 * out[4][mask], atol=1e-6)
     assert torch.count_nonzero(delta[[0, 1, 2, 3, 5, 6]][:, mask]) == 0
     assert r.costs[i_layer] == pytest.approx(float((delta ** 2).sum()), rel=1e-6)  # mse: sum of squares
+
+
+def test_stopbackward_and_train_only_bn_freeze_as_darknet(tmp_path):
+    cfg = tmp_path / "frozen.cfg"
+    text = _YOLO_CFG.format(loss="mse").replace("activation=leaky\n", "activation=leaky\nstopbackward=1\n", 1)
+    cfg.write_text(text)
+    model = darkcfg.load(cfg).train()
+    model.loss(torch.rand(2, 3, 64, 64), TARGETS).loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.layers[0].parameters())
+    assert model.layers[2].conv.weight.grad is not None
+    cfg.write_text(_YOLO_CFG.format(loss="mse").replace("activation=leaky\n", "activation=leaky\ntrain_only_bn=1\n", 1))
+    model = darkcfg.load(cfg).train()
+    model.loss(torch.rand(2, 3, 64, 64), TARGETS).loss.backward()
+    assert model.layers[0].conv.weight.grad is None and model.layers[0].bn.weight.grad is not None

@@ -103,6 +103,7 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
     """One Darknet training forward (``train_network_datum`` without the update).
 
     In train mode ``model.seen`` grows by the batch size first (the [region] prior term reads it).
+    The first call applies the cfg's ``stopbackward`` / ``train_only_bn`` (:mod:`.freeze`).
     Batch norm uses batch statistics only in train mode; in eval mode this is a validation loss.
     """
     from .detection_loss import DetectionLossConfig, detection_delta
@@ -114,6 +115,11 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
     if not specs:
         raise DarkcfgError(f"{model.graph.path}: the network has no loss layer ([yolo], [Gaussian_yolo], "
                            "[region] or [detection]) to train with")
+    if not model.__dict__.get("_cfg_freezing_applied"):
+        from .freeze import apply_cfg_freezing
+
+        apply_cfg_freezing(model)  # stopbackward= / train_only_bn= of the cfg, once
+        model.__dict__["_cfg_freezing_applied"] = True
     batch = int(x.shape[0])
     if model.training:
         model.seen += batch
