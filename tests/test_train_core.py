@@ -401,3 +401,22 @@ def test_stopbackward_and_train_only_bn_freeze_as_darknet(tmp_path):
     model = darkcfg.load(cfg).train()
     model.loss(torch.rand(2, 3, 64, 64), TARGETS).loss.backward()
     assert model.layers[0].conv.weight.grad is None and model.layers[0].bn.weight.grad is not None
+
+
+def test_gradient_steps_lower_darknets_cost(tmp_path):
+    """Sign check end to end: plain SGD on -Darknet's update lowers Darknet's own cost."""
+    cfg = tmp_path / "one.cfg"
+    cfg.write_text(_ONE_ANCHOR)
+    torch.manual_seed(2)
+    model = darkcfg.load(cfg).train()
+    x = torch.rand(2, 3, 32, 32)
+    targets = [[(0.6, 0.3, 0.25, 0.5, 0)], [(0.2, 0.7, 0.3, 0.3, 1)]]
+    opt = torch.optim.SGD(model.parameters(), lr=2e-3)
+    costs = []
+    for _ in range(30):
+        opt.zero_grad()
+        r = model.loss(x, targets)
+        r.loss.backward()
+        opt.step()
+        costs.append(r.cost)
+    assert costs[-1] < 0.75 * costs[0]
