@@ -9,7 +9,7 @@ Darknet keeps ``l.output`` for every layer, so ``layer_outputs`` is free and
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from .cfg import read_cfg
 from .errors import DarkcfgError
 from .graph import Graph, build_graph
 from .layers.registry import BuildContext, build_layer
+
+if TYPE_CHECKING:
+    from .train.loss import LossResult
 
 
 def _bn_formula(graph: Graph, requested: str) -> str:
@@ -104,7 +107,7 @@ class Darknet(nn.Module):
 
         save_weights(self, path, upto=upto)
 
-    def loss(self, x: Tensor, targets: Any) -> Any:
+    def loss(self, x: Tensor, targets: Any) -> LossResult:
         """Darknet's training loss for one batch: a :class:`darkcfg.train.LossResult`.
 
         ``targets``: per image a list or K x 5 array of normalised (x_center, y_center, w, h,
