@@ -94,11 +94,11 @@ class _GImage:
             if mult is not None:
                 d[class_id] *= mult[class_id]
             return
-        y = np.zeros(c.classes)
-        y[class_id] = 1
+        target = np.zeros(c.classes)
+        target[class_id] = 1
         if eps:
-            y = y * (1 - eps) + 0.5 * eps
-        d[:] = y - p
+            target = target * (1 - eps) + 0.5 * eps
+        d[:] = target - p
         if mult is not None:
             d[class_id] *= mult[class_id] * c.cls_normalizer
 

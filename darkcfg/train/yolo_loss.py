@@ -176,13 +176,13 @@ class _Image:
             onehot[class_id] = 1
             d[:] = (onehot - p) * np.float32(0.5 * grad)
             return
-        y = np.zeros(c.classes, np.float64)
-        y[class_id] = 1
+        target = np.zeros(c.classes, np.float64)
+        target[class_id] = 1
         if c.label_smooth_eps:
-            y = y * (1 - c.label_smooth_eps) + 0.5 * c.label_smooth_eps
-        r = y - p.astype(np.float64)
-        ok = np.isfinite(r)
-        d[ok] = r[ok]
+            target = target * (1 - c.label_smooth_eps) + 0.5 * c.label_smooth_eps
+        res = target - p.astype(np.float64)
+        ok = np.isfinite(res)
+        d[ok] = res[ok]
         if mult is not None:
             d[class_id] *= mult[class_id] * c.cls_normalizer
 
