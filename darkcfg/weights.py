@@ -202,8 +202,9 @@ def load_weights(model: "Darknet", source: "str | os.PathLike | bytes", upto: Op
 def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase", upto: Optional[int] = None) -> None:
     """Write the model's floats in Darknet's layout, atomically.
 
-    The header of the last loaded file is written back unchanged (so load -> save
-    is byte-identical); a model that never loaded weights gets version 0.2.5, seen 0.
+    The header of the last loaded file is written back (so load -> save is byte-identical)
+    with ``model.seen`` as its image count; a model that never loaded weights gets version
+    0.2.5.  ``upto=N`` writes the first N layers with seen 0, as Darknet's ``partial`` does.
     """
     if model.fused:
         raise WeightsError("cannot save a fused model: its batch-norm blocks were folded into the convs; "
@@ -211,6 +212,8 @@ def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase"
     header_bytes = model.header or DEFAULT_HEADER.pack()
     header = parse_header(header_bytes, "<model header>")
     seen = int(getattr(model, "seen", header.seen))
+    if upto is not None:
+        seen = 0  # a partial (*.conv.N) file starts a new training, as Darknet's `partial` writes it
     if seen != header.seen:  # training moved it on: write it back as Darknet's save_weights does
         wide = header.seen_is_64bit
         if not wide and seen >= 2 ** 32:

@@ -290,9 +290,10 @@ def test_seen_and_partial_weights_round_trip(tmp_path):
     model.save_weights(part, upto=1)
     n_floats = sum(t.numel() for _, t in model.layers[0].weight_tensors())
     assert part.stat().st_size == 20 + 4 * n_floats
+    assert struct.unpack_from("<Q", part.read_bytes(), 12)[0] == 0  # `partial` resets seen
     fresh = _tiny_yolo(tmp_path)
     fresh.load_weights(part, upto=1)
-    assert fresh.seen == 2
+    assert fresh.seen == 0
     for (_, a), (_, b) in zip(model.layers[0].weight_tensors(), fresh.layers[0].weight_tensors()):
         assert torch.equal(a, b)
     again = tmp_path / "again.weights"
