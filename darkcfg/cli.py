@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_zoo)
 
+    from .commands_train import add_train_parser
+
+    add_train_parser(sub)
+
     sp = sub.add_parser("conformance", help="compare with Darknet's own outputs (shared fixtures)",
                         add_help=False)
     sp.set_defaults(func=None)
