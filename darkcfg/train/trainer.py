@@ -91,11 +91,15 @@ class LossModule(nn.Module):
 
 def accumulate_gradients(loss_module: nn.Module, minibatches: Iterable[Tuple[Tensor, Sequence[Tensor]]],
                          device: torch.device, world: int = 1, scaler: Optional[Any] = None,
-                         autocast: Optional[Callable[[], Any]] = None) -> Tuple[float, int]:
+                         autocast: Optional[Callable[[], Any]] = None, model: Optional[nn.Module] = None,
+                         seen: Optional[int] = None) -> Tuple[float, int]:
     """Forward/backward every mini-batch, summing gradients; ``(sum of costs, images)``.
 
     Under DDP the gradient all-reduce runs only on the last mini-batch (``no_sync``) and
     the loss is multiplied by ``world`` so the average DDP takes is the batch SUM.
+    With ``model`` and ``seen`` (images before this iteration), ``model.seen`` is set so that
+    during mini-batch k the loss sees Darknet's count, ``seen + (k+1) * global mini-batch``
+    (``Darknet.loss`` adds this process's share itself).
     """
     minibatches = list(minibatches)
     total_cost, images = 0.0, 0
@@ -104,6 +108,8 @@ def accumulate_gradients(loss_module: nn.Module, minibatches: Iterable[Tuple[Ten
         sync = contextlib.nullcontext() if last or not hasattr(loss_module, "no_sync") else loss_module.no_sync()
         x = x.to(device, non_blocking=True)
         targets = [t.to(device) for t in targets]
+        if model is not None and seen is not None:
+            model.seen = seen + (k + 1) * x.shape[0] * world - x.shape[0]
         with sync:
             with (autocast() if autocast else contextlib.nullcontext()):
                 loss, cost = loss_module(x, targets)
@@ -298,7 +304,8 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
         minibatches = [next(batches) for _ in range(s.subdivisions)]
         size = (minibatches[0][0].shape[3], minibatches[0][0].shape[2])
         seen_before = seen
-        cost, n = accumulate_gradients(loss_module, minibatches, device, info.world, scaler, autocast)
+        cost, n = accumulate_gradients(loss_module, minibatches, device, info.world, scaler, autocast,
+                                       model, seen_before)
         iteration += 1
         seen = seen_before + s.batch
         model.seen = seen
