@@ -4,7 +4,8 @@
 
 Darknet resolves every path against the current directory; a ``.data`` shipped with a
 data set usually names paths relative to *its own* folder.  Both are tried (the current
-directory first, as Darknet does), so either convention works.
+directory first, as Darknet does), so either convention works.  A ``backup`` folder that
+exists in neither place is created beside the ``.data`` file (Darknet would fail to save).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def parse_data_file(path: "str | os.PathLike") -> DataFile:
     valid = _resolve(opts["valid"], base) if "valid" in opts else None
     names = _resolve(opts["names"], base) if "names" in opts else None
     backup = _resolve(opts.get("backup", "backup"), base)
+    if not backup.is_absolute() and not backup.exists():
+        backup = base / backup  # Darknet would fail to save; keep new checkpoints beside the .data file
     return DataFile(path, classes, train, valid, names, backup, opts.get("eval"), opts)
 
 

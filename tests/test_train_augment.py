@@ -129,7 +129,7 @@ def write_dataset(root, n=3, size=(80, 60)):
 
 def test_data_file_list_and_labels(tmp_path):
     data = parse_data_file(write_dataset(tmp_path))
-    assert data.classes == 2 and data.backup.name == "backup"
+    assert data.classes == 2 and data.backup == tmp_path / "backup"
     images = read_image_list(data.train)
     assert [p.name for p in images] == ["im0.png", "im1.png", "im2.png"] and all(p.exists() for p in images)
     assert label_path_for(images[1]) == tmp_path / "labels" / "im1.txt"

@@ -66,6 +66,7 @@ class TrainResult:
     iterations: int
     seen: int
     losses: List[float] = field(default_factory=list)
+    rates: List[float] = field(default_factory=list)
     avg_loss: float = float("nan")
     saved: List[Path] = field(default_factory=list)
     best_map: Optional[float] = None
@@ -323,6 +324,7 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
             avg_loss = loss
         avg_loss = avg_loss * 0.9 + loss * 0.1
         result.losses.append(loss)
+        result.rates.append(rate)
         dt = time.perf_counter() - t0
         run_images += s.batch
         if info.main:
