@@ -28,6 +28,8 @@ def add_train_parser(sub) -> None:
     sp.add_argument("--max-batches", type=int, help="override [net] max_batches")
     sp.add_argument("--batch", type=int, help="override [net] batch")
     sp.add_argument("--subdivisions", type=int, help="override [net] subdivisions")
+    sp.add_argument("--sampling", choices=("random", "epoch"), default="random",
+                    help="random: images drawn with replacement (Darknet); epoch: each image once per pass")
     sp.add_argument("--no-augment", action="store_true", help="plain resize, no jitter/colour/flip/mosaic")
     sp.add_argument("--overwrite", action="store_true", help="allow replacing an earlier run's checkpoints")
     sp.add_argument("--json", action="store_true", help="print a JSON summary at the end")
@@ -42,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(data=args.data, cfg=args.cfg, weights=args.weights, clear=args.clear, device=args.device,
                         workers=args.workers, out=args.out, map=args.map, seed=args.seed, amp=args.amp,
                         sync_bn=args.sync_bn, overwrite=args.overwrite, max_batches=args.max_batches,
-                        batch=args.batch, subdivisions=args.subdivisions, augment=not args.no_augment)
+                        batch=args.batch, subdivisions=args.subdivisions, augment=not args.no_augment, sampling=args.sampling)
     res = train(opts)
     summary = {"iterations": res.iterations, "seen": res.seen, "avg_loss": res.avg_loss,
                "images_per_s": res.images_per_s, "best_map": res.best_map,

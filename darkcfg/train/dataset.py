@@ -147,8 +147,11 @@ class BatchPlan(Sampler):
     seed: int = 0
     rank: int = 0
     world: int = 1
+    sampling: str = "random"  # "random": Darknet's draw with replacement; "epoch": every image once per pass
 
     def __post_init__(self) -> None:
+        if self.sampling not in ("random", "epoch"):
+            raise DarkcfgError(f"sampling must be 'random' or 'epoch', got {self.sampling!r}")
         mb = self.settings.mini_batch
         if mb % self.world:
             raise DarkcfgError(f"mini-batch {mb} (batch/subdivisions) does not split over {self.world} processes")
@@ -166,7 +169,17 @@ class BatchPlan(Sampler):
                 largest = k == 0 or iteration > s.max_batches - 100
                 w, h = random_size(s, self.width, self.height, rng, largest)
             for _ in range(s.subdivisions):
-                idx = rng.integers(self.n_images, size=s.mini_batch)
+                idx = self._draw(rng, s.mini_batch)
                 seeds = rng.integers(2**62, size=s.mini_batch)
                 lo = self.rank * per_rank
                 yield [(int(idx[i]), w, h, int(seeds[i])) for i in range(lo, lo + per_rank)]
+
+    def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.sampling == "random":
+            return rng.integers(self.n_images, size=n)
+        out = []
+        while len(out) < n:
+            if not getattr(self, "_queue", None):
+                self._queue = list(rng.permutation(self.n_images))
+            out.append(self._queue.pop(0))
+        return np.asarray(out)

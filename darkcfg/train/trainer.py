@@ -59,6 +59,7 @@ class TrainOptions:
     augment: bool = True
     progress: Optional[bool] = None  # None: a live bar on a terminal, a line every 10 s otherwise
     find_unused: bool = False
+    sampling: str = "random"         # random (Darknet: with replacement) | epoch (each image once per pass)
 
 
 @dataclass
@@ -287,7 +288,8 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
     evaluate = _evaluator() if opts.map else None
 
     dataset = DetectionDataset(images, s, augment=opts.augment)
-    plan = BatchPlan(len(images), s, graph.net.width, graph.net.height, iteration, opts.seed, info.rank, info.world)
+    plan = BatchPlan(len(images), s, graph.net.width, graph.net.height, iteration, opts.seed, info.rank, info.world,
+                     opts.sampling)
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_sampler=plan, num_workers=opts.workers, collate_fn=collate,
