@@ -9,7 +9,6 @@ rank) see the same sizes and a run is reproducible from ``--seed``.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..datafile import label_path_for
+from ..datafile import read_labels as _read_labels
 from ..errors import DarkcfgError, ImageError
 from ..image import load_image
 from .augment import Boxes, augment_image, mosaic
@@ -30,28 +30,13 @@ Item = Tuple[int, int, int, int]  # (image index, width, height, seed)
 
 
 def read_labels(path: "str | os.PathLike") -> Boxes:
-    """A Darknet label file (``class x y w h`` per line) as (N, 5) ``x, y, w, h, class``.
+    """A Darknet label file as (N, 5) ``x, y, w, h, class`` (the layout ``Darknet.loss`` takes).
 
-    A missing file means "no objects" (Darknet prints a warning and trains on it as
-    background); a malformed line is an error naming the file and line.
+    Read by :func:`darkcfg.datafile.read_labels`: a missing file means "no objects" (Darknet
+    trains on it as background); a malformed line is an error naming the file and line.
     """
-    path = Path(path)
-    if not path.exists():
-        return np.zeros((0, 5), np.float32)
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            cls, x, y, w, h = (float(v) for v in parts[:5])
-        except ValueError:
-            raise DarkcfgError(f"{path}:{lineno}: expected 'class x_center y_center width height', "
-                               f"got '{line.strip()}'") from None
-        if len(parts) < 5 or not all(math.isfinite(v) for v in (cls, x, y, w, h)):
-            raise DarkcfgError(f"{path}:{lineno}: expected 5 finite numbers, got '{line.strip()}'")
-        rows.append((x, y, w, h, cls))
-    return np.asarray(rows, np.float32).reshape(-1, 5)
+    labels = _read_labels(path)
+    return np.concatenate([labels.boxes, labels.classes[:, None].astype(np.float32)], axis=1).astype(np.float32)
 
 
 class DetectionDataset(Dataset):

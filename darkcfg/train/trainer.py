@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cfg import read_cfg
-from ..datafile import DataFile, parse_data_file, read_image_list
+from ..datafile import DataFile, list_images, parse_data_file
 from ..errors import DarkcfgError, WeightsError
 from ..graph import build_graph
 from ..weights import parse_header
@@ -221,6 +221,16 @@ def _evaluator() -> Callable[..., Any]:
     return fn
 
 
+def _data_int(data: DataFile, key: str, default: int) -> int:
+    value = data.options.get(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise DarkcfgError(f"{data.path}: '{key}' expects an integer, got '{value}'") from None
+
+
 def _map_value(result: Any) -> float:
     for key in ("map", "mAP", "map50"):
         if isinstance(result, dict) and key in result:
@@ -246,7 +256,7 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
     data = parse_data_file(opts.data)
     if data.train is None:
         raise DarkcfgError(f"{data.path}: no 'train=' image list")
-    images = read_image_list(data.train)
+    images = list_images(data.train)
     cfg = read_cfg(opts.cfg)
     s = _settings(opts, cfg)
     if data.classes and s.classes and data.classes != s.classes:
@@ -278,9 +288,9 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp else None
 
-    out_dir = Path(opts.out) if opts.out else data.backup
-    ckpt = Checkpoints(out_dir, Path(opts.cfg).stem, s.max_batches, data.get_int("saveweights", 0) or None,
-                       data.get_int("savelast", 100))
+    out_dir = Path(opts.out) if opts.out else (data.backup or Path("backup"))
+    ckpt = Checkpoints(out_dir, Path(opts.cfg).stem, s.max_batches, _data_int(data, "saveweights", 0) or None,
+                       _data_int(data, "savelast", 100))
     if info.main:
         ckpt.prepare()
         if iteration == 0:
