@@ -345,7 +345,7 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
             iter_map = iteration
             if info.main:
                 model.eval()
-                value = _map_value(evaluate(model, data.path))
+                value = _map_value(evaluate(model, data.path, progress=False))
                 model.train()
                 progress.message(f"mAP@0.5 = {value:.4f} at iteration {iteration} (best {max(best_map, value):.4f})")
                 if value >= best_map:
