@@ -69,3 +69,59 @@ def test_cli_train_json_and_errors(dataset, tmp_path, capsys):
     (tmp_path / "c.data").write_text("classes=5\ntrain=%s\n" % (tmp_path / "train.txt"))
     assert main(["train", str(tmp_path / "c.data"), CFG, "--workers", "0", "--out", str(tmp_path / "p")]) == 2
     assert "classes=5 but the cfg's detection layers have classes=2" in capsys.readouterr().err
+
+
+def test_partial_weights_map_best_random_sizes_and_bf16(dataset, tmp_path, monkeypatch):
+    import darkcfg as dk
+    from darkcfg.train.trainer import load_initial_weights
+
+    # a .conv.N-style partial file loads the layers it holds and leaves the rest alone
+    full = darkcfg.load(CFG)
+    full.save_weights(tmp_path / "p.conv.2", upto=2)
+    fresh = darkcfg.load(CFG)
+    before = fresh.layers[2].conv.weight.clone()
+    with pytest.warns(UserWarning, match="partial weights, layers 0..1"):
+        load_initial_weights(fresh, tmp_path / "p.conv.2")
+    assert torch.equal(fresh.layers[0].conv.weight, full.layers[0].conv.weight)
+    assert torch.equal(fresh.layers[2].conv.weight, before)
+
+    # --map: the evaluator runs every max(100, 4 epochs) iterations and at the end; _best follows the max
+    calls = []
+
+    def fake_evaluate(model, data, progress=None):
+        assert not model.training
+        calls.append(model.seen)
+        return {"map": [0.2, 0.5, 0.4][len(calls) - 1]}
+
+    monkeypatch.setattr(dk, "evaluate", fake_evaluate, raising=False)
+    text = open(CFG).read().replace("random=0", "random=1").replace("max_batches=20", "max_batches=3")
+    cfg = tmp_path / "rnd.cfg"
+    cfg.write_text(text)
+    res = train(TrainOptions(str(dataset), str(cfg), workers=0, progress=False, map=True, amp="on",
+                             out=str(tmp_path / "m")))
+    assert calls == [12] and res.best_map == 0.2 and (tmp_path / "m" / "rnd_best.weights").exists()
+    assert all(math.isfinite(v) for v in res.losses)   # bfloat16 autocast on CPU trains
+    # random=1: the first window trains at the largest size, round(1.4*64/32 + 1)*32 = 128
+    from darkcfg.train.dataset import BatchPlan
+
+    s = read_train_settings(read_cfg(str(cfg)))
+    plan = list(BatchPlan(4, s, 64, 64, seed=0))
+    assert {(w, h) for mb in plan for _, w, h, _ in mb} == {(128, 128)}
+
+
+def test_interrupt_saves_last_completed_iteration(dataset, tmp_path, monkeypatch):
+    import darkcfg.train.trainer as trainer
+
+    real = trainer.learning_rate
+
+    def rate(s, k):
+        if k == 3:
+            raise KeyboardInterrupt
+        return real(s, k)
+
+    monkeypatch.setattr(trainer, "learning_rate", rate)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(str(dataset), CFG, workers=0, progress=False, out=str(tmp_path / "i")))
+    last = tmp_path / "i" / "tiny-train_last.weights"
+    assert parse_header(last.read_bytes(), "x").seen == 8          # 2 completed iterations of batch 4
+    assert not (tmp_path / "i" / "tiny-train_final.weights").exists()

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -307,17 +307,43 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
     batches = iter(loader)
     progress = TrainProgress(s.max_batches, opts.progress if info.main else False)
     result = TrainResult(iterations=iteration, seen=seen)
+    map_every = max(4 * len(images) // s.batch, 100)
+    run_start = time.perf_counter()
+    start_iteration = iteration
+    try:
+        iteration, seen, avg_loss, best_map = _iterate(
+            s, info, model, loss_module, optimizer, scaler, autocast, batches, progress, result, ckpt, evaluate,
+            data, iteration, seen, map_every)
+    except KeyboardInterrupt:
+        done = start_iteration + len(result.losses)  # completed updates: the weights are theirs
+        if info.main and done > start_iteration:
+            path = ckpt.save(model, "last", done * s.batch)
+            progress.message(f"interrupted at iteration {done}: saved {path} (resume with it as WEIGHTS)")
+        raise
+    if info.main:
+        result.saved.append(ckpt.save(model, "final", seen))
+    progress.close()
+    barrier(info)
+    result.iterations, result.seen, result.avg_loss = iteration, seen, avg_loss
+    result.best_map = best_map if best_map >= 0 else None
+    result.images_per_s = len(result.losses) * s.batch / max(time.perf_counter() - run_start, 1e-9)
+    return result
+
+
+def _iterate(s: TrainSettings, info: DistInfo, model: nn.Module, loss_module: nn.Module, optimizer: DarknetSGD,
+             scaler: Any, autocast: Any, batches: Any, progress: TrainProgress, result: TrainResult,
+             ckpt: Checkpoints, evaluate: Any, data: DataFile, iteration: int, seen: int,
+             map_every: int) -> Tuple[int, int, float, float]:
+    """The iterations from ``iteration`` to ``max_batches``; returns (iteration, seen, avg loss, best mAP)."""
     avg_loss = -1.0
     last_saved = last_saved_last = iter_map = iteration
     best_map = -1.0
-    map_every = max(4 * len(images) // s.batch, 100)
-    run_start, run_images = time.perf_counter(), 0
     while iteration < s.max_batches:
         t0 = time.perf_counter()
         minibatches = [next(batches) for _ in range(s.subdivisions)]
         size = (minibatches[0][0].shape[3], minibatches[0][0].shape[2])
         seen_before = seen
-        cost, n = accumulate_gradients(loss_module, minibatches, device, info.world, scaler, autocast,
+        cost, n = accumulate_gradients(loss_module, minibatches, info.device, info.world, scaler, autocast,
                                        model, seen_before)
         iteration += 1
         seen = seen_before + s.batch
@@ -338,7 +364,6 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
         result.losses.append(loss)
         result.rates.append(rate)
         dt = time.perf_counter() - t0
-        run_images += s.batch
         if info.main:
             progress.update(iteration, loss, avg_loss, rate, s.batch, dt, size, s.batch)
         if evaluate is not None and (iteration >= max(iter_map + map_every, s.burn_in) or iteration == s.max_batches):
@@ -358,11 +383,4 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
         if info.main and ckpt.last_due(iteration, last_saved_last):
             last_saved_last = iteration
             result.saved.append(ckpt.save(model, "last", seen))
-    if info.main:
-        result.saved.append(ckpt.save(model, "final", seen))
-    progress.close()
-    barrier(info)
-    result.iterations, result.seen, result.avg_loss = iteration, seen, avg_loss
-    result.best_map = best_map if best_map >= 0 else None
-    result.images_per_s = run_images / max(time.perf_counter() - run_start, 1e-9)
-    return result
+    return iteration, seen, avg_loss, best_map
