@@ -23,7 +23,7 @@ def add_train_parser(sub) -> None:
     sp.add_argument("--seed", type=int, default=0, help="seed of image choice and augmentation (default 0)")
     sp.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                     help="mixed precision: float16 on CUDA, bfloat16 on CPU (auto: on for CUDA only)")
-    sp.add_argument("--sync-bn", action="store_true", help="with torchrun: synchronise BN statistics across "
+    sp.add_argument("--sync-bn", action="store_true", help="with torchrun on CUDA: batch-norm statistics over all "
                                                             "processes (PyTorch SyncBatchNorm)")
     sp.add_argument("--max-batches", type=int, help="override [net] max_batches")
     sp.add_argument("--batch", type=int, help="override [net] batch")

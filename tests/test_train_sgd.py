@@ -58,3 +58,22 @@ def test_param_groups_decay_only_weights():
                 assert (id(t) in decayed) == (role == "weights"), role
     assert decayed and plain and not decayed & plain
     assert len(decayed | plain) == len({id(p) for p in model.parameters()})
+
+
+def test_sync_bn_conversion_shares_tensors_and_saves_identically(tmp_path):
+    from darkcfg.layers.conv import DarknetBatchNorm
+    from darkcfg.train.distributed import convert_sync_batchnorm
+
+    model = darkcfg.load("cfgs/tiny-yolo-all.cfg")
+    model.save_weights(tmp_path / "a.weights")
+    params = {id(p) for p in model.parameters()}
+    n = convert_sync_batchnorm(model)
+    assert n > 0 and not any(isinstance(m, DarknetBatchNorm) for m in model.modules())
+    assert {id(p) for p in model.parameters()} == params
+    model.save_weights(tmp_path / "b.weights")
+    assert (tmp_path / "a.weights").read_bytes() == (tmp_path / "b.weights").read_bytes()
+    model.eval()
+    x = torch.rand(1, 3, model.height, model.width)
+    ref = darkcfg.load("cfgs/tiny-yolo-all.cfg", tmp_path / "a.weights")
+    for a, b in zip(model(x), ref(x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -68,3 +68,29 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> int:
+    """Swap every layer's Darknet batch norm for ``torch.nn.SyncBatchNorm`` (statistics over all
+    processes), sharing the same parameter and statistics tensors so ``.weights`` save unchanged.
+
+    PyTorch's SyncBatchNorm normalises with the biased batch variance and back-propagates the
+    exact gradient (Darknet: unbiased variance, its own backward); it runs on GPUs only, and only
+    for the AlexeyAB formula.  Returns the number of layers converted.
+    """
+    from ..layers.conv import DarknetBatchNorm
+
+    count = 0
+    for module in model.modules():
+        bn = getattr(module, "bn", None)
+        if not isinstance(bn, DarknetBatchNorm):
+            continue
+        if bn.pjreddie:
+            raise ValueError("--sync-bn: this cfg uses pjreddie's batch-norm formula, which SyncBatchNorm "
+                             "does not compute")
+        sync = torch.nn.SyncBatchNorm(bn.weight.numel(), eps=1e-5, momentum=bn.momentum)
+        sync.weight, sync.bias = bn.weight, bn.bias
+        sync.running_mean, sync.running_var = bn.running_mean, bn.running_var
+        module.bn = sync.to(bn.weight.device)
+        count += 1
+    return count

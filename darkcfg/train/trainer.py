@@ -31,7 +31,7 @@ from ..graph import build_graph
 from ..weights import parse_header
 from .checkpoint import Checkpoints
 from .dataset import BatchPlan, DetectionDataset, collate
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from .distributed import DistInfo, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed, shutdown
 from .lr import learning_rate
 from .settings import TrainSettings, read_train_settings
 from .sgd import DarknetSGD, make_optimizer
@@ -274,8 +274,13 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
     model.seen = seen
     device = info.device
     model.to(device).train()
-    if opts.sync_bn and info.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if opts.sync_bn:
+        if device.type != "cuda":
+            raise DarkcfgError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
+        try:
+            convert_sync_batchnorm(model)
+        except ValueError as exc:
+            raise DarkcfgError(f"{opts.cfg}: {exc}") from None
     loss_module: nn.Module = LossModule(model)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
