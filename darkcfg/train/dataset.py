@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -74,12 +74,10 @@ class DetectionDataset(Dataset):
         index, w, h, seed = item
         rng = np.random.default_rng(seed)
         s = self.settings
-        if not self.augment:
-            img, boxes = self._load_any(index, rng)
-            from .augment import AugParams, crop_resize, transform_boxes
-            p = AugParams()
-            boxes = transform_boxes(boxes, p, img.shape[1], img.shape[0], w, h, s.classes, s.max_boxes)
-            img = crop_resize(img, p, w, h)
+        if not self.augment:  # the same pipeline with every random knob at its identity (letter_box kept)
+            plain = replace(s, jitter=0.0, resize=1.0, flip=0, hue=0.0, saturation=1.0, exposure=1.0, blur=0,
+                            mosaic=0)
+            img, boxes, _ = augment_image(*self._load_any(index, rng), w, h, plain, rng)
         elif s.mosaic and rng.integers(2) == 0:
             others = [index] + [int(i) for i in rng.integers(len(self.images), size=3)]
             img, boxes = mosaic(lambda i: self._load_any(i, rng), others, w, h, s, rng)

@@ -137,5 +137,5 @@ def read_train_settings(cfg: Cfg) -> TrainSettings:
         s.resize = head.get_float("resize", 1.0)
         s.random = head.get_float("random", 0.0)
         s.max_boxes = head.get_int("max", 200)
-        s.classes = head.get_int("classes", 20 if head.type == "region" else 80)
+        s.classes = head.get_int("classes", 1 if head.type == "detection" else 20)
     return s
