@@ -160,7 +160,7 @@ class BatchPlan(Sampler):
     def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.sampling == "random":
             return rng.integers(self.n_images, size=n)
-        out = []
+        out: List[int] = []
         while len(out) < n:
             if not getattr(self, "_queue", None):
                 self._queue = list(rng.permutation(self.n_images))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -88,9 +88,9 @@ def convert_sync_batchnorm(model: torch.nn.Module) -> int:
         if bn.pjreddie:
             raise ValueError("--sync-bn: this cfg uses pjreddie's batch-norm formula, which SyncBatchNorm "
                              "does not compute")
-        sync = torch.nn.SyncBatchNorm(bn.weight.numel(), eps=1e-5, momentum=bn.momentum)
+        sync: Any = torch.nn.SyncBatchNorm(bn.weight.numel(), eps=1e-5, momentum=bn.momentum)
         sync.weight, sync.bias = bn.weight, bn.bias
         sync.running_mean, sync.running_var = bn.running_mean, bn.running_var
-        module.bn = sync.to(bn.weight.device)
+        setattr(module, "bn", sync.to(bn.weight.device))
         count += 1
     return count

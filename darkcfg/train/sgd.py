@@ -16,7 +16,7 @@ because Darknet's rate changes every iteration and its ``batch`` is the full bat
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +74,9 @@ def darknet_param_groups(model: nn.Module) -> list[dict]:
     split follows the same description the ``.weights`` reader uses.  Parameters no
     layer describes (there should be none) go to the undecayed group.
     """
-    decayed, plain, seen = [], [], set()
+    decayed: List[nn.Parameter] = []
+    plain: List[nn.Parameter] = []
+    seen: set = set()
     layers = getattr(model, "layers", [])
     for layer in layers:
         tensors = getattr(layer, "weight_tensors", None)
@@ -89,7 +91,7 @@ def darknet_param_groups(model: nn.Module) -> list[dict]:
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             plain.append(p)
-    groups = []
+    groups: List[Dict[str, Any]] = []
     if decayed:
         groups.append({"params": decayed, "name": "weights"})
     if plain:

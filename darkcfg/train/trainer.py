@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,9 @@ from ..datafile import DataFile, list_images, parse_data_file
 from ..errors import DarkcfgError, WeightsError
 from ..graph import build_graph
 from ..weights import parse_header
+
+if TYPE_CHECKING:
+    from ..model import Darknet
 from .checkpoint import Checkpoints
 from .dataset import BatchPlan, DetectionDataset, collate
 from .distributed import DistInfo, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed, shutdown
@@ -79,9 +82,9 @@ class LossModule(nn.Module):
     """``forward(x, targets) -> (loss, cost)``: ``Darknet.loss`` behind ``forward`` so DDP's
     gradient hooks (which fire on ``forward``) see it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: "Darknet"):
         super().__init__()
-        self.model = model
+        self.model: Any = model
 
     def forward(self, x: Tensor, targets: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         if not hasattr(self.model, "loss"):
@@ -91,9 +94,9 @@ class LossModule(nn.Module):
         return res.loss, cost.detach()
 
 
-def accumulate_gradients(loss_module: nn.Module, minibatches: Iterable[Tuple[Tensor, Sequence[Tensor]]],
+def accumulate_gradients(loss_module: Any, minibatches: Iterable[Tuple[Tensor, Sequence[Tensor]]],
                          device: torch.device, world: int = 1, scaler: Optional[Any] = None,
-                         autocast: Optional[Callable[[], Any]] = None, model: Optional[nn.Module] = None,
+                         autocast: Optional[Callable[[], Any]] = None, model: Any = None,
                          seen: Optional[int] = None) -> Tuple[float, int]:
     """Forward/backward every mini-batch, summing gradients; ``(sum of costs, images)``.
 
@@ -123,24 +126,24 @@ def accumulate_gradients(loss_module: nn.Module, minibatches: Iterable[Tuple[Ten
 
 
 # ------------------------------------------------------------------------------------------ set-up
-def load_initial_weights(model: nn.Module, path: "str | os.PathLike") -> int:
+def load_initial_weights(model: "Darknet", path: "str | os.PathLike") -> int:
     """Load ``path`` (full or a partial ``.conv.N`` file); returns the header's ``seen``.
 
     Darknet's training start reads as many layers as the file holds; here a file that ends
     exactly at a layer boundary is loaded up to that layer (anything else is an error).
     """
     try:
-        header = model.load_weights(path)  # type: ignore[operator]
-        return parse_header(model.header, str(path)).seen
+        model.load_weights(path)
+        return parse_header(model.header or b"", str(path)).seen
     except WeightsError as exc:
         if "file ends inside layer" not in str(exc):
             raise
         from ..weights import iter_slots
         data = Path(path).read_bytes()
-        header = parse_header(data, str(path))
-        floats = (len(data) - header.size) // 4
+        hdr = parse_header(data, str(path))
+        floats = (len(data) - hdr.size) // 4
         total, upto = 0, 0
-        for slot in iter_slots(model, header):
+        for slot in iter_slots(model, hdr):
             if total + slot.count > floats:
                 break
             total += slot.count
@@ -150,7 +153,7 @@ def load_initial_weights(model: nn.Module, path: "str | os.PathLike") -> int:
         model.load_weights(path, upto=upto)  # type: ignore[operator]
         warnings.warn(f"{path}: partial weights, layers 0..{upto - 1} loaded (the rest keep their initialisation)",
                       stacklevel=2)
-        return header.seen
+        return hdr.seen
 
 
 def _settings(opts: TrainOptions, cfg) -> TrainSettings:
@@ -335,7 +338,7 @@ def _train(opts: TrainOptions, info: DistInfo) -> TrainResult:
     return result
 
 
-def _iterate(s: TrainSettings, info: DistInfo, model: nn.Module, loss_module: nn.Module, optimizer: DarknetSGD,
+def _iterate(s: TrainSettings, info: DistInfo, model: Any, loss_module: nn.Module, optimizer: DarknetSGD,
              scaler: Any, autocast: Any, batches: Any, progress: TrainProgress, result: TrainResult,
              ckpt: Checkpoints, evaluate: Any, data: DataFile, iteration: int, seen: int,
              map_every: int) -> Tuple[int, int, float, float]:
