@@ -38,6 +38,7 @@ NON_SQUARE = {
     "tiny-detection": (48, 32),
     "tiny-misc": (64, 32),
     "tiny-region": (48, 80),
+    "tiny-train": (96, 64),
     "tiny-yolo-all": (96, 64),
 }
 
