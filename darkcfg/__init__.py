@@ -6,7 +6,9 @@
 """
 
 from .errors import CfgError, DarkcfgError, ImageBatchError, ImageError, WeightsError
+from .evaluation import Evaluation, evaluate
 from .model import Darknet, load
 
 __version__ = "0.1.0"
-__all__ = ["CfgError", "DarkcfgError", "Darknet", "ImageBatchError", "ImageError", "WeightsError", "__version__", "load"]
+__all__ = ["CfgError", "DarkcfgError", "Darknet", "Evaluation", "ImageBatchError", "ImageError", "WeightsError",
+           "__version__", "evaluate", "load"]

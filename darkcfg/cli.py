@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from .eval_cli import register as register_eval
+
+    register_eval(sub)  # map, valid
+
     sp = sub.add_parser("conformance", help="compare with Darknet's own outputs (shared fixtures)",
                         add_help=False)
     sp.set_defaults(func=None)

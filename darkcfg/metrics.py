@@ -1,7 +1,7 @@
 """Darknet's ``detector map`` scoring, model-free: detections + labels in, AP/mAP and counts out.
 
 This is the bookkeeping half of ``detector.c validate_detector_map`` (the other half, running
-the network, lives in :mod:`darkcfg.evaluate`). Every rule follows Darknet at commit 59596d7, as
+the network, lives in :mod:`darkcfg.evaluation`). Every rule follows Darknet at commit 59596d7, as
 documented with ``shared/evaluation/coco128``:
 
 1. **Matching** (per detection, per image): among the image's labels of the *same class* with

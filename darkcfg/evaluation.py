@@ -1,0 +1,469 @@
+"""Evaluate a detector on a Darknet dataset: ``darknet detector map`` and ``detector valid``.
+
+:func:`evaluate` gives the numbers ``darknet detector map`` prints (as an :class:`Evaluation`);
+:func:`write_valid_results` writes the files ``darknet detector valid`` writes. Both run the
+network the way Darknet's evaluation does:
+
+* each image is decoded (OpenCV here, stb_image in Darknet's default build: a few grey levels
+  apart, see :mod:`darkcfg.image`) and stretch-resized to the network size with Darknet's
+  bilinear resize, or letterboxed when the cfg says ``letter_box=1`` (or ``letterbox=True``);
+* ``map`` keeps candidates with objectness and ``objectness * class`` above **0.005** and applies
+  NMS at **0.45**; ``valid`` uses **0.001** and **0.6**; both use the ``nms_kind`` of the last
+  detection head, through the public :func:`darkcfg.detect.decode` / :func:`darkcfg.detect.nms`;
+* detections are listed in Darknet's post-NMS array order -- the NMS sorts the box array by each
+  class's prob in turn with a stable sort, so the final order is a lexicographic sort on the
+  probs of class C-1, C-2, ..., 0 -- then by class. That order decides which duplicate "uses up"
+  a label in the conf-thresh TP/FP line (see :mod:`darkcfg.metrics`).
+
+Images are read and preprocessed by a ``DataLoader`` (``workers`` processes) while the network
+runs on batches of ``batch`` images; decoding and NMS are tensor operations per image.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .datafile import (DataFile, Labels, image_id_from_path, label_path_for, list_images, parse_data_file,
+                       read_labels)
+from .detect import Detections, decode, nms
+from .errors import DarkcfgError, ImageError
+from .metrics import MAP_POINTS, ImageDetections, MapScore, score_detections
+
+if TYPE_CHECKING:
+    from .model import Darknet
+
+MAP_DET_THRESH = 0.005  # validate_detector_map: `const float thresh = .005`
+MAP_NMS = 0.45
+VALID_DET_THRESH = 0.001  # validate_detector (commit 59596d7)
+VALID_NMS = 0.6
+
+# detector.c coco_ids: COCO category id of each of the 80 contiguous class indices.
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33,
+    34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60,
+    61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)
+
+DataArg = Union[str, "os.PathLike[str]", DataFile, Mapping[str, Any]]
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation(MapScore):
+    """:class:`darkcfg.metrics.MapScore` (mAP, per-class AP and TP/FP, the conf-thresh line) plus
+    how the run went: ``images`` evaluated, ``seconds`` of inference wall time and
+    ``images_per_s``."""
+
+    images: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.update(images=self.images, seconds=self.seconds, images_per_s=self.images_per_s)
+        return d
+
+
+@dataclass
+class Collected:
+    """The detections of one ``map`` pass over a dataset, ready to be scored any number of ways
+    (points, IoU threshold, conf threshold) without running the network again."""
+
+    detections: list[ImageDetections]
+    labels: list[Labels]
+    difficult: Optional[list[Labels]]
+    classes: int
+    names: list[str]
+    images: list[Path]
+    seconds: float
+
+    def score(self, *, points: int = 0, iou_thresh: float = 0.5, thresh: float = 0.25,
+              exact_recall_levels: bool = False) -> Evaluation:
+        """Darknet's ``detector map`` numbers for these detections (see :func:`evaluate`)."""
+        if points not in MAP_POINTS:
+            raise DarkcfgError(f"points must be one of {MAP_POINTS}, got {points}")
+        if not 0.0 < iou_thresh < 1.0:
+            raise DarkcfgError(f"iou_thresh must be in (0, 1), got {iou_thresh}")
+        if not 0.0 <= thresh < 1.0:
+            raise DarkcfgError(f"thresh must be in [0, 1), got {thresh}")
+        s = score_detections(self.detections, self.labels, self.classes, self.names, points=points,
+                             iou_thresh=iou_thresh, thresh=thresh, difficult=self.difficult,
+                             exact_recall_levels=exact_recall_levels)
+        values = {f.name: getattr(s, f.name) for f in fields(MapScore)}
+        return Evaluation(**values, images=len(self.images), seconds=self.seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# dataset side
+# --------------------------------------------------------------------------------------------
+
+
+def _data_file(data: DataArg, root: Optional[Union[str, "os.PathLike[str]"]]) -> DataFile:
+    if isinstance(data, DataFile):
+        return data
+    if isinstance(data, Mapping):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "dataset.data"
+            path.write_text("".join(f"{k}={v}\n" for k, v in data.items()), encoding="utf-8")
+            parsed = parse_data_file(path, root=root)
+        return parsed
+    return parse_data_file(data, root=root)
+
+
+def _names(data: DataFile, classes: int, fallback: Sequence[str]) -> list[str]:
+    names = data.read_names() if data.names is not None else list(fallback)
+    if len(names) < classes:
+        raise DarkcfgError(f"{data.names or 'class names'}: {len(names)} names for a model with {classes} classes")
+    return names[:classes]
+
+
+def _valid_images(data: DataFile, root: Optional[Union[str, "os.PathLike[str]"]]) -> list[Path]:
+    if data.valid is None:
+        raise DarkcfgError(f"{data.path}: no 'valid=' entry (the list of images to evaluate)")
+    return list_images(data.valid, root=root)
+
+
+def load_ground_truth(images: Sequence[Path], classes: int) -> list[Labels]:
+    """Every image's labels (Darknet's label layout). A missing label file means no objects, as in
+    Darknet; if *no* image has a label file the layout is surely wrong, and that is an error."""
+    label_paths = [label_path_for(p) for p in images]
+    if not any(p.is_file() for p in label_paths):
+        raise DarkcfgError(f"no label file found for any of the {len(images)} images (e.g. {label_paths[0]}); "
+                           "Darknet looks for labels by rewriting /images/train2017/ -> /labels/train2017/ "
+                           "(also val2017, train2014, val2014), /JPEGImages/ -> /labels/, and the extension -> .txt")
+    return [read_labels(p, classes) for p in label_paths]
+
+
+class _ImageSet(torch.utils.data.Dataset):
+    """Images -> network input tensors (Darknet preprocessing); errors are returned, not raised,
+    so that the main process reports the image by name."""
+
+    def __init__(self, paths: Sequence[Path], net_w: int, net_h: int, letterbox: bool):
+        self.paths, self.net_w, self.net_h, self.letterbox = list(paths), net_w, net_h, letterbox
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Optional[torch.Tensor], tuple[int, int], Optional[str]]:
+        from .image import load_image, preprocess
+
+        try:
+            img = load_image(self.paths[i])
+        except ImageError as exc:
+            return i, None, (0, 0), str(exc)
+        x = preprocess(img, self.net_w, self.net_h, self.letterbox)[0]
+        return i, x, (int(img.shape[1]), int(img.shape[0])), None
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover - cv2 is a dependency; be lenient in workers
+        pass
+
+
+def default_workers() -> int:
+    """Loader processes: one per spare core, at most 4 (Darknet's map uses 4 loader threads)."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only when enabled: by default when stderr is a TTY)."""
+
+    def __init__(self, total: int, label: str, enabled: Optional[bool]):
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.start = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            filled = int(30 * self.done / max(self.total, 1))
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'-' * (30 - filled)}] {self.done}/{self.total} "
+                             f"{rate:.1f} img/s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# model side
+# --------------------------------------------------------------------------------------------
+
+
+def darknet_array_order(probs: torch.Tensor) -> torch.Tensor:
+    """Row order of Darknet's detection array after ``do_nms_sort``/``diounms_sort``.
+
+    Those sort the array by ``prob[k]`` descending for k = 0..C-1 in turn, each time with glibc's
+    stable merge sort and each time on the still-unsuppressed ``prob[k]``; the result is a
+    lexicographic order on (prob[C-1], ..., prob[0]) descending, ties in emission order.
+    ``probs`` are the gated probs *before* NMS.
+    """
+    keys = -probs.detach().cpu().double().numpy().T  # np.lexsort: last key is the primary one
+    return torch.from_numpy(np.lexsort(keys).astype(np.int64)) if probs.shape[0] else torch.zeros(0, dtype=torch.int64)
+
+
+def _emit(pre: Detections, post: Detections) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(boxes, classes, probs) of every (box, class) pair with prob > 0, in Darknet append order."""
+    order = darknet_array_order(pre.probs).to(post.probs.device)
+    probs = post.probs[order]
+    rows, cls = torch.nonzero(probs > 0, as_tuple=True)  # row-major: box by box, classes ascending
+    return post.boxes[order][rows], cls, probs[rows, cls]
+
+
+class _Runner:
+    """The detection pass shared by ``map`` and ``valid``."""
+
+    def __init__(self, model: "Darknet", letterbox: Optional[bool]):
+        from .detect_api import Detector
+
+        self.model = model
+        self.detector = Detector(model, letterbox=letterbox)
+        self.letterbox = bool(self.detector.letterbox)
+        self.classes = self.detector.classes
+        net = model.graph.net
+        self.net_w, self.net_h = net.width, net.height
+
+    def run(self, images: Sequence[Path], *, det_thresh: float, nms_thresh: float, batch: int,
+            workers: Optional[int], progress: Optional[bool], label: str, true_sizes: bool
+            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]]:
+        """Yield (image index, boxes, classes, probs, (w, h)) per image, in list order.
+
+        Boxes are relative centre boxes; ``true_sizes=False`` reproduces ``map``, which passes
+        w = h = 1 to ``get_network_boxes`` unless letterboxing (no correction is needed then).
+        """
+        if batch < 1:
+            raise DarkcfgError(f"batch must be at least 1, got {batch}")
+        n_workers = default_workers() if workers is None else max(0, int(workers))
+        loader = torch.utils.data.DataLoader(
+            _ImageSet(images, self.net_w, self.net_h, self.letterbox), batch_size=batch, shuffle=False,
+            num_workers=n_workers, collate_fn=_collate, worker_init_fn=_worker_init if n_workers else None,
+            prefetch_factor=2 if n_workers else None, persistent_workers=False)
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None else torch.float32
+        heads, kind, beta = self.detector.heads, self.detector.nms_kind, self.detector.beta_nms
+        bar = _Progress(len(images), label, progress)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for items in loader:
+                    for _, x, _, err in items:
+                        if err is not None:
+                            raise DarkcfgError(err)
+                    x = torch.stack([it[1] for it in items]).to(device, dtype)
+                    outs = [o.float() for o in self.model(x)]
+                    sizes = [it[2] for it in items]
+                    decode_sizes = sizes if (true_sizes or self.letterbox) else [(1, 1)] * len(items)
+                    per_image = decode(outs, heads, self.net_w, self.net_h, decode_sizes, thresh=det_thresh,
+                                       hier_thresh=0.5, letterbox=self.letterbox)
+                    for (index, _, size, _), dets in zip(items, per_image):
+                        pre = dets.select(dets.objectness != 0)
+                        post = nms(pre, nms_thresh, kind, beta)
+                        boxes, cls, probs = _emit(pre, post)
+                        yield index, boxes, cls, probs, size
+                    bar.update(len(items))
+        finally:
+            bar.close()
+            self.model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def collect(model: "Darknet", data: DataArg, *, batch: int = 8, letterbox: Optional[bool] = None,
+            workers: Optional[int] = None, progress: Optional[bool] = None,
+            root: Optional[Union[str, "os.PathLike[str]"]] = None) -> Collected:
+    """Run the model over the ``valid=`` images of ``data`` as ``detector map`` does and read
+    their labels; score the result with :meth:`Collected.score` (as often as needed)."""
+    datafile = _data_file(data, root)
+    runner = _Runner(model, letterbox)
+    names = _names(datafile, runner.classes, runner.detector.names)
+    images = _valid_images(datafile, root)
+    labels = load_ground_truth(images, runner.classes)
+    difficult = None
+    if datafile.difficult is not None:
+        dif_images = list_images(datafile.difficult, root=root)
+        if len(dif_images) != len(images):
+            raise DarkcfgError(f"{datafile.difficult}: {len(dif_images)} entries, but valid= lists {len(images)}")
+        difficult = [read_labels(label_path_for(p), runner.classes) for p in dif_images]
+    dets: list[ImageDetections] = [ImageDetections.empty()] * len(images)
+    start = time.perf_counter()
+    for index, boxes, cls, probs, _ in runner.run(images, det_thresh=MAP_DET_THRESH, nms_thresh=MAP_NMS,
+                                                  batch=batch, workers=workers, progress=progress,
+                                                  label="map", true_sizes=False):
+        dets[index] = ImageDetections(boxes.cpu().float().numpy(), cls.cpu().numpy().astype(np.int64),
+                                      probs.cpu().float().numpy())
+    seconds = time.perf_counter() - start
+    return Collected(dets, labels, difficult, runner.classes, names, images, seconds)
+
+
+def evaluate(model: "Darknet", data: DataArg, *, points: int = 0, iou_thresh: float = 0.5, thresh: float = 0.25,
+             batch: int = 8, letterbox: Optional[bool] = None, workers: Optional[int] = None,
+             progress: Optional[bool] = None, root: Optional[Union[str, "os.PathLike[str]"]] = None,
+             exact_recall_levels: bool = False) -> Evaluation:
+    """``darknet detector map``: mAP, per-class AP and the conf-thresh line of ``model`` on ``data``.
+
+    Args:
+        model: a :class:`darkcfg.Darknet` detector (left in the train/eval mode it came in).
+        data: a Darknet ``.data`` path, a parsed :class:`darkcfg.datafile.DataFile`, or a dict of
+            its entries (``{"valid": "valid.txt", "names": "coco.names"}``). ``valid=`` lists the
+            images; labels are found by Darknet's path rule (``images/train2017`` ->
+            ``labels/train2017``, extension -> ``.txt``); ``names=`` names the classes
+            (default: the model's names); an optional ``difficult=`` list is honoured.
+        points: 0 = area under the PR curve (Darknet's default, VOC2010+), 11 = VOC2007,
+            101 = COCO-style recall points.
+        iou_thresh: IoU a detection must exceed to match a label (0.5; 0.75 for mAP@.75).
+        thresh: confidence for the TP/FP/FN, precision/recall/F1 and average-IoU line (0.25).
+        batch: images per forward pass.
+        letterbox: ``None`` follows the cfg's ``letter_box``, as Darknet's ``map`` does.
+        workers: image-loading processes (``None``: one per spare core, at most 4; 0: in-process).
+        progress: progress bar on stderr; ``None`` shows it when stderr is a terminal.
+        root: folder that relative paths in ``data`` are relative to (Darknet's working
+            directory; default the current one, then each file's own folder).
+        exact_recall_levels: for points 11/101, exact recall levels instead of the ``-Ofast``
+            product Darknet's default build computes (see :mod:`darkcfg.metrics`).
+
+    Returns:
+        an :class:`Evaluation` (fractions, not percent); ``.report()`` prints Darknet's lines and
+        ``.to_dict()`` gives the ``darkcfg map --json`` object.
+
+    Raises:
+        DarkcfgError: a bad ``.data``/list/label file, a missing or undecodable image (named).
+    """
+    found = collect(model, data, batch=batch, letterbox=letterbox, workers=workers, progress=progress, root=root)
+    return found.score(points=points, iou_thresh=iou_thresh, thresh=thresh, exact_recall_levels=exact_recall_levels)
+
+
+def _c_float(v: np.ndarray) -> list[str]:
+    return [f"{float(x):f}" for x in v]
+
+
+def _atomic_write(path: Path, text: str, protected: set[Path], overwrite: bool) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (never half a file);
+    refuse to touch an input of the run, or an existing file unless ``overwrite``."""
+    resolved = path.resolve()
+    if resolved in protected:
+        raise DarkcfgError(f"{path}: refusing to overwrite an input of this run")
+    if path.exists() and not overwrite:
+        raise DarkcfgError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_valid_results(model: "Darknet", data: DataArg, out_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+                        *, batch: int = 8, letterbox: Optional[bool] = None, workers: Optional[int] = None,
+                        progress: Optional[bool] = None, root: Optional[Union[str, "os.PathLike[str]"]] = None,
+                        overwrite: bool = False) -> list[Path]:
+    """``darknet detector valid``: write the detections of the ``valid=`` images for offline scoring.
+
+    With ``eval=coco`` in the .data: ``coco_results.json``, a JSON array of
+    ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in original-image pixels,
+    ``image_id = atoi(file stem)`` and ``category_id`` COCO's (1..90 with gaps). Otherwise (VOC):
+    one ``comp4_det_test_<class name>.txt`` per class, lines ``<stem> <score> <xmin> <ymin> <xmax>
+    <ymax>`` with Darknet's 1-based pixel corners. Detections are every (box, class) pair with
+    ``objectness * class > 0.001`` surviving NMS at 0.6. Files go to ``out_dir`` (default: the
+    .data's ``results=``, else ``results``), are written atomically, never replace an input and
+    replace an existing file only with ``overwrite``. Returns the paths written.
+    """
+    datafile = _data_file(data, root)
+    runner = _Runner(model, letterbox)
+    classes = runner.classes
+    names = _names(datafile, classes, runner.detector.names)
+    images = _valid_images(datafile, root)
+    kind = datafile.eval.lower()
+    if kind not in ("coco", "voc"):
+        raise DarkcfgError(f"{datafile.path}: eval={datafile.eval} is not supported (use coco or voc)")
+    if kind == "coco" and classes > len(COCO_CATEGORY_IDS):
+        raise DarkcfgError(f"eval=coco maps class indices to COCO's 80 category ids; this model has {classes} classes")
+    out = Path(out_dir) if out_dir is not None else (datafile.results or Path("results"))
+    protected = {p.resolve() for p in [datafile.path, *images] + [p for p in (datafile.valid, datafile.names) if p]}
+    if kind == "voc":
+        bad = [n for n in names if "/" in n or "\\" in n or n in ("", ".", "..")]
+        if bad:
+            raise DarkcfgError(f"class name {bad[0]!r} cannot be part of a file name (comp4_det_test_<name>.txt)")
+    targets = ([out / "coco_results.json"] if kind == "coco"
+               else [out / f"comp4_det_test_{n}.txt" for n in names])
+    for t in targets:  # fail before the (long) detection pass, not after it
+        if t.resolve() in protected:
+            raise DarkcfgError(f"{t}: refusing to overwrite an input of this run")
+        if t.exists() and not overwrite:
+            raise DarkcfgError(f"{t}: already exists (pass overwrite=True / --overwrite to replace it)")
+
+    coco_lines: list[str] = []
+    voc_lines: list[list[str]] = [[] for _ in range(classes)]
+    for index, boxes, cls, probs, (w, h) in runner.run(images, det_thresh=VALID_DET_THRESH, nms_thresh=VALID_NMS,
+                                                       batch=batch, workers=workers, progress=progress,
+                                                       label="valid", true_sizes=True):
+        b = boxes.cpu().float().numpy() * np.float32([w, h, w, h])  # get_network_boxes relative=0: pixels
+        x, y, bw, bh = (b[:, j].astype(np.float64) for j in range(4))  # C: float - double -> double
+        c = cls.cpu().numpy()
+        p = _c_float(probs.cpu().float().numpy())
+        if kind == "coco":
+            # print_cocos: corners in double then stored as float, clipped to the image
+            xmin = np.maximum((x - bw / 2.0).astype(np.float32), 0)
+            ymin = np.maximum((y - bh / 2.0).astype(np.float32), 0)
+            xmax = np.minimum((x + bw / 2.0).astype(np.float32), np.float32(w))
+            ymax = np.minimum((y + bh / 2.0).astype(np.float32), np.float32(h))
+            image_id = image_id_from_path(images[index])
+            cols = zip(_c_float(xmin), _c_float(ymin), _c_float(xmax - xmin), _c_float(ymax - ymin))
+            for k, (bx, by, bw_s, bh_s), score in zip(c, cols, p):
+                coco_lines.append(f'{{"image_id":{image_id}, "category_id":{COCO_CATEGORY_IDS[k]}, '
+                                  f'"bbox":[{bx}, {by}, {bw_s}, {bh_s}], "score":{score}}}')
+        else:
+            # print_detector_detections: 1-based corners, clipped to [1, w] x [1, h]
+            xmin = np.maximum((x - bw / 2.0 + 1).astype(np.float32), 1)
+            ymin = np.maximum((y - bh / 2.0 + 1).astype(np.float32), 1)
+            xmax = np.minimum((x + bw / 2.0 + 1).astype(np.float32), np.float32(w))
+            ymax = np.minimum((y + bh / 2.0 + 1).astype(np.float32), np.float32(h))
+            stem = os.path.basename(os.fspath(images[index])).split(".", 1)[0]
+            for k, score, x1, y1, x2, y2 in zip(c, p, _c_float(xmin), _c_float(ymin), _c_float(xmax),
+                                                _c_float(ymax)):
+                voc_lines[k].append(f"{stem} {score} {x1} {y1} {x2} {y2}\n")
+    if kind == "coco":
+        body = "[\n" + ",\n".join(coco_lines) + ("\n" if coco_lines else "") + "]\n"
+        _atomic_write(targets[0], body, protected, overwrite)
+    else:
+        for k, target in enumerate(targets):
+            _atomic_write(target, "".join(voc_lines[k]), protected, overwrite)
+    return targets
