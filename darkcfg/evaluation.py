@@ -82,20 +82,31 @@ class Evaluation(MapScore):
 
 @dataclass
 class Collected:
-    """The detections of one ``map`` pass over a dataset, ready to be scored any number of ways
-    (points, IoU threshold, conf threshold) without running the network again."""
+    """The detections of one pass over a dataset, ready to be scored any number of ways (points,
+    IoU threshold, conf threshold) and/or written as ``valid`` results, without running the
+    network again.
 
-    detections: list[ImageDetections]
+    ``detections``: per image, what ``detector map`` lists (0.005 / NMS 0.45), or ``None`` when
+    not collected; ``valid_detections``: what ``detector valid`` writes (0.001 / NMS 0.6), or
+    ``None``. Boxes are relative to the image; ``sizes`` are the images' (w, h).
+    """
+
+    detections: Optional[list[ImageDetections]]
+    valid_detections: Optional[list[ImageDetections]]
     labels: list[Labels]
     difficult: Optional[list[Labels]]
     classes: int
     names: list[str]
     images: list[Path]
+    sizes: list[tuple[int, int]]
     seconds: float
+    datafile: DataFile
 
     def score(self, *, points: int = 0, iou_thresh: float = 0.5, thresh: float = 0.25,
               exact_recall_levels: bool = False) -> Evaluation:
         """Darknet's ``detector map`` numbers for these detections (see :func:`evaluate`)."""
+        if self.detections is None:
+            raise DarkcfgError("these results were collected without the map pass (collect(..., map=True))")
         if points not in MAP_POINTS:
             raise DarkcfgError(f"points must be one of {MAP_POINTS}, got {points}")
         if not 0.0 < iou_thresh < 1.0:
@@ -107,6 +118,27 @@ class Collected:
                              exact_recall_levels=exact_recall_levels)
         values = {f.name: getattr(s, f.name) for f in fields(MapScore)}
         return Evaluation(**values, images=len(self.images), seconds=self.seconds)
+
+    def valid_files(self) -> dict[str, str]:
+        """File name -> content of what ``detector valid`` writes (see :func:`write_valid_results`)."""
+        if self.valid_detections is None:
+            raise DarkcfgError("these results were collected without the valid pass (collect(..., valid=True))")
+        kind = self.datafile.eval.lower()
+        if kind == "coco":
+            return {"coco_results.json": _coco_json(self.valid_detections, self.images, self.sizes)}
+        return _voc_files(self.valid_detections, self.images, self.sizes, self.names)
+
+    def write_valid(self, out_dir: Union[str, "os.PathLike[str]"], overwrite: bool = False) -> list[Path]:
+        """Write :meth:`valid_files` into ``out_dir`` atomically; never over an input of the run,
+        and over an existing file only with ``overwrite``."""
+        files = self.valid_files()
+        targets = {Path(out_dir) / name: text for name, text in files.items()}
+        protected = _inputs(self.datafile, self.images)
+        for target in targets:
+            _check_target(target, protected, overwrite)
+        for target, text in targets.items():
+            _atomic_write(target, text)
+        return list(targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,12 +262,13 @@ def darknet_array_order(probs: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.lexsort(keys).astype(np.int64)) if probs.shape[0] else torch.zeros(0, dtype=torch.int64)
 
 
-def _emit(pre: Detections, post: Detections) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(boxes, classes, probs) of every (box, class) pair with prob > 0, in Darknet append order."""
+def _emit(pre: Detections, post: Detections) -> ImageDetections:
+    """Every (box, class) pair with prob > 0, in Darknet's append order."""
     order = darknet_array_order(pre.probs).to(post.probs.device)
     probs = post.probs[order]
     rows, cls = torch.nonzero(probs > 0, as_tuple=True)  # row-major: box by box, classes ascending
-    return post.boxes[order][rows], cls, probs[rows, cls]
+    return ImageDetections(post.boxes[order][rows].cpu().float().numpy(), cls.cpu().numpy().astype(np.int64),
+                           probs[rows, cls].cpu().float().numpy())
 
 
 class _Runner:
@@ -251,13 +284,14 @@ class _Runner:
         net = model.graph.net
         self.net_w, self.net_h = net.width, net.height
 
-    def run(self, images: Sequence[Path], *, det_thresh: float, nms_thresh: float, batch: int,
-            workers: Optional[int], progress: Optional[bool], label: str, true_sizes: bool
-            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]]:
-        """Yield (image index, boxes, classes, probs, (w, h)) per image, in list order.
+    def run(self, images: Sequence[Path], passes: Sequence[tuple[float, float]], *, batch: int,
+            workers: Optional[int], progress: Optional[bool], label: str
+            ) -> Iterator[tuple[int, tuple[int, int], list[ImageDetections]]]:
+        """Yield (image index, (w, h), one :class:`ImageDetections` per pass) per image, in order.
 
-        Boxes are relative centre boxes; ``true_sizes=False`` reproduces ``map``, which passes
-        w = h = 1 to ``get_network_boxes`` unless letterboxing (no correction is needed then).
+        Each pass is (detection threshold, NMS threshold) over the same forward output. Boxes
+        are relative to the image (decoded with the true image size, which only matters when
+        letterboxing: ``map`` passes w = h = 1 otherwise, and then no correction happens).
         """
         if batch < 1:
             raise DarkcfgError(f"batch must be at least 1, got {batch}")
@@ -282,14 +316,15 @@ class _Runner:
                     x = torch.stack([it[1] for it in items]).to(device, dtype)
                     outs = [o.float() for o in self.model(x)]
                     sizes = [it[2] for it in items]
-                    decode_sizes = sizes if (true_sizes or self.letterbox) else [(1, 1)] * len(items)
-                    per_image = decode(outs, heads, self.net_w, self.net_h, decode_sizes, thresh=det_thresh,
-                                       hier_thresh=0.5, letterbox=self.letterbox)
-                    for (index, _, size, _), dets in zip(items, per_image):
-                        pre = dets.select(dets.objectness != 0)
-                        post = nms(pre, nms_thresh, kind, beta)
-                        boxes, cls, probs = _emit(pre, post)
-                        yield index, boxes, cls, probs, size
+                    per_pass = [decode(outs, heads, self.net_w, self.net_h, sizes, thresh=det_thresh,
+                                       hier_thresh=0.5, letterbox=self.letterbox) for det_thresh, _ in passes]
+                    for b, (index, _, size, _) in enumerate(items):
+                        found = []
+                        for (_, nms_thresh), decoded in zip(passes, per_pass):
+                            dets = decoded[b]
+                            pre = dets.select(dets.objectness != 0)
+                            found.append(_emit(pre, nms(pre, nms_thresh, kind, beta)))
+                        yield index, size, found
                     bar.update(len(items))
         finally:
             bar.close()
@@ -301,31 +336,41 @@ class _Runner:
 # --------------------------------------------------------------------------------------------
 
 
-def collect(model: "Darknet", data: DataArg, *, batch: int = 8, letterbox: Optional[bool] = None,
-            workers: Optional[int] = None, progress: Optional[bool] = None,
+def collect(model: "Darknet", data: DataArg, *, map: bool = True, valid: bool = False, batch: int = 8,
+            letterbox: Optional[bool] = None, workers: Optional[int] = None, progress: Optional[bool] = None,
             root: Optional[Union[str, "os.PathLike[str]"]] = None) -> Collected:
-    """Run the model over the ``valid=`` images of ``data`` as ``detector map`` does and read
-    their labels; score the result with :meth:`Collected.score` (as often as needed)."""
+    """Run the model once over the ``valid=`` images of ``data`` and keep what ``detector map``
+    (``map=True``) and/or ``detector valid`` (``valid=True``) would use; score with
+    :meth:`Collected.score` and write with :meth:`Collected.write_valid`, as often as needed.
+    Arguments as in :func:`evaluate`."""
+    if not (map or valid):
+        raise DarkcfgError("collect: nothing to do (map=False and valid=False)")
     datafile = _data_file(data, root)
     runner = _Runner(model, letterbox)
     names = _names(datafile, runner.classes, runner.detector.names)
     images = _valid_images(datafile, root)
-    labels = load_ground_truth(images, runner.classes)
+    if valid:
+        _check_valid_kind(datafile, runner.classes, names)
+    labels = load_ground_truth(images, runner.classes) if map else []
     difficult = None
-    if datafile.difficult is not None:
+    if map and datafile.difficult is not None:
         dif_images = list_images(datafile.difficult, root=root)
         if len(dif_images) != len(images):
             raise DarkcfgError(f"{datafile.difficult}: {len(dif_images)} entries, but valid= lists {len(images)}")
         difficult = [read_labels(label_path_for(p), runner.classes) for p in dif_images]
-    dets: list[ImageDetections] = [ImageDetections.empty()] * len(images)
+    passes = ([(MAP_DET_THRESH, MAP_NMS)] if map else []) + ([(VALID_DET_THRESH, VALID_NMS)] if valid else [])
+    found: list[list[ImageDetections]] = [[ImageDetections.empty()] * len(images) for _ in passes]
+    sizes: list[tuple[int, int]] = [(0, 0)] * len(images)
     start = time.perf_counter()
-    for index, boxes, cls, probs, _ in runner.run(images, det_thresh=MAP_DET_THRESH, nms_thresh=MAP_NMS,
-                                                  batch=batch, workers=workers, progress=progress,
-                                                  label="map", true_sizes=False):
-        dets[index] = ImageDetections(boxes.cpu().float().numpy(), cls.cpu().numpy().astype(np.int64),
-                                      probs.cpu().float().numpy())
+    label = "map" if map else "valid"
+    for index, size, per_pass in runner.run(images, passes, batch=batch, workers=workers, progress=progress,
+                                            label=label):
+        sizes[index] = size
+        for slot, dets in zip(found, per_pass):
+            slot[index] = dets
     seconds = time.perf_counter() - start
-    return Collected(dets, labels, difficult, runner.classes, names, images, seconds)
+    return Collected(found[0] if map else None, found[-1] if valid else None, labels, difficult, runner.classes,
+                     names, images, sizes, seconds, datafile)
 
 
 def evaluate(model: "Darknet", data: DataArg, *, points: int = 0, iou_thresh: float = 0.5, thresh: float = 0.25,
@@ -335,7 +380,10 @@ def evaluate(model: "Darknet", data: DataArg, *, points: int = 0, iou_thresh: fl
     """``darknet detector map``: mAP, per-class AP and the conf-thresh line of ``model`` on ``data``.
 
     Args:
-        model: a :class:`darkcfg.Darknet` detector (left in the train/eval mode it came in).
+        model: a :class:`darkcfg.Darknet` detector; it is run in eval mode under
+            ``torch.inference_mode`` and left in the train/eval mode it came in (so a training
+            loop can call this for ``_best.weights``). Fusing BN first (``model.fuse()``, as
+            Darknet's ``map`` does) is faster and moves nothing beyond float rounding.
         data: a Darknet ``.data`` path, a parsed :class:`darkcfg.datafile.DataFile`, or a dict of
             its entries (``{"valid": "valid.txt", "names": "coco.names"}``). ``valid=`` lists the
             images; labels are found by Darknet's path rule (``images/train2017`` ->
@@ -355,40 +403,15 @@ def evaluate(model: "Darknet", data: DataArg, *, points: int = 0, iou_thresh: fl
             product Darknet's default build computes (see :mod:`darkcfg.metrics`).
 
     Returns:
-        an :class:`Evaluation` (fractions, not percent); ``.report()`` prints Darknet's lines and
-        ``.to_dict()`` gives the ``darkcfg map --json`` object.
+        an :class:`Evaluation` (fractions, not percent); ``.report()`` gives Darknet's lines and
+        ``.to_dict()`` the ``darkcfg map --json`` object. To score several ways from one pass,
+        use :func:`collect` and :meth:`Collected.score`.
 
     Raises:
         DarkcfgError: a bad ``.data``/list/label file, a missing or undecodable image (named).
     """
     found = collect(model, data, batch=batch, letterbox=letterbox, workers=workers, progress=progress, root=root)
     return found.score(points=points, iou_thresh=iou_thresh, thresh=thresh, exact_recall_levels=exact_recall_levels)
-
-
-def _c_float(v: np.ndarray) -> list[str]:
-    return [f"{float(x):f}" for x in v]
-
-
-def _atomic_write(path: Path, text: str, protected: set[Path], overwrite: bool) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (never half a file);
-    refuse to touch an input of the run, or an existing file unless ``overwrite``."""
-    resolved = path.resolve()
-    if resolved in protected:
-        raise DarkcfgError(f"{path}: refusing to overwrite an input of this run")
-    if path.exists() and not overwrite:
-        raise DarkcfgError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_valid_results(model: "Darknet", data: DataArg, out_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
@@ -399,71 +422,137 @@ def write_valid_results(model: "Darknet", data: DataArg, out_dir: Optional[Union
 
     With ``eval=coco`` in the .data: ``coco_results.json``, a JSON array of
     ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in original-image pixels,
-    ``image_id = atoi(file stem)`` and ``category_id`` COCO's (1..90 with gaps). Otherwise (VOC):
-    one ``comp4_det_test_<class name>.txt`` per class, lines ``<stem> <score> <xmin> <ymin> <xmax>
-    <ymax>`` with Darknet's 1-based pixel corners. Detections are every (box, class) pair with
-    ``objectness * class > 0.001`` surviving NMS at 0.6. Files go to ``out_dir`` (default: the
-    .data's ``results=``, else ``results``), are written atomically, never replace an input and
-    replace an existing file only with ``overwrite``. Returns the paths written.
+    ``image_id = atoi(file stem)`` and ``category_id`` COCO's (1..90 with gaps). Otherwise (VOC,
+    Darknet's default): one ``comp4_det_test_<class name>.txt`` per class, lines ``<stem> <score>
+    <xmin> <ymin> <xmax> <ymax>`` with Darknet's 1-based pixel corners. Detections are every
+    (box, class) pair with ``objectness * class > 0.001`` surviving NMS at 0.6, as Darknet writes
+    them. Files go to ``out_dir`` (default: the .data's ``results=``, else ``./results``), are
+    written atomically, never replace an input of the run and replace an existing file only with
+    ``overwrite`` (checked before the detection pass). Returns the paths written.
     """
     datafile = _data_file(data, root)
-    runner = _Runner(model, letterbox)
-    classes = runner.classes
-    names = _names(datafile, classes, runner.detector.names)
+    out = Path(out_dir) if out_dir is not None else (datafile.results or Path("results"))
     images = _valid_images(datafile, root)
+    protected = _inputs(datafile, images)
+    kind = datafile.eval.lower()
+    if kind == "voc":
+        from .detect_api import Detector
+
+        detector = Detector(model)
+        names = _names(datafile, detector.classes, detector.names)
+        planned = [f"comp4_det_test_{n}.txt" for n in names]
+    else:
+        planned = ["coco_results.json"]
+    for name in planned:  # fail before the (long) detection pass, not after it
+        _check_target(out / name, protected, overwrite)
+    found = collect(model, datafile, map=False, valid=True, batch=batch, letterbox=letterbox, workers=workers,
+                    progress=progress, root=root)
+    return found.write_valid(out, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# valid output (validate_detector: print_cocos / print_detector_detections)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_valid_kind(datafile: DataFile, classes: int, names: Sequence[str]) -> None:
     kind = datafile.eval.lower()
     if kind not in ("coco", "voc"):
-        raise DarkcfgError(f"{datafile.path}: eval={datafile.eval} is not supported (use coco or voc)")
+        raise DarkcfgError(f"{datafile.path}: eval={datafile.eval} is not supported by valid (use coco or voc)")
     if kind == "coco" and classes > len(COCO_CATEGORY_IDS):
         raise DarkcfgError(f"eval=coco maps class indices to COCO's 80 category ids; this model has {classes} classes")
-    out = Path(out_dir) if out_dir is not None else (datafile.results or Path("results"))
-    protected = {p.resolve() for p in [datafile.path, *images] + [p for p in (datafile.valid, datafile.names) if p]}
     if kind == "voc":
         bad = [n for n in names if "/" in n or "\\" in n or n in ("", ".", "..")]
         if bad:
             raise DarkcfgError(f"class name {bad[0]!r} cannot be part of a file name (comp4_det_test_<name>.txt)")
-    targets = ([out / "coco_results.json"] if kind == "coco"
-               else [out / f"comp4_det_test_{n}.txt" for n in names])
-    for t in targets:  # fail before the (long) detection pass, not after it
-        if t.resolve() in protected:
-            raise DarkcfgError(f"{t}: refusing to overwrite an input of this run")
-        if t.exists() and not overwrite:
-            raise DarkcfgError(f"{t}: already exists (pass overwrite=True / --overwrite to replace it)")
 
-    coco_lines: list[str] = []
-    voc_lines: list[list[str]] = [[] for _ in range(classes)]
-    for index, boxes, cls, probs, (w, h) in runner.run(images, det_thresh=VALID_DET_THRESH, nms_thresh=VALID_NMS,
-                                                       batch=batch, workers=workers, progress=progress,
-                                                       label="valid", true_sizes=True):
-        b = boxes.cpu().float().numpy() * np.float32([w, h, w, h])  # get_network_boxes relative=0: pixels
-        x, y, bw, bh = (b[:, j].astype(np.float64) for j in range(4))  # C: float - double -> double
-        c = cls.cpu().numpy()
-        p = _c_float(probs.cpu().float().numpy())
-        if kind == "coco":
-            # print_cocos: corners in double then stored as float, clipped to the image
-            xmin = np.maximum((x - bw / 2.0).astype(np.float32), 0)
-            ymin = np.maximum((y - bh / 2.0).astype(np.float32), 0)
-            xmax = np.minimum((x + bw / 2.0).astype(np.float32), np.float32(w))
-            ymax = np.minimum((y + bh / 2.0).astype(np.float32), np.float32(h))
-            image_id = image_id_from_path(images[index])
-            cols = zip(_c_float(xmin), _c_float(ymin), _c_float(xmax - xmin), _c_float(ymax - ymin))
-            for k, (bx, by, bw_s, bh_s), score in zip(c, cols, p):
-                coco_lines.append(f'{{"image_id":{image_id}, "category_id":{COCO_CATEGORY_IDS[k]}, '
-                                  f'"bbox":[{bx}, {by}, {bw_s}, {bh_s}], "score":{score}}}')
-        else:
-            # print_detector_detections: 1-based corners, clipped to [1, w] x [1, h]
-            xmin = np.maximum((x - bw / 2.0 + 1).astype(np.float32), 1)
-            ymin = np.maximum((y - bh / 2.0 + 1).astype(np.float32), 1)
-            xmax = np.minimum((x + bw / 2.0 + 1).astype(np.float32), np.float32(w))
-            ymax = np.minimum((y + bh / 2.0 + 1).astype(np.float32), np.float32(h))
-            stem = os.path.basename(os.fspath(images[index])).split(".", 1)[0]
-            for k, score, x1, y1, x2, y2 in zip(c, p, _c_float(xmin), _c_float(ymin), _c_float(xmax),
-                                                _c_float(ymax)):
-                voc_lines[k].append(f"{stem} {score} {x1} {y1} {x2} {y2}\n")
-    if kind == "coco":
-        body = "[\n" + ",\n".join(coco_lines) + ("\n" if coco_lines else "") + "]\n"
-        _atomic_write(targets[0], body, protected, overwrite)
-    else:
-        for k, target in enumerate(targets):
-            _atomic_write(target, "".join(voc_lines[k]), protected, overwrite)
-    return targets
+
+def _c_float(v: np.ndarray) -> list[str]:
+    """C ``%f`` of each value (6 decimals)."""
+    return [f"{float(x):f}" for x in v]
+
+
+def _pixel_sides(dets: ImageDetections, w: int, h: int) -> tuple[np.ndarray, ...]:
+    """Box centre/size in pixels (``get_network_boxes`` with relative=0 multiplies in float), then
+    the corners as Darknet computes them: ``float - float/2.`` is a double expression."""
+    b = dets.boxes.astype(np.float32) * np.float32([w, h, w, h])
+    x, y, bw, bh = (b[:, j].astype(np.float64) for j in range(4))
+    return x - bw / 2.0, y - bh / 2.0, x + bw / 2.0, y + bh / 2.0
+
+
+def _coco_json(per_image: Sequence[ImageDetections], images: Sequence[Path], sizes: Sequence[tuple[int, int]]
+               ) -> str:
+    """print_cocos: ``[x, y, w, h]`` from corners clipped to [0, W] x [0, H] (stored as float)."""
+    lines: list[str] = []
+    for dets, path, (w, h) in zip(per_image, images, sizes):
+        if not len(dets):
+            continue
+        left, top, right, bottom = _pixel_sides(dets, w, h)
+        xmin = np.maximum(left.astype(np.float32), np.float32(0))
+        ymin = np.maximum(top.astype(np.float32), np.float32(0))
+        xmax = np.minimum(right.astype(np.float32), np.float32(w))
+        ymax = np.minimum(bottom.astype(np.float32), np.float32(h))
+        image_id = image_id_from_path(path)
+        cols = zip(_c_float(xmin), _c_float(ymin), _c_float(xmax - xmin), _c_float(ymax - ymin))
+        for k, (bx, by, bw, bh), score in zip(dets.classes, cols, _c_float(dets.probs)):
+            lines.append(f'{{"image_id":{image_id}, "category_id":{COCO_CATEGORY_IDS[k]}, '
+                         f'"bbox":[{bx}, {by}, {bw}, {bh}], "score":{score}}}')
+    # Darknet ends every entry with ",\n" and then overwrites the last ",\n"; an empty run gives "[]".
+    return "[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n"
+
+
+def _voc_files(per_image: Sequence[ImageDetections], images: Sequence[Path], sizes: Sequence[tuple[int, int]],
+               names: Sequence[str]) -> dict[str, str]:
+    """print_detector_detections: ``<stem> <score> <xmin> <ymin> <xmax> <ymax>`` per class file, corners
+    1-based and clipped to [1, W] x [1, H]."""
+    lines: list[list[str]] = [[] for _ in names]
+    for dets, path, (w, h) in zip(per_image, images, sizes):
+        if not len(dets):
+            continue
+        left, top, right, bottom = _pixel_sides(dets, w, h)
+        xmin = np.maximum((left + 1).astype(np.float32), np.float32(1))
+        ymin = np.maximum((top + 1).astype(np.float32), np.float32(1))
+        xmax = np.minimum((right + 1).astype(np.float32), np.float32(w))
+        ymax = np.minimum((bottom + 1).astype(np.float32), np.float32(h))
+        stem = os.fspath(path).rsplit("/", 1)[-1].rsplit("\\", 1)[-1].split(".", 1)[0]  # basecfg
+        for k, score, x1, y1, x2, y2 in zip(dets.classes, _c_float(dets.probs), _c_float(xmin), _c_float(ymin),
+                                            _c_float(xmax), _c_float(ymax)):
+            lines[k].append(f"{stem} {score} {x1} {y1} {x2} {y2}\n")
+    return {f"comp4_det_test_{name}.txt": "".join(ls) for name, ls in zip(names, lines)}
+
+
+def _inputs(datafile: DataFile, images: Sequence[Path]) -> set[Path]:
+    paths = [datafile.path, *images] + [p for p in (datafile.valid, datafile.names, datafile.difficult) if p]
+    return {p.resolve() for p in paths}
+
+
+def _check_target(path: Path, protected: set[Path], overwrite: bool) -> None:
+    if path.resolve() in protected:
+        raise DarkcfgError(f"{path}: refusing to overwrite an input of this run")
+    if path.exists() and not overwrite:
+        raise DarkcfgError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
+    if path.exists() and not path.is_file():
+        raise DarkcfgError(f"{path}: exists and is not a file")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
