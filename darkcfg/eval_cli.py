@@ -9,12 +9,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from .errors import DarkcfgError
 from .metrics import MAP_POINTS
 
+if TYPE_CHECKING:
+    from .model import Darknet
 
-def _fraction(name: str, low_open: bool):
+
+def _fraction(name: str, low_open: bool) -> "Callable[[str], float]":
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -36,7 +39,7 @@ def _positive(text: str) -> int:
     return v
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> "Darknet":
     from . import cli
     from .model import load
 
@@ -107,5 +110,3 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace existing result files")
     sp.set_defaults(func=cmd_valid)
 
-
-__all__ = ["register", "cmd_map", "cmd_valid", "DarkcfgError"]

@@ -475,7 +475,7 @@ def _c_float(v: np.ndarray) -> list[str]:
 def _pixel_sides(dets: ImageDetections, w: int, h: int) -> tuple[np.ndarray, ...]:
     """Box centre/size in pixels (``get_network_boxes`` with relative=0 multiplies in float), then
     the corners as Darknet computes them: ``float - float/2.`` is a double expression."""
-    b = dets.boxes.astype(np.float32) * np.float32([w, h, w, h])
+    b = dets.boxes.astype(np.float32) * np.array([w, h, w, h], dtype=np.float32)
     x, y, bw, bh = (b[:, j].astype(np.float64) for j in range(4))
     return x - bw / 2.0, y - bh / 2.0, x + bw / 2.0, y + bh / 2.0
 

@@ -122,7 +122,8 @@ class MapScore:
         lines.append("")
         how = f"used {self.points} Recall-points " if self.points else "used Area-Under-Curve for each unique Recall "
         lines.append(f" IoU threshold = {self.iou_thresh * 100:2.0f} %, {how}")
-        lines.append(f" mean average precision (mAP@{self.iou_thresh:0.2f}) = {self.map:f}, or {self.map * 100:2.2f} % ")
+        lines.append(f" mean average precision (mAP@{self.iou_thresh:0.2f}) = {self.map:f}, "
+                     f"or {self.map * 100:2.2f} % ")
         return "\n".join(lines)
 
 
