@@ -22,9 +22,11 @@ runs on batches of ``batch`` images; decoding and NMS are tensor operations per 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
@@ -107,12 +109,7 @@ class Collected:
         """Darknet's ``detector map`` numbers for these detections (see :func:`evaluate`)."""
         if self.detections is None:
             raise DarkcfgError("these results were collected without the map pass (collect(..., map=True))")
-        if points not in MAP_POINTS:
-            raise DarkcfgError(f"points must be one of {MAP_POINTS}, got {points}")
-        if not 0.0 < iou_thresh < 1.0:
-            raise DarkcfgError(f"iou_thresh must be in (0, 1), got {iou_thresh}")
-        if not 0.0 <= thresh < 1.0:
-            raise DarkcfgError(f"thresh must be in [0, 1), got {thresh}")
+        _check_score_args(points, iou_thresh, thresh)
         s = score_detections(self.detections, self.labels, self.classes, self.names, points=points,
                              iou_thresh=iou_thresh, thresh=thresh, difficult=self.difficult,
                              exact_recall_levels=exact_recall_levels)
@@ -125,6 +122,11 @@ class Collected:
             raise DarkcfgError("these results were collected without the valid pass (collect(..., valid=True))")
         kind = self.datafile.eval.lower()
         if kind == "coco":
+            unnamed = [p for p in self.images if not _numeric_stem(p)]
+            if unnamed:
+                warnings.warn(f"{len(unnamed)} of {len(self.images)} image names (e.g. {unnamed[0].name}) do not "
+                              "start with a number: Darknet (and so darkcfg) gives them image_id 0 in "
+                              "coco_results.json", stacklevel=2)
             return {"coco_results.json": _coco_json(self.valid_detections, self.images, self.sizes)}
         return _voc_files(self.valid_detections, self.images, self.sizes, self.names)
 
@@ -139,6 +141,15 @@ class Collected:
         for target, text in targets.items():
             _atomic_write(target, text)
         return list(targets)
+
+
+def _check_score_args(points: int, iou_thresh: float, thresh: float) -> None:
+    if points not in MAP_POINTS:
+        raise DarkcfgError(f"points must be one of {MAP_POINTS}, got {points}")
+    if not 0.0 < iou_thresh < 1.0:
+        raise DarkcfgError(f"iou_thresh must be in (0, 1), got {iou_thresh}")
+    if not 0.0 <= thresh < 1.0:
+        raise DarkcfgError(f"thresh must be in [0, 1), got {thresh}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,6 +421,7 @@ def evaluate(model: "Darknet", data: DataArg, *, points: int = 0, iou_thresh: fl
     Raises:
         DarkcfgError: a bad ``.data``/list/label file, a missing or undecodable image (named).
     """
+    _check_score_args(points, iou_thresh, thresh)  # before the long pass, not after it
     found = collect(model, data, batch=batch, letterbox=letterbox, workers=workers, progress=progress, root=root)
     return found.score(points=points, iou_thresh=iou_thresh, thresh=thresh, exact_recall_levels=exact_recall_levels)
 
@@ -453,6 +465,11 @@ def write_valid_results(model: "Darknet", data: DataArg, out_dir: Optional[Union
 # --------------------------------------------------------------------------------------------
 # valid output (validate_detector: print_cocos / print_detector_detections)
 # --------------------------------------------------------------------------------------------
+
+
+def _numeric_stem(path: Path) -> bool:
+    """Whether C ``atoi`` finds a number at the start of the file name (else image_id 0)."""
+    return re.match(r"\s*[+-]?\d", path.name.split(".", 1)[0]) is not None
 
 
 def _check_valid_kind(datafile: DataFile, classes: int, names: Sequence[str]) -> None:

@@ -101,7 +101,7 @@ def test_cli_map_text_and_json(dataset: dict, capsys: pytest.CaptureFixture[str]
     assert "invalid choice: 7" in capsys.readouterr().err
 
 
-def test_valid_coco_and_voc(dataset: dict, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+def test_valid_coco_and_voc(dataset: dict, capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(dataset["root"])
     assert main(["valid", "obj.data", str(dataset["cfg"]), "--workers", "0"]) == 0
     out_file = dataset["root"] / "results" / "coco_results.json"
@@ -110,6 +110,13 @@ def test_valid_coco_and_voc(dataset: dict, capsys: pytest.CaptureFixture[str], m
     found = collect(dataset["model"].fuse(), dataset["data"], map=False, valid=True, workers=0)
     assert len(entries) == sum(len(d) for d in found.valid_detections) > 0
     assert {e["image_id"] for e in entries} <= {42, 7, 1234}
+    named = tmp_path / "cat.png"
+    named.write_bytes((dataset["root"] / "images" / "train2017" / f"{STEMS[0]}.png").read_bytes())
+    (tmp_path / "cat.txt").write_text(f"{named}\n")
+    odd = collect(dataset["model"], {"valid": str(tmp_path / "cat.txt"), "names": "obj.names", "eval": "coco"},
+                  map=False, valid=True, workers=0)
+    with pytest.warns(UserWarning, match="image_id 0"):
+        assert {e["image_id"] for e in json.loads(odd.valid_files()["coco_results.json"])} == {0}
     assert {e["category_id"] for e in entries} <= set(COCO_CATEGORY_IDS[:2])
     for e in entries:
         x, y, w, h = e["bbox"]
@@ -142,6 +149,8 @@ def test_errors_name_the_problem(dataset: dict, tmp_path: Path) -> None:
     model = dataset["model"]
     with pytest.raises(DarkcfgError, match="points"):
         collect(model, dataset["data"], workers=0, root=dataset["root"]).score(points=5)
+    with pytest.raises(DarkcfgError, match="iou_thresh"):
+        evaluate(model, "never-read.data", iou_thresh=1.5)  # checked before anything is read or run
     for stem in STEMS:
         (dataset["root"] / "labels" / "train2017" / f"{stem}.txt").unlink()
     with pytest.raises(DarkcfgError, match="no label file found"):
