@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .cli_types import nonneg_int, positive_int
 from .metrics import MAP_POINTS
 
 if TYPE_CHECKING:
@@ -29,22 +30,12 @@ def _fraction(name: str, low_open: bool) -> "Callable[[str], float]":
     return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def _load_model(args: argparse.Namespace) -> "Darknet":
-    from . import cli
+    from .locate import find_weights, resolve_cfg
     from .model import load
 
-    cfg = cli.resolve_cfg(args.cfg)
-    weights = cli.find_weights(cfg, args.weights)
+    cfg = resolve_cfg(args.cfg)
+    weights = find_weights(cfg, args.weights)
     # Darknet's map/valid run fuse_conv_batchnorm too: same numbers, faster.
     return load(cfg, weights, device=args.device).fuse()
 
@@ -57,8 +48,8 @@ def _common(sp: argparse.ArgumentParser) -> None:
                                    "directory; default: the current one, then each file's own folder)")
     sp.add_argument("--letterbox", action="store_true", default=None,
                     help="letterbox the images (default: the cfg's letter_box, as Darknet does)")
-    sp.add_argument("--batch", type=_positive, default=8, help="images per forward pass (default 8)")
-    sp.add_argument("--workers", type=int, default=None,
+    sp.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
+    sp.add_argument("--workers", type=nonneg_int, default=None,
                     help="image-loading processes (default: one per spare core, at most 4; 0: none)")
     sp.add_argument("--device", default="cpu")
 

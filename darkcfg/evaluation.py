@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -38,7 +37,9 @@ from .datafile import (DataFile, Labels, image_id_from_path, label_path_for, lis
                        read_labels)
 from .detect import Detections, decode, nms
 from .errors import DarkcfgError, ImageError
+from .label_files import COCO_CATEGORY_IDS  # noqa: F401  (detector.c coco_ids; re-exported)
 from .metrics import MAP_POINTS, ImageDetections, MapScore, score_detections
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .model import Darknet
@@ -47,13 +48,6 @@ MAP_DET_THRESH = 0.005  # validate_detector_map: `const float thresh = .005`
 MAP_NMS = 0.45
 VALID_DET_THRESH = 0.001  # validate_detector (commit 59596d7)
 VALID_NMS = 0.6
-
-# detector.c coco_ids: COCO category id of each of the 80 contiguous class indices.
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33,
-    34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60,
-    61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
-)
 
 DataArg = Union[str, "os.PathLike[str]", DataFile, Mapping[str, Any]]
 
@@ -233,29 +227,6 @@ def default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
-class _Progress:
-    """A one-line progress bar on stderr (only when enabled: by default when stderr is a TTY)."""
-
-    def __init__(self, total: int, label: str, enabled: Optional[bool]):
-        self.total, self.label, self.done = total, label, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
-        self.start = time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.enabled:
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            filled = int(30 * self.done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'-' * (30 - filled)}] {self.done}/{self.total} "
-                             f"{rate:.1f} img/s")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # --------------------------------------------------------------------------------------------
 # model side
 # --------------------------------------------------------------------------------------------
@@ -315,7 +286,7 @@ class _Runner:
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None else torch.float32
         heads, kind, beta = self.detector.heads, self.detector.nms_kind, self.detector.beta_nms
-        bar = _Progress(len(images), label, progress)
+        bar = Progress(len(images), label, progress)
         was_training = self.model.training
         self.model.eval()
         try:
