@@ -3,6 +3,7 @@ train-mode layers, seen, any input size, initialisation and partial weights."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -47,7 +48,8 @@ def one_step(shared, make_weights):
         d = shared / "training" / name
         meta = json.loads((d / "meta.json").read_text())
         z = np.load(d / "expected.npz")
-        weights = conformance.synthetic_weights(make_weights, d, meta)
+        weights = conformance.case_weights(make_weights, d, meta)
+        assert hashlib.sha256(weights).hexdigest() == meta["weights"]["sha256"]
         model = darkcfg.load(d / meta["cfg"], weights).train()
         model.seen = meta["seen_before_step"]
         bn_stats: dict = {}
