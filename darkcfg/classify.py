@@ -17,6 +17,7 @@ import torch
 from .batching import image_items
 from .detect_api import resolve_names, run_streamed
 from .errors import DarkcfgError
+from .graph import HEAD_KINDS
 from .image import classifier_preprocess
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class Classifier:
     def __init__(self, model: "Darknet", names: Optional[Sequence[str]] = None,
                  names_file: "str | os.PathLike | None" = None):
         graph = model.graph
-        if any(s.kind in ("yolo", "Gaussian_yolo", "region", "detection") for s in graph.layers):
+        if any(s.kind in HEAD_KINDS for s in graph.layers):
             raise DarkcfgError(f"{graph.path}: this network is a detector; use detect / `darkcfg run` detection")
         self.model = model
         self.output_index = graph.output_indices[-1]

@@ -15,8 +15,10 @@ only the inherently sequential greedy suppression walks a small boolean matrix o
 Arithmetic mirrors darknet's C types where it is cheap to do so: box centres in float32,
 ``exp`` of w/h in double (C ``exp`` on a float argument) then stored as float.
 
-Head descriptions are small frozen dataclasses (:class:`YoloHead`, :class:`RegionHead`,
-:class:`DetectionHead`); the model maps its cfg layers onto them.
+Head descriptions are small frozen dataclasses: a yolo head is its spec attrs
+(:class:`~darkcfg.specs.heads.YoloAttrs`, aliased :data:`YoloHead`); :class:`RegionHead` and
+:class:`DetectionHead` are built from their spec attrs (``from_attrs``) plus, for a tree
+[region], the loaded tree and map.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from torch import Tensor
 
 from .layers.functional import DarknetTree
 from .image import letterbox_size
+from .specs.heads import NMS_KINDS, YOLO_POINTS, DetectionAttrs, RegionAttrs, YoloAttrs
 
-NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
-YOLO_POINTS = ("center", "left_top", "right_bottom")
+__all__ = ["NMS_KINDS", "YOLO_POINTS", "YoloHead", "RegionHead", "DetectionHead", "decode", "nms"]
 GREEDY_DIOU_EXPONENT = 0.6  # box.c box_diou: pow(d/c, 0.6), fixed, used by GREEDY_NMS
 REGION_TREE_THRESH = 0.5  # region_layer.c get_region_boxes: `predictions[...] > .5`, hier_thresh never reaches it
 REGION_MAP_LIMIT = 200  # get_region_boxes fills map classes `for (j = 0; j < 200; ++j)`
@@ -43,40 +45,10 @@ REGION_MAP_LIMIT = 200  # get_region_boxes fills map classes `for (j = 0; j < 20
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class YoloHead:
-    """A ``[yolo]`` or ``[Gaussian_yolo]`` layer, as far as decoding needs it.
-
-    ``anchors`` are the (w, h) pairs actually used by this layer, i.e. already selected by
-    ``mask`` and in mask order, in network-input pixels. ``scale_x_y`` is informational: the
-    layer output already has the affine applied (forward_yolo_layer).
-    """
-
-    classes: int
-    anchors: tuple[tuple[float, float], ...]
-    scale_x_y: float = 1.0
-    new_coords: bool = False
-    gaussian: bool = False
-    yolo_point: str = "center"
-    nms_kind: str = "default"
-    beta_nms: float = 0.6
-
-    def __post_init__(self) -> None:
-        _check_nms_kind(self.nms_kind)
-        if self.yolo_point not in YOLO_POINTS:
-            raise ValueError(f"yolo_point must be one of {YOLO_POINTS}, got {self.yolo_point!r}")
-        if self.classes < 1 or not self.anchors:
-            raise ValueError("YoloHead needs classes >= 1 and at least one anchor")
-
-    @property
-    def n(self) -> int:
-        """Anchors per cell (darknet ``l.n`` = len(mask))."""
-        return len(self.anchors)
-
-    @property
-    def entries(self) -> int:
-        """Channels per anchor: 5+classes, or 9+classes for Gaussian_yolo."""
-        return (9 if self.gaussian else 5) + self.classes
+YoloHead = YoloAttrs
+"""A ``[yolo]`` or ``[Gaussian_yolo]`` head is described by its spec attrs (:class:`YoloAttrs`):
+``masked_anchors`` are the (w, h) pairs the layer uses, in network-input pixels; ``scale_x_y``
+is informational (the layer output already has the affine applied, forward_yolo_layer)."""
 
 
 class _DefaultNms:
@@ -125,6 +97,12 @@ class RegionHead(_DefaultNms):
             tree = DarknetTree(*(tuple(f) for f in self.tree))
             object.__setattr__(self, "tree", tree)
             object.__setattr__(self, "_plan", _TreePlan.build(tree, self.classes))
+
+    @classmethod
+    def from_attrs(cls, attrs: "RegionAttrs", tree: Optional[DarknetTree] = None,
+                   map: Optional[tuple[int, ...]] = None) -> "RegionHead":
+        """The decoder head of a ``[region]`` spec; ``tree``/``map`` are the loaded files it names."""
+        return cls(attrs.classes, attrs.coords, attrs.num, attrs.anchors, attrs.softmax, tree, map, attrs.classfix)
 
     @property
     def out_classes(self) -> int:
@@ -189,6 +167,10 @@ class DetectionHead(_DefaultNms):
     num: int
     side: int
     sqrt: bool = False
+
+    @classmethod
+    def from_attrs(cls, attrs: "DetectionAttrs") -> "DetectionHead":
+        return cls(attrs.classes, attrs.coords, attrs.num, attrs.side, attrs.sqrt)
 
 
 Head = Union[YoloHead, RegionHead, DetectionHead]
@@ -335,7 +317,7 @@ def _decode_yolo(out: Tensor, head: YoloHead, net_w: int, net_h: int, thresh: fl
     rec = out.float().reshape(n_img, head.n, head.entries, lh, lw).permute(0, 3, 4, 1, 2)
     rows, cols = _grid(lh, lw, out.device)
     rows, cols = rows[None, :, :, None], cols[None, :, :, None]
-    aw, ah = _anchor_tensor(head.anchors, head.n, out.device)
+    aw, ah = _anchor_tensor(head.masked_anchors, head.n, out.device)
     if head.gaussian:
         tx, ty, tw, th, obj = rec[..., 0], rec[..., 2], rec[..., 4], rec[..., 6], rec[..., 8]
         cls = rec[..., 9:]

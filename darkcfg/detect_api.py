@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .detect import (DetectionHead, Detection, Head, RegionHead, YoloHead, decode, head_classes, nms, nms_params,
+from .detect import (DetectionHead, Detection, Head, RegionHead, decode, head_classes, nms, nms_params,
                      to_pixel_list)
 from .batching import image_items, prepared_batches, stack
 from .errors import DarkcfgError, ImageBatchError, ImageError
-from .graph import Graph
+from .graph import HEAD_KINDS, Graph
 from .image import image_from_array, load_image, preprocess
 from .names import BUILTIN
 from .layers.functional import DarknetTree, read_tree
@@ -44,26 +44,23 @@ def heads_from_graph(graph: Graph, apply_map: bool = False) -> tuple[list[int], 
     indices: list[int] = []
     heads: list[Head] = []
     for spec in graph.layers:
-        a = spec.attrs
         if spec.kind in ("yolo", "Gaussian_yolo"):
-            heads.append(YoloHead(a.classes, a.masked_anchors, a.scale_x_y, a.new_coords, a.gaussian,
-                                  a.yolo_point, a.nms_kind, a.beta_nms))
+            heads.append(spec.attrs)  # the spec attrs are the decoder head (detect.YoloHead)
         elif spec.kind == "region":
             heads.append(_region_head(graph, spec, apply_map))
         elif spec.kind == "detection":
-            heads.append(DetectionHead(a.classes, a.coords, a.num, a.side, a.sqrt))
+            heads.append(DetectionHead.from_attrs(spec.attrs))
         else:
             continue
         indices.append(spec.index)
     if not heads:
-        raise DarkcfgError(f"{graph.path}: this network has no detection head ([yolo], [Gaussian_yolo], [region] "
-                           "or [detection]); it is not a detector")
+        raise DarkcfgError(f"{graph.path}: this network has no detection head ({', '.join(f'[{k}]' for k in HEAD_KINDS)}); "
+                           "it is not a detector")
     return indices, heads
 
 
 def _region_head(graph: Graph, spec: Any, apply_map: bool) -> RegionHead:
     a = spec.attrs
-    classfix = spec.section.get_int("classfix", 0)
     tree: Optional[DarknetTree] = None
     class_map: Optional[tuple[int, ...]] = None
     if a.tree:
@@ -71,7 +68,7 @@ def _region_head(graph: Graph, spec: Any, apply_map: bool) -> RegionHead:
         if apply_map and a.map:
             class_map = read_class_map(find_data_file(a.map, graph.path, spec, "map"))
     try:
-        return RegionHead(a.classes, a.coords, a.num, a.anchors, a.softmax, tree, class_map, classfix)
+        return RegionHead.from_attrs(a, tree, class_map)
     except ValueError as exc:
         raise DarkcfgError(f"{spec.where}: {exc}") from exc
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import DarkcfgError, ImageError
+from .graph import HEAD_KINDS
 from .inputs import Source, sources
 from .label_files import coco_records, limit_detections, yolo_label_text
 from .locate import find_weights, resolve_cfg
@@ -23,7 +24,6 @@ from .outputs import OutputPlan, check_output_file, prepare_out_dir, write_atomi
 from .progress import Progress
 from .results import print_result
 
-HEADS = ("yolo", "Gaussian_yolo", "region", "detection")
 
 
 @dataclass
@@ -78,7 +78,7 @@ def make_predictor(model: Any, args: argparse.Namespace) -> Predictor:
     from .classify import Classifier
     from .detect_api import Detector
 
-    if any(s.kind in HEADS for s in model.graph.layers):
+    if any(s.kind in HEAD_KINDS for s in model.graph.layers):
         detector = Detector(model, names_file=args.names, letterbox=True if args.letterbox else None)
         return Predictor(detector.prepare, lambda batch, sizes: detector.infer(batch, sizes, thresh=args.thresh,
                                                                                 nms_thresh=args.nms), True,

@@ -15,20 +15,39 @@ _YOLO_TRAINING = ("jitter", "ignore_thresh", "truth_thresh", "iou_thresh", "iou_
                   "counters_per_class", "label_smooth_eps", "objectness_smooth", "focal_loss", "max", "map",
                   "embedding_layer", "track_history_size", "sim_thresh", "dets_for_track", "dets_for_show",
                   "track_ciou_norm", "show_details", "iou_thresh_kind")
-_NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+YOLO_POINTS = ("center", "left_top", "right_bottom")
 
 
 @dataclass(frozen=True)
 class YoloAttrs:
+    """A ``[yolo]`` / ``[Gaussian_yolo]`` layer: what inference, decoding and export need.
+
+    This one description is both the spec's attrs and the decoder's head (``detect.YoloHead``
+    is this class), so nothing is declared twice.  ``mask`` defaults to every anchor, which
+    lets a decoder head be written as ``YoloHead(classes, used_anchors)``.
+    """
+
     classes: int
-    mask: tuple[int, ...]
     anchors: tuple[tuple[float, float], ...]  # all `num` pairs, network-input pixels
-    scale_x_y: float
-    new_coords: bool
-    nms_kind: str
-    beta_nms: float
+    scale_x_y: float = 1.0
+    new_coords: bool = False
     gaussian: bool = False
     yolo_point: str = "center"
+    nms_kind: str = "default"
+    beta_nms: float = 0.6
+    mask: tuple[int, ...] = ()  # empty: every anchor, in order
+
+    def __post_init__(self) -> None:
+        if self.nms_kind not in NMS_KINDS:
+            raise ValueError(f"nms kind must be one of {NMS_KINDS}, got {self.nms_kind!r}")
+        if self.yolo_point not in YOLO_POINTS:
+            raise ValueError(f"yolo_point must be one of {YOLO_POINTS}, got {self.yolo_point!r}")
+        if self.classes < 1 or not self.anchors:
+            raise ValueError("a yolo head needs classes >= 1 and at least one anchor")
+        object.__setattr__(self, "anchors", tuple((float(w), float(h)) for w, h in self.anchors))
+        if not self.mask:
+            object.__setattr__(self, "mask", tuple(range(len(self.anchors))))
 
     @property
     def n(self) -> int:
@@ -41,6 +60,7 @@ class YoloAttrs:
 
     @property
     def masked_anchors(self) -> tuple[tuple[float, float], ...]:
+        """The (w, h) pairs this layer uses, in mask order (network-input pixels)."""
         return tuple(self.anchors[m] for m in self.mask)
 
 
@@ -69,16 +89,16 @@ def yolo(ctx: Context) -> RuleResult:
     values = (raw_anchors + [0.5] * (2 * count))[:2 * count]
     anchors = tuple((values[2 * i], values[2 * i + 1]) for i in range(count))
     nms_kind = s.get_str("nms_kind", "default") or "default"
-    if nms_kind not in _NMS_KINDS or (nms_kind == "cornersnms" and not gaussian):
+    if nms_kind not in NMS_KINDS or (nms_kind == "cornersnms" and not gaussian):
         nms_kind = "default"  # Darknet falls back silently
     yolo_point = (s.get_str("yolo_point", "center") or "center") if gaussian else "center"
-    if yolo_point not in ("center", "left_top", "right_bottom"):
+    if yolo_point not in YOLO_POINTS:
         raise ctx.error(f"yolo_point must be center, left_top or right_bottom, got '{yolo_point}'", "yolo_point")
     s.mark_used(*_YOLO_TRAINING)
     if gaussian:
         s.mark_used("uc_normalizer")
-    attrs = YoloAttrs(classes, mask, anchors, s.get_float("scale_x_y", 1.0), s.get_int("new_coords", 0) != 0,
-                      nms_kind, s.get_float("beta_nms", 0.6), gaussian, yolo_point)
+    attrs = YoloAttrs(classes, anchors, s.get_float("scale_x_y", 1.0), s.get_int("new_coords", 0) != 0, gaussian,
+                      yolo_point, nms_kind, s.get_float("beta_nms", 0.6), mask)
     if c != attrs.n * attrs.entries:
         raise ctx.error(f"the previous layer has {c} channels but {len(mask)} anchors x ({attrs.entries - classes} + "
                         f"{classes} classes) = {attrs.n * attrs.entries} are needed: set filters={attrs.n * attrs.entries} "
@@ -95,10 +115,11 @@ class RegionAttrs:
     softmax: bool
     tree: str | None  # path of a softmax tree (yolo9000), as written in the cfg
     map: str | None
+    classfix: int = 0  # -1: objectness below .5 is zeroed at decode time (get_region_boxes)
 
 
 _REGION_TRAINING = ("jitter", "rescore", "thresh", "object_scale", "noobject_scale", "class_scale",
-                    "coord_scale", "bias_match", "absolute", "random", "log", "sqrt", "classfix", "mask_scale",
+                    "coord_scale", "bias_match", "absolute", "random", "log", "sqrt", "mask_scale",
                     "focal_loss", "max")
 
 
@@ -116,7 +137,7 @@ def region(ctx: Context) -> RuleResult:
     anchors = tuple((values[2 * i], values[2 * i + 1]) for i in range(num))
     s.mark_used(*_REGION_TRAINING)
     attrs = RegionAttrs(classes, coords, num, anchors, s.get_int("softmax", 0) != 0,
-                        s.get_str("tree"), s.get_str("map"))
+                        s.get_str("tree"), s.get_str("map"), s.get_int("classfix", 0))
     need = num * (coords + 1 + classes)
     if c != need:
         raise ctx.error(f"the previous layer has {c} channels but num={num} x (coords {coords} + 1 + classes "
