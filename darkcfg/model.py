@@ -72,7 +72,8 @@ class Darknet(nn.Module):
     # --------------------------------------------------------------- forward
     def _run(self, x: Tensor) -> List[Tensor]:
         net = self.graph.net
-        if x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height or x.shape[3] != net.width:
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height
+                                           or x.shape[3] != net.width):
             from .train.resize import check_input_size
 
             check_input_size(self, x)  # another size the graph takes (as resize_network), or DarkcfgError

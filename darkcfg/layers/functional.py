@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -462,6 +463,45 @@ def shortcut_add(
     return out.reshape(prev.shape)
 
 
+def shortcut_add_same_shape(
+    prev: Tensor,
+    froms: List[Tensor],
+    weights: Optional[Tensor] = None,
+    weights_type: str = "none",
+    normalization: str = "none",
+) -> Tensor:
+    """:func:`shortcut_add` when every ``from`` tensor has ``prev``'s shape (N, C, H, W).
+
+    The prefix add then covers every element, so it is ``w0*prev + sum(w_i*from_i)`` with
+    scalar (per_feature) or per-channel weights broadcast: the same float operations in the
+    same order as the flat form (bit-identical), without flattening.
+
+    >>> shortcut_add_same_shape(torch.ones(1, 2, 1, 1), [torch.full((1, 2, 1, 1), 5.)]).flatten()
+    tensor([6., 6.])
+    """
+    nin = len(froms) + 1
+    if weights is None or weights_type in ("none", ""):
+        out = prev
+        for f in froms:
+            out = out + f
+        return out
+    w = normalize_shortcut_weights(weights.to(prev.dtype), nin, normalization).reshape(nin, -1).to(prev.device)
+    if weights_type in ("per_feature", "per_layer"):
+        if w.shape[1] != 1:
+            raise ValueError(f"per_feature shortcut needs {nin} weights, got {w.numel()}")
+        scale = [w[k].reshape(1, 1, 1, 1) for k in range(nin)]
+    elif weights_type == "per_channel":
+        if w.shape[1] != prev.shape[1]:
+            raise ValueError(f"per_channel shortcut weights ({w.numel()}) do not fit the layer")
+        scale = [w[k].reshape(1, -1, 1, 1) for k in range(nin)]
+    else:
+        raise ValueError(f"unknown shortcut weights_type '{weights_type}'")
+    out = prev * scale[0]
+    for i, f in enumerate(froms):
+        out = out + f * scale[i + 1]
+    return out
+
+
 def shortcut_legacy(prev: Tensor, src: Tensor, alpha: float = 1.0, beta: float = 1.0) -> Tensor:
     """pjreddie ``[shortcut]`` between different shapes (pjreddie ``blas.c shortcut_cpu``).
 
@@ -697,21 +737,25 @@ def yolo_output(x: Tensor, n: int, classes: int, scale_x_y: float = 1.0, new_coo
     >>> yolo_output(torch.zeros(1, 6, 1, 1), 1, 1, 2.0).flatten()
     tensor([0.5000, 0.5000, 0.0000, 0.0000, 0.5000, 0.5000])
     """
-    b, c, h, w = x.shape
     e = 5 + classes
-    if c != n * e:
-        raise ValueError(f"[yolo] expects {n}*(5+{classes}) = {n * e} channels, got {c}")
-    v = x.reshape(b, n, e, h, w)
+    if not torch.jit.is_tracing() and x.shape[1] != n * e:
+        raise ValueError(f"[yolo] expects {n}*(5+{classes}) = {n * e} channels, got {x.shape[1]}")
+    v = x.unflatten(1, (n, e))  # no shape arithmetic: exporters see one Reshape
     xy = v[:, :, 0:2]
     wh = v[:, :, 2:4]
     rest = v[:, :, 4:]
     if not new_coords:
         xy = logistic(xy)
         rest = logistic(rest)
-    beta = float(torch.tensor(-0.5 * (scale_x_y - 1.0), dtype=torch.float32))
     if scale_x_y != 1.0:
-        xy = xy * scale_x_y + beta
-    return torch.cat([xy, wh, rest], dim=2).reshape(b, c, h, w)
+        xy = xy * scale_x_y + _yolo_beta(scale_x_y)
+    return torch.cat([xy, wh, rest], dim=2).flatten(1, 2)
+
+
+def _yolo_beta(scale_x_y: float) -> Tensor:
+    """``-0.5*(scale_x_y - 1)`` rounded to float32 as Darknet computes it: a 0-dim tensor, so
+    tracing records a constant (no tensor-to-float conversion) and it does not promote the dtype."""
+    return torch.full((), -0.5 * (scale_x_y - 1.0), dtype=torch.float32)
 
 
 def gaussian_yolo_output(x: Tensor, n: int, classes: int, scale_x_y: float = 1.0) -> Tensor:
@@ -723,12 +767,11 @@ def gaussian_yolo_output(x: Tensor, n: int, classes: int, scale_x_y: float = 1.0
     >>> gaussian_yolo_output(torch.zeros(1, 9, 1, 1), 1, 0).flatten()
     tensor([0.5000, 0.5000, 0.5000, 0.5000, 0.0000, 0.5000, 0.0000, 0.5000, 0.5000])
     """
-    b, c, h, w = x.shape
     e = 9 + classes
-    if c != n * e:
-        raise ValueError(f"[Gaussian_yolo] expects {n}*(9+{classes}) = {n * e} channels, got {c}")
-    v = x.reshape(b, n, e, h, w)
-    beta = float(torch.tensor(-0.5 * (scale_x_y - 1.0), dtype=torch.float32))
+    if not torch.jit.is_tracing() and x.shape[1] != n * e:
+        raise ValueError(f"[Gaussian_yolo] expects {n}*(9+{classes}) = {n * e} channels, got {x.shape[1]}")
+    v = x.unflatten(1, (n, e))
+    beta = _yolo_beta(scale_x_y)
     px = logistic(v[:, :, 0:1])
     sx = logistic(v[:, :, 1:2])
     py = logistic(v[:, :, 2:3])
@@ -741,7 +784,7 @@ def gaussian_yolo_output(x: Tensor, n: int, classes: int, scale_x_y: float = 1.0
     ph = v[:, :, 6:7]
     sh = logistic(v[:, :, 7:8])
     rest = logistic(v[:, :, 8:])
-    return torch.cat([px, sx, py, sy, pw, sw, ph, sh, rest], dim=2).reshape(b, c, h, w)
+    return torch.cat([px, sx, py, sy, pw, sw, ph, sh, rest], dim=2).flatten(1, 2)
 
 
 def region_output(
@@ -767,23 +810,25 @@ def region_output(
     >>> out.flatten()
     tensor([0.0000, 0.0000, 0.0000, 0.0000, 0.5000, 0.5000, 0.5000])
     """
-    b, c, h, w = x.shape
     size = coords + 1 + classes
-    if c != n * size:
-        raise ValueError(f"[region] expects {n}*{size} = {n * size} channels, got {c}")
+    if not torch.jit.is_tracing() and x.shape[1] != n * size:
+        raise ValueError(f"[region] expects {n}*{size} = {n * size} channels, got {x.shape[1]}")
     if size < 5:
         raise ValueError("[region] records need at least 5 entries")
-    rec = x.reshape(b, c, h * w).transpose(1, 2).reshape(b, h * w * n, size)
+    rec = x.flatten(2).transpose(1, 2).unflatten(2, (n, size)).flatten(1, 2)  # (N, h*w*n, size)
     head = rec[:, :, 0:4]
     obj = logistic(rec[:, :, 4:5])
     cls = rec[:, :, 5:]
     if tree is not None:
         cls = tree_softmax(cls, tree, 1.0)
     elif softmax:
-        ncls = min(classes, cls.shape[2])
-        cls = torch.cat([darknet_softmax(cls[:, :, :ncls], -1, 1.0), cls[:, :, ncls:]], dim=2)
+        ncls = min(classes, size - 5)  # the record holds size-5 values from entry 5 on
+        if ncls == size - 5:
+            cls = darknet_softmax(cls, -1, 1.0)
+        else:
+            cls = torch.cat([darknet_softmax(cls[:, :, :ncls], -1, 1.0), cls[:, :, ncls:]], dim=2)
     out = torch.cat([head, obj, cls], dim=2)
-    return out.reshape(b, c, h, w)
+    return out.reshape(x.shape)  # Darknet's flat buffer read back as (N, n*size, h, w)
 
 
 def detection_output(x_flat: Tensor, side: int, classes: int, softmax: bool) -> Tensor:

@@ -1,0 +1,207 @@
+"""Box decoding and NMS as traceable modules, appended to an exported graph (``convert --decode/--nms``).
+
+The decoding is :func:`darkcfg.detect.decode` (Darknet's ``get_network_boxes``) for a network-size
+input: every candidate of every head, in Darknet's emission order (head, cell row-major, anchor),
+as ``x1, y1, x2, y2`` in network-input pixels, objectness, and the per-class probabilities
+(``obj * cls``, ungated: the caller picks the threshold).  Everything shape-dependent is a Python
+constant taken from the graph (grid sizes, anchors), so exporters record no shape arithmetic.
+Differences from the eager decoder: ``exp`` is float32 (Darknet: double, rounded to float; about
+1 ulp) and there is no letterbox correction (boxes are in network-input pixels; undo the
+letterbox with the metadata's input size).
+
+NMS uses ONNX ``NonMaxSuppression`` (per class, IoU, ``score > thresh``), which is Darknet's
+``do_nms_sort``; DIoU-based kinds (``diounms``, ``greedynms``) cannot be expressed with it and are
+exported as IoU NMS (the metadata says so; see the README).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .detect import Head, RegionHead, YoloHead, head_classes, nms_params
+from .errors import DarkcfgError
+from .graph import LayerSpec
+
+
+def _grid(h: int, w: int, n: int) -> tuple[Tensor, Tensor]:
+    """Column and row of every record in (row, col, anchor) order, float32, shape (h*w*n,)."""
+    rows = torch.arange(h, dtype=torch.float32).view(h, 1, 1).expand(h, w, n).reshape(-1)
+    cols = torch.arange(w, dtype=torch.float32).view(1, w, 1).expand(h, w, n).reshape(-1)
+    return cols, rows
+
+
+class _HeadDecoder(nn.Module):
+    """Shared constants of one head: grid and per-record anchors (network pixels / grid units)."""
+
+    def __init__(self, h: int, w: int, anchors: Sequence[tuple[float, float]]):
+        super().__init__()
+        n = len(anchors)
+        cols, rows = _grid(h, w, n)
+        a = torch.tensor([list(p) for p in anchors], dtype=torch.float32)
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("aw", a[:, 0].repeat(h * w), persistent=False)
+        self.register_buffer("ah", a[:, 1].repeat(h * w), persistent=False)
+        self.h, self.w, self.n = h, w, n
+
+
+class YoloDecoder(_HeadDecoder):
+    """``get_yolo_detections`` / ``get_gaussian_yolo_detections`` for one head."""
+
+    def __init__(self, head: YoloHead, h: int, w: int, net_w: int, net_h: int):
+        super().__init__(h, w, head.masked_anchors)
+        self.head, self.net_w, self.net_h = head, net_w, net_h
+
+    def forward(self, out: Tensor) -> Tensor:
+        hd = self.head
+        rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2).flatten(1, 3)  # (N, h*w*n, E)
+        if hd.gaussian:
+            tx, ty, tw, th, obj, cls = rec[..., 0], rec[..., 2], rec[..., 4], rec[..., 6], rec[..., 8], rec[..., 9:]
+        else:
+            tx, ty, tw, th, obj, cls = rec[..., 0], rec[..., 1], rec[..., 2], rec[..., 3], rec[..., 4], rec[..., 5:]
+        x = (self.cols + tx) / self.w
+        y = (self.rows + ty) / self.h
+        if hd.new_coords:
+            bw = tw * tw * 4 * self.aw / self.net_w
+            bh = th * th * 4 * self.ah / self.net_h
+        else:
+            bw = torch.exp(tw) * self.aw / self.net_w
+            bh = torch.exp(th) * self.ah / self.net_h
+        if hd.gaussian:
+            if hd.yolo_point == "left_top":
+                x, y = x + bw / 2, y + bh / 2
+            elif hd.yolo_point == "right_bottom":
+                x, y = x - bw / 2, y - bh / 2
+            uc = (rec[..., 1] + rec[..., 3] + rec[..., 5] + rec[..., 7]) / 4.0
+            probs = obj.unsqueeze(-1) * cls * (1.0 - uc).unsqueeze(-1)
+        else:
+            probs = obj.unsqueeze(-1) * cls
+        return _rows(x, y, bw, bh, obj, probs, self.net_w, self.net_h)
+
+
+class RegionDecoder(_HeadDecoder):
+    """``get_region_boxes`` for a plain (tree-less) ``[region]``; objectness is 1 as in Darknet."""
+
+    def __init__(self, head: RegionHead, h: int, w: int, net_w: int, net_h: int):
+        super().__init__(h, w, head.anchors[:head.num])
+        self.head, self.net_w, self.net_h = head, net_w, net_h
+        self.size = head.coords + 1 + head.classes
+
+    def forward(self, out: Tensor) -> Tensor:
+        hd = self.head
+        rec = out.flatten(1).unflatten(1, (self.h * self.w * self.n, self.size))
+        x = (self.cols + torch.sigmoid(rec[..., 0])) / self.w
+        y = (self.rows + torch.sigmoid(rec[..., 1])) / self.h
+        bw = torch.exp(rec[..., 2]) * self.aw / self.w
+        bh = torch.exp(rec[..., 3]) * self.ah / self.h
+        scale = rec[..., 4]
+        if hd.classfix == -1:
+            scale = torch.where(scale < 0.5, torch.zeros_like(scale), scale)
+        probs = scale.unsqueeze(-1) * rec[..., 5:5 + hd.classes]
+        return _rows(x, y, bw, bh, torch.ones_like(scale), probs, self.net_w, self.net_h)
+
+
+def _rows(x: Tensor, y: Tensor, w: Tensor, h: Tensor, obj: Tensor, probs: Tensor, net_w: int, net_h: int) -> Tensor:
+    """(N, M, 4+1+C): corners in network-input pixels (relative box times the network size)."""
+    corners = torch.stack(((x - w / 2) * net_w, (y - h / 2) * net_h, (x + w / 2) * net_w, (y + h / 2) * net_h), -1)
+    return torch.cat((corners, obj.unsqueeze(-1), probs), -1)
+
+
+def make_decoders(heads: Sequence[Head], specs: Sequence[LayerSpec], net_w: int, net_h: int) -> nn.ModuleList:
+    """One decoder per head; a tree [region] (YOLO9000) and [detection] (YOLOv1) are refused."""
+    if len({head_classes(h) for h in heads}) != 1:
+        raise DarkcfgError("--decode needs every detection head to have the same number of classes")
+    decoders: List[nn.Module] = []
+    for head, spec in zip(heads, specs):
+        _, h, w = spec.out_shape
+        if isinstance(head, YoloHead):
+            decoders.append(YoloDecoder(head, h, w, net_w, net_h))
+        elif isinstance(head, RegionHead) and head.tree is None:
+            decoders.append(RegionDecoder(head, h, w, net_w, net_h))
+        else:
+            raise DarkcfgError(f"{spec.where}: --decode supports [yolo], [Gaussian_yolo] and tree-less [region] "
+                               f"heads, not this [{spec.kind}]{' with a tree' if spec.kind == 'region' else ''}")
+    return nn.ModuleList(decoders)
+
+
+class _OnnxNms(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` when exported; an equivalent greedy per-class loop when run eagerly."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou: float,  # type: ignore[override]
+                score: float) -> Tensor:
+        selected = []
+        for b in range(boxes.shape[0]):
+            for c in range(scores.shape[1]):
+                s = scores[b, c]
+                cand = torch.nonzero(s > score).flatten()
+                cand = cand[torch.sort(s[cand], descending=True, stable=True).indices]
+                kept: List[int] = []
+                for i in cand.tolist():
+                    if len(kept) >= max_per_class:
+                        break
+                    if not kept or float(_iou(boxes[b, i], boxes[b, kept]).max()) <= iou:
+                        kept.append(i)
+                selected += [[b, c, i] for i in kept]
+        return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class, iou, score):  # type: ignore[no-untyped-def]
+        return g.op("NonMaxSuppression", boxes, scores,
+                    g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
+                    g.op("Constant", value_t=torch.tensor([score], dtype=torch.float32)), center_point_box_i=0)
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of corner box ``a`` (4,) with each of ``b`` (M, 4)."""
+    ow = (torch.minimum(a[2], b[:, 2]) - torch.maximum(a[0], b[:, 0])).clamp(min=0)
+    oh = (torch.minimum(a[3], b[:, 3]) - torch.maximum(a[1], b[:, 1])).clamp(min=0)
+    inter = ow * oh
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+class DecodeModel(nn.Module):
+    """The network followed by decoding (and optionally NMS): what ``convert --decode/--nms`` exports.
+
+    Outputs: ``boxes`` (N, K, 4+1+C); with NMS ``detections`` (N, max_det, 6: x1, y1, x2, y2, prob,
+    class) zero-padded, best first, and ``count`` (N,) valid rows.  One row per (box, class) pair
+    above ``thresh`` that survives per-class NMS, as ``darknet detector test`` prints them.
+    """
+
+    def __init__(self, model: nn.Module, heads: Sequence[Head], specs: Sequence[LayerSpec], net_w: int, net_h: int,
+                 nms: bool = False, thresh: float = 0.25, nms_thresh: float = 0.45, max_det: int = 100):
+        super().__init__()
+        self.model = model
+        self.decoders = make_decoders(heads, specs, net_w, net_h)
+        self.nms, self.thresh, self.nms_thresh, self.max_det = nms, thresh, nms_thresh, max_det
+        self.nms_kind = nms_params(heads)[0]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        outs = self.model(x)
+        boxes = torch.cat([d(o) for d, o in zip(self.decoders, outs)], 1)
+        if not self.nms:
+            return (boxes,)
+        return self._nms(boxes)
+
+    def _nms(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        corners, probs = boxes[..., :4], boxes[..., 5:]
+        scores = probs.transpose(1, 2).contiguous()  # (N, C, K)
+        sel = _OnnxNms.apply(corners, scores, self.max_det, self.nms_thresh, self.thresh)
+        b, c, i = sel[:, 0], sel[:, 1], sel[:, 2]
+        score = scores[b, c, i]
+        order = torch.argsort(score, descending=True)
+        b, c, i, score = b[order], c[order], i[order], score[order]
+        rows = torch.cat((corners[b, i], score.unsqueeze(1), c.to(boxes.dtype).unsqueeze(1)), 1)
+        images = torch.arange(boxes.shape[0], device=boxes.device)
+        onehot = (b.unsqueeze(1) == images.unsqueeze(0)).to(torch.int64)  # (M, N)
+        rank = (torch.cumsum(onehot, 0) * onehot).sum(1) - 1
+        keep = rank < self.max_det
+        out = torch.zeros(boxes.shape[0], self.max_det, 6, dtype=boxes.dtype, device=boxes.device)
+        out = out.index_put((b[keep], rank[keep]), rows[keep])
+        count = torch.clamp(onehot.sum(0), max=self.max_det)
+        return out, count
