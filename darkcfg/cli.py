@@ -33,8 +33,13 @@ def _size(args: argparse.Namespace) -> Optional[tuple[int, int]]:
 # ------------------------------------------------------------------------------------------- info
 def cmd_info(args: argparse.Namespace) -> int:
     from .cfg import read_cfg
+    from .export_meta import MODEL_SUFFIXES, format_metadata, read_metadata
     from .graph import build_graph
 
+    if Path(args.cfg).suffix in MODEL_SUFFIXES and Path(args.cfg).is_file():  # an exported model
+        meta = read_metadata(args.cfg)
+        print(json.dumps(meta) if args.json else "\n".join(format_metadata(args.cfg, meta)))
+        return 0
     graph = build_graph(read_cfg(resolve_cfg(args.cfg)), size=_size(args))
     if args.json:
         print(json.dumps(info_json(graph, args.cfg)))
@@ -63,7 +68,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if target is not None:
         check_output_file(target, [cfg, weights])
     out = export(cfg, weights, args.to, Path(args.out) if args.out else None, size=_size(args),
-                 fuse=not args.no_fuse, batch=args.batch)
+                 fuse=not args.no_fuse, batch=args.batch, decode=args.decode, nms=args.nms, dynamic=args.dynamic,
+                 thresh=args.thresh, nms_thresh=args.nms_thresh, max_det=args.max_det)
     print(out)
     return 0
 
@@ -106,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--size", nargs=2, type=positive_int, metavar=("W", "H"),
                         help="override the cfg's [net] width and height")
 
-    sp = sub.add_parser("info", help="layer table, shapes, parameters and BFLOPs of a cfg")
-    sp.add_argument("cfg", help="a .cfg file or a zoo model name")
+    sp = sub.add_parser("info", help="layer table, shapes, parameters and BFLOPs of a cfg; metadata of an "
+                                     "exported .onnx/.pt2/TorchScript file")
+    sp.add_argument("cfg", help="a .cfg file, a zoo model name, or an exported model")
     size_arg(sp)
     sp.add_argument("--json", action="store_true", help="print one JSON object (documented in the README)")
     sp.set_defaults(func=cmd_info)
@@ -163,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output file (default: beside the cfg); its folder must exist")
     sp.add_argument("--batch", type=positive_int, default=1, help="batch size of the example input (default 1)")
     sp.add_argument("--no-fuse", action="store_true", help="keep batch norm unfused")
+    sp.add_argument("--decode", action="store_true", help="end in decoded boxes N x K x (4+1+C): x1, y1, x2, y2 "
+                    "in network-input pixels, objectness, class probabilities")
+    sp.add_argument("--nms", action="store_true", help="(onnx) also NMS: padded detections N x max-det x 6 "
+                    "(x1, y1, x2, y2, prob, class) and count N")
+    sp.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
+                    help="dynamic batch axis (default on; height/width stay fixed)")
+    sp.add_argument("--thresh", type=unit_float, default=0.25, help="with --nms: keep probabilities above this")
+    sp.add_argument("--nms-thresh", type=unit_float, default=0.45, help="with --nms: IoU threshold")
+    sp.add_argument("--max-det", type=positive_int, default=100, help="with --nms: rows of the detections tensor")
     size_arg(sp)
     sp.set_defaults(func=cmd_convert)
 

@@ -2,22 +2,28 @@
 
 The exported graph is the fused inference model (BN folded into convs, as Darknet
 runs it) taking N x C x H x W floats in [0, 1] and returning the output layers'
-tensors (Darknet's ``l.output`` layout).  ``pt2`` and ``onnx`` keep the batch dimension
-dynamic; TorchScript (deprecated by PyTorch, kept for older runtimes) is traced.  Exports
-are written atomically.
+tensors (Darknet's ``l.output`` layout); with ``decode`` it ends in decoded boxes and with
+``nms`` (ONNX) in a padded detections tensor plus a count (:mod:`darkcfg.export_heads`).
+``pt2`` and ``onnx`` keep the batch dimension dynamic (``dynamic=False`` fixes it);
+TorchScript (deprecated by PyTorch, kept for older runtimes) is traced.  The input size is
+fixed: the model is built for one size.  Every artefact carries darkcfg's metadata
+(:mod:`darkcfg.export_meta`).  Exports are written atomically.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .errors import DarkcfgError
+from .export_meta import EXTRA_FILE, add_onnx_metadata, build_metadata
 from .model import Darknet, load
 
 
@@ -38,36 +44,55 @@ def _atomic_target(out: Path) -> tuple[int, str]:
 
 
 def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: str, out: Optional[Path] = None,
-           size: Optional[tuple[int, int]] = None, fuse: bool = True, batch: int = 1) -> Path:
-    """Write ``cfg`` (+ ``weights``) as ``to`` in {"torchscript", "onnx", "weights"}; returns the path."""
+           size: Optional[tuple[int, int]] = None, fuse: bool = True, batch: int = 1, decode: bool = False,
+           nms: bool = False, dynamic: bool = True, thresh: float = 0.25, nms_thresh: float = 0.45,
+           max_det: int = 100, names: Optional[Sequence[str]] = None) -> Path:
+    """Write ``cfg`` (+ ``weights``) as ``to`` in {"pt2", "torchscript", "onnx", "weights"}; returns the path.
+
+    ``decode``: end in boxes (N, K, 4+1+C); ``nms`` (implies decode, ONNX only): end in
+    ``detections`` (N, max_det, 6) and ``count`` (N,), keeping probabilities > ``thresh`` and
+    suppressing IoU > ``nms_thresh`` per class.  ``dynamic``: dynamic batch axis.
+    """
     cfg = Path(cfg)
     suffix = {"pt2": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "weights": ".weights"}.get(to)
     if suffix is None:
         raise DarkcfgError(f"unknown export format {to!r} (pt2, torchscript, onnx or weights)")
     out = Path(out) if out else cfg.with_name(cfg.stem + suffix)
+    if nms and to != "onnx":
+        raise DarkcfgError("--nms is available for ONNX only (standard NonMaxSuppression); for pt2/torchscript "
+                           "export with --decode and run darkcfg.detect.nms or torchvision.ops.batched_nms on it")
+    if not 0 <= thresh <= 1 or not 0 <= nms_thresh <= 1 or max_det < 1 or batch < 1:
+        raise DarkcfgError("thresh and nms thresh must be in [0, 1], max_det and batch at least 1")
     model = load(cfg, weights, size=size)
     if to == "weights":
         model.save_weights(out)
         return out
+    decode = decode or nms
     if fuse:
         model.fuse()
+    model.eval()
+    wrapped, output_names, post = _wrap(model, decode, nms, thresh, nms_thresh, max_det)
+    meta = build_metadata(model, _names(model, names), output_names, post)
     example = torch.rand(batch, model.channels, model.height, model.width)
-    wrapped = _TupleOutputs(model).eval()
     fd, tmp = _atomic_target(out)
     os.close(fd)
+    extra = {EXTRA_FILE: json.dumps(meta)}
     try:
         with torch.no_grad():
             if to == "pt2":
                 # An example batch of 1 would be specialised (size-1 dims are special to export).
-                sample = example.repeat(2, 1, 1, 1) if batch == 1 else example
-                batch_dim = torch.export.Dim("batch", min=1, max=1024)
-                program = torch.export.export(wrapped, (sample,), dynamic_shapes=({0: batch_dim},))
-                torch.export.save(program, tmp)
+                sample = example.repeat(2, 1, 1, 1) if batch == 1 and dynamic else example
+                shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None
+                program = torch.export.export(wrapped, (sample,), dynamic_shapes=shapes)
+                torch.export.save(program, tmp, extra_files=extra)
             elif to == "torchscript":
                 traced = torch.jit.trace(wrapped, example, check_trace=False)
-                traced.save(tmp)
+                traced.save(tmp, _extra_files=extra)
             else:
-                _export_onnx(wrapped, example, tmp, len(model.output_layers))
+                # Traced at batch 2 when dynamic: nothing can silently bake in a batch of 1.
+                sample = example.repeat(2, 1, 1, 1) if batch == 1 and dynamic else example
+                _export_onnx(wrapped, sample, tmp, output_names, dynamic)
+                add_onnx_metadata(tmp, meta)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -75,12 +100,56 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     return out
 
 
-def _export_onnx(model: nn.Module, example: Tensor, path: str, n_outputs: int) -> None:
+def _wrap(model: Darknet, decode: bool, nms: bool, thresh: float, nms_thresh: float,
+          max_det: int) -> tuple[nn.Module, list[str], Optional[dict]]:
+    """The module to export, its output names and the metadata's ``postprocess`` entry."""
+    if not decode:
+        return _TupleOutputs(model).eval(), [f"output_{i}" for i in range(len(model.output_layers))], None
+    from .detect_api import heads_from_graph
+    from .export_heads import DecodeModel
+
+    indices, heads = heads_from_graph(model.graph)
+    specs = [model.graph.layers[i] for i in indices]
+    net = model.graph.net
+    wrapped = DecodeModel(model, heads, specs, net.width, net.height, nms, thresh, nms_thresh, max_det).eval()
+    post: dict = {"boxes": "N x K x (4+1+C): x1, y1, x2, y2 (network-input pixels), objectness, class probabilities",
+                  "nms_kind": wrapped.nms_kind}
+    if nms:
+        post.update({"thresh": thresh, "nms_thresh": nms_thresh, "max_det": max_det,
+                     "detections": "N x max_det x 6: x1, y1, x2, y2, prob, class (zero-padded, best first)",
+                     "count": "N: valid rows of detections",
+                     "nms": "ONNX NonMaxSuppression (IoU, per class)" + (
+                         f"; the cfg asks for {wrapped.nms_kind}, which ONNX cannot express: IoU NMS is used"
+                         if wrapped.nms_kind in ("diounms", "greedynms") else "")})
+        return wrapped, ["detections", "count"], post
+    return wrapped, ["boxes"], post
+
+
+def _names(model: Darknet, names: Optional[Sequence[str]]) -> list[str]:
+    """Class names for the metadata: given, else found like ``run`` finds them (detectors) or indices."""
+    if names is not None:
+        return list(names)
+    from .detect_api import resolve_names
+    from .graph import HEAD_KINDS
+
+    heads = [s for s in model.graph.layers if s.kind in HEAD_KINDS]
+    classes = heads[0].attrs.classes if heads else model.graph.layers[model.output_layers[-1]].outputs
+    try:
+        return resolve_names(model.graph.path, classes)
+    except DarkcfgError:
+        return [str(k) for k in range(classes)]
+
+
+def _export_onnx(model: nn.Module, example: Tensor, path: str, names: Sequence[str], dynamic: bool) -> None:
+    """Legacy (TorchScript-based) exporter: fast, constant-folded, no onnxscript needed; its
+    deprecation notice is silenced, every other warning (TracerWarnings included) stays."""
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise DarkcfgError("ONNX export needs the 'onnx' package: pip install onnx") from exc
-    names = [f"output_{i}" for i in range(n_outputs)]
-    torch.onnx.export(model, (example,), path, input_names=["images"], output_names=names,
-                      dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                      opset_version=17, dynamo=False)
+    axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)
+        torch.onnx.export(model, (example,), path, input_names=["images"], output_names=list(names),
+                          dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=True)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .detect import Head, RegionHead, YoloHead, head_classes, nms_params
 from .errors import DarkcfgError
 from .graph import LayerSpec
+from .layers.tracing import untraced
 
 
 def _grid(h: int, w: int, n: int) -> tuple[Tensor, Tensor]:
@@ -133,20 +134,8 @@ class _OnnxNms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou: float,  # type: ignore[override]
                 score: float) -> Tensor:
-        selected = []
-        for b in range(boxes.shape[0]):
-            for c in range(scores.shape[1]):
-                s = scores[b, c]
-                cand = torch.nonzero(s > score).flatten()
-                cand = cand[torch.sort(s[cand], descending=True, stable=True).indices]
-                kept: List[int] = []
-                for i in cand.tolist():
-                    if len(kept) >= max_per_class:
-                        break
-                    if not kept or float(_iou(boxes[b, i], boxes[b, kept]).max()) <= iou:
-                        kept.append(i)
-                selected += [[b, c, i] for i in kept]
-        return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
+        with untraced():  # its trace is the symbolic NonMaxSuppression
+            return _greedy_nms(boxes, scores, max_per_class, iou, score)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class, iou, score):  # type: ignore[no-untyped-def]
@@ -154,6 +143,24 @@ class _OnnxNms(torch.autograd.Function):
                     g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
                     g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
                     g.op("Constant", value_t=torch.tensor([score], dtype=torch.float32)), center_point_box_i=0)
+
+
+def _greedy_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, score: float) -> Tensor:
+    """NonMaxSuppression's result computed eagerly: (M, 3) rows of (image, class, box index)."""
+    selected = []
+    for b in range(boxes.shape[0]):
+        for c in range(scores.shape[1]):
+            s = scores[b, c]
+            cand = torch.nonzero(s > score).flatten()
+            cand = cand[torch.sort(s[cand], descending=True, stable=True).indices]
+            kept: List[int] = []
+            for i in cand.tolist():
+                if len(kept) >= max_per_class:
+                    break
+                if not kept or float(_iou(boxes[b, i], boxes[b, kept]).max()) <= iou:
+                    kept.append(i)
+            selected += [[b, c, i] for i in kept]
+    return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
 
 
 def _iou(a: Tensor, b: Tensor) -> Tensor:
@@ -197,11 +204,12 @@ class DecodeModel(nn.Module):
         order = torch.argsort(score, descending=True)
         b, c, i, score = b[order], c[order], i[order], score[order]
         rows = torch.cat((corners[b, i], score.unsqueeze(1), c.to(boxes.dtype).unsqueeze(1)), 1)
-        images = torch.arange(boxes.shape[0], device=boxes.device)
+        first = boxes[:, 0, 0]  # (N,): the batch size as data flow, never a traced constant
+        images = torch.cumsum(torch.ones_like(first, dtype=torch.int64), 0) - 1
         onehot = (b.unsqueeze(1) == images.unsqueeze(0)).to(torch.int64)  # (M, N)
         rank = (torch.cumsum(onehot, 0) * onehot).sum(1) - 1
         keep = rank < self.max_det
-        out = torch.zeros(boxes.shape[0], self.max_det, 6, dtype=boxes.dtype, device=boxes.device)
+        out = torch.zeros_like(first).view(-1, 1, 1).expand(-1, self.max_det, 6).contiguous()
         out = out.index_put((b[keep], rank[keep]), rows[keep])
         count = torch.clamp(onehot.sum(0), max=self.max_det)
         return out, count

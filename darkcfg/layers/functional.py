@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import logistic
+from .tracing import static_hw
 
 __all__ = [
     "FLT_MAX",
@@ -90,7 +91,8 @@ def _pool_pads(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int)
     """
     pl = padding // 2
     pads: List[int] = []
-    for n, stride in ((int(x.shape[3]), stride_x), (int(x.shape[2]), stride_y)):
+    h, w = static_hw(x)
+    for n, stride in ((w, stride_x), (h, stride_y)):
         out = _c_div(n + padding - size, stride) + 1
         # Right/bottom padding that no window reaches is dropped (it would change nothing).
         pr = max(0, (out - 1) * stride + size - n - pl)
@@ -133,7 +135,7 @@ def _separable_max(x: Tensor, size: int, stride_x: int, stride_y: int) -> Tensor
     where PyTorch's pooling kernel is slow (it also computes indices); e.g. a 2x2/2 pool on
     64x208x208 takes 0.5 ms instead of 7.8 ms, an SPP 13x13 on 512x52x52 4.6 ms instead of 121.
     """
-    h, w = int(x.shape[2]), int(x.shape[3])
+    h, w = static_hw(x)
     oh = (h - size) // stride_y + 1
     ow = (w - size) // stride_x + 1
     span_y = (oh - 1) * stride_y + 1

@@ -1,0 +1,37 @@
+"""Reading a tensor's height and width as constants while an exporter traces the model.
+
+The exported graphs have a fixed height and width (the model is built for one size), so
+pooling geometry computed from them is a constant.  Reading ``x.shape`` while tracing would
+record Shape/Gather arithmetic and warn (TracerWarning) when turned into a Python int; pausing
+the tracer for the read gives the plain ints.  (No ``from __future__ import annotations`` here:
+TorchScript must read this signature when scripting a caller.)
+"""
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+@torch.jit.ignore
+def static_hw(x: Tensor) -> Tuple[int, int]:
+    """(H, W) of an N x C x H x W tensor as Python ints, without recording them in a trace."""
+    state = torch._C._get_tracing_state()
+    if state is None:
+        return int(x.shape[2]), int(x.shape[3])
+    torch._C._set_tracing_state(None)
+    try:
+        return int(x.shape[2]), int(x.shape[3])
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+class untraced:
+    """Context manager pausing the tracer (for eager stand-ins whose trace is replaced by a symbolic op)."""
+
+    def __enter__(self) -> None:
+        self.state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+
+    def __exit__(self, *exc: object) -> None:
+        torch._C._set_tracing_state(self.state)
