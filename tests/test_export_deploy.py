@@ -124,3 +124,16 @@ def test_torchscript_and_pt2_carry_metadata(tmp_path: Path) -> None:
         assert meta["cfg_name"] == cfg.name and meta["outputs"] == ["boxes"]
     with pytest.raises(darkcfg.DarkcfgError, match="ONNX only"):
         export(cfg, None, "pt2", tmp_path / "x.pt2", nms=True)
+
+
+def test_classfix_is_in_the_region_spec(tmp_path: Path) -> None:
+    """classfix is read by the spec pass (not re-read from the section at detect time)."""
+    from darkcfg.detect_api import heads_from_graph
+
+    src = (Path(__file__).resolve().parents[1] / "cfgs" / "tiny-region.cfg").read_text()
+    cfg = tmp_path / "fix.cfg"
+    cfg.write_text(src.replace("[region]\n", "[region]\nclassfix=-1\n", 1))
+    graph = darkcfg.load(cfg).graph
+    region = [s for s in graph.layers if s.kind == "region"][0]
+    assert region.attrs.classfix == -1
+    assert heads_from_graph(graph)[1][0].classfix == -1
