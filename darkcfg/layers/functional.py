@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import logistic
-from .tracing import static_hw
+from .tracing import static_dims, static_hw
 
 __all__ = [
     "FLT_MAX",
@@ -159,7 +159,8 @@ def maxpool_depth(x: Tensor, out_channels: int) -> Tensor:
     >>> maxpool_depth(x, 2).flatten()
     tensor([3., 5.])
     """
-    n, c, h, w = x.shape
+    n = x.shape[0]
+    c, h, w = static_dims(x)
     groups = (c + out_channels - 1) // out_channels
     extra = groups * out_channels - c
     if extra > 0:
@@ -268,7 +269,8 @@ def reorg3d(x: Tensor, stride: int, reverse: bool = False) -> Tensor:
     tensor([0., 1., 2., 3.])
     """
     s = stride
-    n, c, h, w = x.shape
+    n = x.shape[0]
+    c, h, w = static_dims(x)
     if s < 1:
         raise ValueError(f"reorg stride must be >= 1, got {s}")
     if not reverse:
@@ -304,7 +306,8 @@ def reorg_old(x: Tensor, stride: int, reverse: bool = False) -> Tensor:
             13., 15.])
     """
     s = stride
-    n, c, h, w = x.shape
+    n = x.shape[0]
+    c, h, w = static_dims(x)
     if s < 1:
         raise ValueError(f"reorg stride must be >= 1, got {s}")
     if c % (s * s) != 0:
@@ -489,11 +492,11 @@ def shortcut_add_same_shape(
         return out
     w = normalize_shortcut_weights(weights.to(prev.dtype), nin, normalization).reshape(nin, -1).to(prev.device)
     if weights_type in ("per_feature", "per_layer"):
-        if w.shape[1] != 1:
+        if not torch.jit.is_tracing() and w.shape[1] != 1:
             raise ValueError(f"per_feature shortcut needs {nin} weights, got {w.numel()}")
         scale = [w[k].reshape(1, 1, 1, 1) for k in range(nin)]
     elif weights_type == "per_channel":
-        if w.shape[1] != prev.shape[1]:
+        if not torch.jit.is_tracing() and w.shape[1] != prev.shape[1]:
             raise ValueError(f"per_channel shortcut weights ({w.numel()}) do not fit the layer")
         scale = [w[k].reshape(1, -1, 1, 1) for k in range(nin)]
     else:
@@ -604,7 +607,9 @@ def softmax_groups(x_flat: Tensor, groups: int = 1, temperature: float = 1.0) ->
     tensor([[0.5000, 0.5000, 0.5000, 0.5000]])
     """
     n = x_flat.shape[0]
-    k = x_flat.numel() // n if n > 0 else 0
+    k = 1
+    for d in static_dims(x_flat):
+        k *= d
     if groups < 1 or k % groups != 0:
         raise ValueError(f"softmax: {k} inputs cannot be split into {groups} groups")
     y = darknet_softmax(x_flat.reshape(n, groups, k // groups), -1, temperature)
@@ -867,8 +872,7 @@ def crop_center(x: Tensor, crop_h: int, crop_w: int, noadjust: bool = False) -> 
     >>> crop_center(torch.arange(9.).reshape(1, 1, 3, 3), 1, 1)
     tensor([[[[7.]]]])
     """
-    h = x.shape[2]
-    w = x.shape[3]
+    h, w = static_hw(x)
     if crop_h > h or crop_w > w or crop_h < 1 or crop_w < 1:
         raise ValueError(f"[crop] {crop_h}x{crop_w} does not fit a {h}x{w} input")
     dh = (h - crop_h) // 2
@@ -895,7 +899,7 @@ def darknet_lrn(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
     >>> darknet_lrn(torch.ones(1, 1, 1, 1), 5, 1.0, 1.0, 1.0).flatten()   # 1 * (1 + 1)^-1
     tensor([0.5000])
     """
-    c = x.shape[1]
+    c = static_dims(x)[0]
     sq = x * x
     norm0 = torch.full_like(x[:, 0], kappa)
     for k in range(min(size // 2, c)):
@@ -968,11 +972,11 @@ def antialias_blur(x: Tensor, kind: int, stride_x: int, stride_y: int) -> Tensor
     >>> antialias_blur(torch.ones(1, 1, 3, 3), 1, 1, 1)[0, 0, 1, 1]
     tensor(1.)
     """
-    c = int(x.shape[1])  # a constant for exporters (the kernel shape must be static)
+    c = static_dims(x)[0]  # a constant for exporters (the kernel shape must be static)
     if kind == 1:
-        k = torch.tensor(
-            [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=x.dtype, device=x.device
-        ) / 16.0
+        v = torch.ones(3, dtype=x.dtype, device=x.device)
+        v[1] = 2.0
+        k = v[:, None] * v[None, :] / 16.0  # [[1,2,1],[2,4,2],[1,2,1]]/16, no tensor literal for tracers
         pad = 1
         ks = 3
     elif kind == 2:

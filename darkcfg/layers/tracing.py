@@ -7,7 +7,7 @@ the tracer for the read gives the plain ints.  (No ``from __future__ import anno
 TorchScript must read this signature when scripting a caller.)
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
@@ -35,3 +35,18 @@ class untraced:
 
     def __exit__(self, *exc: object) -> None:
         torch._C._set_tracing_state(self.state)
+
+
+@torch.jit.ignore
+def static_dims(x: Tensor) -> List[int]:
+    """``x.shape[1:]`` (everything but the batch) as Python ints, without recording them in a trace.
+
+    Channels and, in an exported graph, height and width are constants; the batch stays traced."""
+    state = torch._C._get_tracing_state()
+    if state is None:
+        return [int(v) for v in x.shape[1:]]
+    torch._C._set_tracing_state(None)
+    try:
+        return [int(v) for v in x.shape[1:]]
+    finally:
+        torch._C._set_tracing_state(state)
