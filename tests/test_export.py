@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,10 @@ def _close(got: list, ref: list[torch.Tensor]) -> None:
 def test_onnx_export_runs_in_onnxruntime(cfg: Path, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is part of the test extra")
     weights = _weights(cfg, tmp_path)
-    out = export(cfg, weights, "onnx", tmp_path / "m.onnx")
-    x, ref = _reference(cfg, weights, batch=2)  # exported at batch 1: the batch axis is dynamic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # nothing guessed by the tracer
+        out = export(cfg, weights, "onnx", tmp_path / "m.onnx")
+    x, ref = _reference(cfg, weights, batch=3)  # the batch axis is dynamic
     session = ort.InferenceSession(str(out))
     _close(session.run(None, {"images": x.numpy()}), ref)
 
@@ -61,3 +64,25 @@ def test_pt2_export_dynamic_batch(tmp_path: Path) -> None:
 def test_unknown_format_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(darkcfg.DarkcfgError, match="unknown export format"):
         export(REPO / "cfgs" / "tiny-classifier.cfg", None, "tflite", tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", ["tiny-yolo-all", "tiny-region"])
+def test_onnx_decode_equals_darknet_decode(name: str, tmp_path: Path) -> None:
+    """In-graph decoding ([yolo], new_coords, [Gaussian_yolo], [region]) = detect.decode's candidates."""
+    from darkcfg.detect import decode
+    from darkcfg.detect_api import heads_from_graph
+
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is part of the test extra")
+    cfg = REPO / "cfgs" / f"{name}.cfg"
+    weights = _weights(cfg, tmp_path)
+    out = export(cfg, weights, "onnx", tmp_path / "d.onnx", decode=True)
+    x, ref = _reference(cfg, weights, batch=2)
+    got = ort.InferenceSession(str(out)).run(None, {"images": x.numpy()})[0]
+    model = darkcfg.load(cfg, weights)
+    w, h = model.width, model.height
+    dets = decode(ref, heads_from_graph(model.graph)[1], w, h, [(w, h)] * 2, thresh=-1.0)
+    for b, d in enumerate(dets):
+        cx, cy, bw, bh = d.boxes.unbind(-1)
+        want = torch.cat((torch.stack(((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h), -1),
+                          d.objectness[:, None], d.probs), 1)
+        _close([got[b]], [want])
