@@ -69,7 +69,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         check_output_file(target, [cfg, weights])
     out = export(cfg, weights, args.to, Path(args.out) if args.out else None, size=_size(args),
                  fuse=not args.no_fuse, batch=args.batch, decode=args.decode, nms=args.nms, dynamic=args.dynamic,
-                 thresh=args.thresh, nms_thresh=args.nms_thresh, max_det=args.max_det)
+                 thresh=args.thresh, nms_thresh=args.nms_thresh, max_det=args.max_det, optimize=args.optimize)
     print(out)
     return 0
 
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--thresh", type=unit_float, default=0.25, help="with --nms: keep probabilities above this")
     sp.add_argument("--nms-thresh", type=unit_float, default=0.45, help="with --nms: IoU threshold")
     sp.add_argument("--max-det", type=positive_int, default=100, help="with --nms: rows of the detections tensor")
+    sp.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                    help="(onnx) fold shape arithmetic with onnxscript's optimizer (default: when installed)")
     size_arg(sp)
     sp.set_defaults(func=cmd_convert)
 

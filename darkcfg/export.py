@@ -46,12 +46,14 @@ def _atomic_target(out: Path) -> tuple[int, str]:
 def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: str, out: Optional[Path] = None,
            size: Optional[tuple[int, int]] = None, fuse: bool = True, batch: int = 1, decode: bool = False,
            nms: bool = False, dynamic: bool = True, thresh: float = 0.25, nms_thresh: float = 0.45,
-           max_det: int = 100, names: Optional[Sequence[str]] = None) -> Path:
+           max_det: int = 100, names: Optional[Sequence[str]] = None, optimize: Optional[bool] = None) -> Path:
     """Write ``cfg`` (+ ``weights``) as ``to`` in {"pt2", "torchscript", "onnx", "weights"}; returns the path.
 
     ``decode``: end in boxes (N, K, 4+1+C); ``nms`` (implies decode, ONNX only): end in
     ``detections`` (N, max_det, 6) and ``count`` (N,), keeping probabilities > ``thresh`` and
-    suppressing IoU > ``nms_thresh`` per class.  ``dynamic``: dynamic batch axis.
+    suppressing IoU > ``nms_thresh`` per class.  ``dynamic``: dynamic batch axis.  ``optimize``
+    (ONNX): fold the remaining shape arithmetic and constants with onnxscript's optimizer
+    (None: when onnxscript is installed); this is what lets OpenCV import the exotic layers.
     """
     cfg = Path(cfg)
     suffix = {"pt2": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "weights": ".weights"}.get(to)
@@ -92,6 +94,7 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
                 # Traced at batch 2 when dynamic: nothing can silently bake in a batch of 1.
                 sample = example.repeat(2, 1, 1, 1) if batch == 1 and dynamic else example
                 _export_onnx(wrapped, sample, tmp, output_names, dynamic)
+                _optimize_onnx(tmp, optimize)
                 add_onnx_metadata(tmp, meta)
         os.replace(tmp, out)
     finally:
@@ -153,3 +156,17 @@ def _export_onnx(model: nn.Module, example: Tensor, path: str, names: Sequence[s
         warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)
         torch.onnx.export(model, (example,), path, input_names=["images"], output_names=list(names),
                           dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=True)
+
+
+def _optimize_onnx(path: str, optimize: Optional[bool]) -> None:
+    """onnxscript's optimizer: constant folding, shape-op folding, dead-node removal (in place)."""
+    if optimize is False:
+        return
+    try:
+        import onnx
+        import onnxscript.optimizer
+    except ImportError as exc:
+        if optimize:
+            raise DarkcfgError("--optimize needs the 'onnxscript' package: pip install onnxscript") from exc
+        return
+    onnx.save(onnxscript.optimizer.optimize(onnx.load(path)), path)
