@@ -86,3 +86,53 @@ def test_onnx_decode_equals_darknet_decode(name: str, tmp_path: Path) -> None:
         want = torch.cat((torch.stack(((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h), -1),
                           d.objectness[:, None], d.probs), 1)
         _close([got[b]], [want])
+
+
+LEAN_CFG = """\
+[net]
+width=16
+height=16
+channels=3
+
+[convolutional]
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=1
+stride=1
+pad=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=linear
+
+[route]
+layers=-1
+groups=2
+group_id=1
+"""
+
+
+def test_shortcut_is_one_add_and_route_group_one_slice(tmp_path: Path) -> None:
+    """Equal-shape [shortcut] exports as one Add, a route group as one Slice, no shape arithmetic;
+    the plain add is bit-identical to Darknet's flat prefix add."""
+    onnx = pytest.importorskip("onnx", reason="onnx is part of the test extra")
+    from darkcfg.layers import functional as DF
+
+    cfg = tmp_path / "lean.cfg"
+    cfg.write_text(LEAN_CFG)
+    out = export(cfg, None, "onnx", tmp_path / "lean.onnx", optimize=False)
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("Add") == 1 and ops.count("Slice") == 1
+    assert not {"Shape", "Gather", "Reshape", "Concat"} & set(ops), ops
+    model = darkcfg.load(cfg)
+    x = torch.rand(2, 3, 16, 16)
+    outs = model.layer_outputs(x)
+    assert torch.equal(outs[2], DF.shortcut_add(outs[1], [outs[0]]))
+    assert torch.equal(outs[3], DF.route([outs[2]], 2, 1))
