@@ -16,9 +16,9 @@ from torch import Tensor
 @torch.jit.ignore
 def static_hw(x: Tensor) -> Tuple[int, int]:
     """(H, W) of an N x C x H x W tensor as Python ints, without recording them in a trace."""
-    state = torch._C._get_tracing_state()
-    if state is None:
+    if not torch.jit.is_tracing():
         return int(x.shape[2]), int(x.shape[3])
+    state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
         return int(x.shape[2]), int(x.shape[3])
@@ -42,9 +42,9 @@ def static_dims(x: Tensor) -> List[int]:
     """``x.shape[1:]`` (everything but the batch) as Python ints, without recording them in a trace.
 
     Channels and, in an exported graph, height and width are constants; the batch stays traced."""
-    state = torch._C._get_tracing_state()
-    if state is None:
+    if not torch.jit.is_tracing():
         return [int(v) for v in x.shape[1:]]
+    state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
         return [int(v) for v in x.shape[1:]]
