@@ -37,6 +37,11 @@ def _grid(h: int, w: int, n: int) -> tuple[Tensor, Tensor]:
 class _HeadDecoder(nn.Module):
     """Shared constants of one head: grid and per-record anchors (network pixels / grid units)."""
 
+    cols: Tensor
+    rows: Tensor
+    aw: Tensor
+    ah: Tensor
+
     def __init__(self, h: int, w: int, anchors: Sequence[tuple[float, float]]):
         super().__init__()
         n = len(anchors)

@@ -12,6 +12,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+_set_tracing_state = getattr(torch._C, "_set_tracing_state")  # private, not in torch's type stubs
+
 
 @torch.jit.ignore
 def static_hw(x: Tensor) -> Tuple[int, int]:
@@ -19,11 +21,11 @@ def static_hw(x: Tensor) -> Tuple[int, int]:
     if not torch.jit.is_tracing():
         return int(x.shape[2]), int(x.shape[3])
     state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
+    _set_tracing_state(None)
     try:
         return int(x.shape[2]), int(x.shape[3])
     finally:
-        torch._C._set_tracing_state(state)
+        _set_tracing_state(state)
 
 
 class untraced:
@@ -31,10 +33,10 @@ class untraced:
 
     def __enter__(self) -> None:
         self.state = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
+        _set_tracing_state(None)
 
     def __exit__(self, *exc: object) -> None:
-        torch._C._set_tracing_state(self.state)
+        _set_tracing_state(self.state)
 
 
 @torch.jit.ignore
@@ -45,8 +47,8 @@ def static_dims(x: Tensor) -> List[int]:
     if not torch.jit.is_tracing():
         return [int(v) for v in x.shape[1:]]
     state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
+    _set_tracing_state(None)
     try:
         return [int(v) for v in x.shape[1:]]
     finally:
-        torch._C._set_tracing_state(state)
+        _set_tracing_state(state)
