@@ -154,6 +154,10 @@ def _export_onnx(model: nn.Module, example: Tensor, path: str, names: Sequence[s
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)
+        # Benign here: strided slices (separable max-pool) stay unfolded Slice nodes, and the NMS
+        # gathers index with non-negative NonMaxSuppression output only.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1.*")
+        warnings.filterwarnings("ignore", message=".*advanced indexing.*negative values.*")
         torch.onnx.export(model, (example,), path, input_names=["images"], output_names=list(names),
                           dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=True)
 
