@@ -22,7 +22,7 @@ Head descriptions are small frozen dataclasses (:class:`YoloHead`, :class:`Regio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -612,19 +612,42 @@ def _corners(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x - w / 2, y - h / 2, x + w / 2, y + h / 2
 
 
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """box.c ``box_iou`` for every pair: (A, 4) × (B, 4) → (A, B), float32.
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """box.c ``box_iou`` of ``a`` and ``b`` (..., 4), broadcast: the one IoU formula.
 
     Intersection is 0 when either overlap is negative; IoU is 0 when intersection or union is 0.
+    Symmetric bit for bit (min/max and the float sum of the areas commute), so a pair's value
+    does not depend on which box is listed first.
     """
-    al, at, ar, ab = (t[:, None] for t in _corners(a))
-    bl, bt, br, bb = (t[None, :] for t in _corners(b))
+    al, at, ar, ab = _corners(a)
+    bl, bt, br, bb = _corners(b)
     ow = torch.minimum(ar, br) - torch.maximum(al, bl)
     oh = torch.minimum(ab, bb) - torch.maximum(at, bt)
     inter = torch.where((ow < 0) | (oh < 0), torch.zeros_like(ow), ow * oh)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
     ok = (inter != 0) & (union != 0)
     return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def _diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
+    """box.c ``box_diou`` / ``box_diounms`` of ``a`` and ``b`` (..., 4), broadcast (symmetric too)."""
+    iou = _iou(a, b)
+    al, at, ar, ab = _corners(a)
+    bl, bt, br, bb = _corners(b)
+    cw = torch.maximum(ar, br) - torch.minimum(al, bl)
+    ch = torch.maximum(ab, bb) - torch.minimum(at, bt)
+    c2 = cw * cw + ch * ch
+    dx = a[..., 0] - b[..., 0]
+    dy = a[..., 1] - b[..., 1]
+    d2 = dx * dx + dy * dy
+    safe_c2 = torch.where(c2 == 0, torch.ones_like(c2), c2)
+    term = torch.pow(_wide(d2 / safe_c2), beta).float()
+    return torch.where(c2 == 0, iou, iou - term)
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """box.c ``box_iou`` for every pair: (A, 4) × (B, 4) → (A, B), float32."""
+    return _iou(a[:, None, :], b[None, :, :])
 
 
 def pairwise_diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
@@ -633,31 +656,150 @@ def pairwise_diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
     d = centre distance, c = diagonal of the smallest enclosing box (``box_c``); when c² is 0
     the plain IoU is returned. The power is taken in double like C's ``pow``.
     """
-    iou = pairwise_iou(a, b)
-    al, at, ar, ab = (t[:, None] for t in _corners(a))
-    bl, bt, br, bb = (t[None, :] for t in _corners(b))
-    cw = torch.maximum(ar, br) - torch.minimum(al, bl)
-    ch = torch.maximum(ab, bb) - torch.minimum(at, bt)
-    c2 = cw * cw + ch * ch
-    dx = a[:, 0][:, None] - b[:, 0][None, :]
-    dy = a[:, 1][:, None] - b[:, 1][None, :]
-    d2 = dx * dx + dy * dy
-    safe_c2 = torch.where(c2 == 0, torch.ones_like(c2), c2)
-    term = torch.pow(_wide(d2 / safe_c2), beta).float()
-    return torch.where(c2 == 0, iou, iou - term)
+    return _diou(a[:, None, :], b[None, :, :], beta)
+
+
+def _metric(a: Tensor, b: Tensor, kind: str, beta: float) -> Tensor:
+    """The score compared with the NMS threshold, per nms_kind (diounms_sort / do_nms_sort)."""
+    if kind in ("default", "cornersnms"):
+        return _iou(a, b)
+    return _diou(a, b, GREEDY_DIOU_EXPONENT if kind == "greedynms" else beta)
 
 
 def _suppression_metric(boxes: Tensor, kind: str, beta: float) -> Tensor:
-    """The score compared with the NMS threshold, per nms_kind (diounms_sort / do_nms_sort)."""
-    if kind in ("default", "cornersnms"):
-        return pairwise_iou(boxes, boxes)
-    if kind == "greedynms":
-        return pairwise_diou(boxes, boxes, GREEDY_DIOU_EXPONENT)
-    return pairwise_diou(boxes, boxes, beta)
+    """The metric for every pair of ``boxes`` (M, M)."""
+    return _metric(boxes[:, None, :], boxes[None, :, :], kind, beta)
+
+
+#: Candidate pairs generated per step of the pair search (bounds its temporary memory).
+_PAIR_CHUNK = 1 << 20
+_LEVEL_RANGE = 60  # box size levels (powers of two) are clamped to +-this
+_CELL_RANGE = 1 << 30  # grid cell indices are clamped to [0, this] (monotone: neighbours stay neighbours)
+
+
+def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float) -> tuple[Tensor, Tensor]:
+    """Every unordered pair (i, j) of ``boxes`` (CPU) whose metric exceeds ``nms_thresh`` >= 0.
+
+    Only pairs that overlap with positive area can exceed a non-negative threshold (IoU > 0,
+    and DIoU <= IoU), and IoU > t also bounds the ratio of their sizes: ``w_a > t*w_b`` and
+    ``h_a > t*h_b`` both ways (the intersection is at most min(w)*min(h) and must exceed t times
+    either area).  So boxes are grouped by size level ``floor(log2(max(w, h)))``; two levels are
+    joined only when their sizes can be within 1/t of each other, on a grid whose cells are at
+    least as large as every box of both levels, where overlapping boxes have their centres in the
+    same or adjacent cells.  The metric is then computed on those candidate pairs only, with the
+    same arithmetic as the dense matrix.  Cost grows with the number of nearby similar-size
+    pairs instead of the square of the candidates.
+    """
+    left, top, right, bottom = _corners(boxes)
+    finite = torch.isfinite(boxes).all(dim=1)
+    usable = torch.nonzero(finite & (right > left) & (bottom > top)).flatten()  # others never overlap
+    if usable.numel() < 2:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    wide = boxes[usable].double()
+    size = torch.maximum(wide[:, 2], wide[:, 3])
+    level = torch.floor(torch.log2(size)).clamp_(-_LEVEL_RANGE, _LEVEL_RANGE).long()
+    levels = torch.unique(level).tolist()
+    # sizes less than a factor r = 1/t apart lie at most floor(log2(r)) + 1 levels apart (r widened for rounding)
+    max_gap = len(levels) if nms_thresh <= 0 else int(np.floor(np.log2(1.0001 / min(nms_thresh, 1.0)))) + 1
+    members = {lv: torch.nonzero(level == lv).flatten() for lv in levels}
+    firsts: list[Tensor] = []
+    seconds: list[Tensor] = []
+    for i, lo_level in enumerate(levels):
+        for hi_level in levels[i:]:
+            if hi_level - lo_level > max_gap:
+                break
+            p_idx, q_idx = members[lo_level], members[hi_level]
+            cell = 1.01 * float(torch.maximum(size[p_idx].max(), size[q_idx].max()))
+            for p, q in _grid_join(wide, p_idx, q_idx, cell, same=lo_level == hi_level):
+                # cheap necessary test first (with a margin for rounding): the boxes overlap on both axes
+                bp, bq = wide[p], wide[q]
+                near = (((bp[:, 0] - bq[:, 0]).abs_() < (bp[:, 2] + bq[:, 2]) * 0.5005)
+                        & ((bp[:, 1] - bq[:, 1]).abs_() < (bp[:, 3] + bq[:, 3]) * 0.5005))
+                gp, gq = usable[p[near]], usable[q[near]]
+                over = _metric(boxes[gp], boxes[gq], kind, beta) > nms_thresh
+                firsts.append(gp[over])
+                seconds.append(gq[over])
+    if not firsts:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    return torch.cat(firsts), torch.cat(seconds)
+
+
+def _grid_join(boxes: Tensor, p_idx: Tensor, q_idx: Tensor, cell: float, same: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """Pairs (p, q) of rows whose centres lie in the same or adjacent ``cell``-sized grid cells.
+
+    Yields them in chunks of about :data:`_PAIR_CHUNK`; with ``same`` (a set joined with itself)
+    each unordered pair once and no self pairs.
+    """
+    def cells(idx: Tensor) -> tuple[Tensor, Tensor]:
+        c = torch.floor(boxes[idx, :2] / cell)
+        return c[:, 0], c[:, 1]
+
+    qx, qy = cells(q_idx)
+    px, py = cells(p_idx)
+    x0 = float(torch.minimum(qx.min(), px.min())) - 1
+    y0 = float(torch.minimum(qy.min(), py.min())) - 1
+    span = float(_CELL_RANGE)
+
+    def key(cx: Tensor, cy: Tensor) -> Tensor:
+        ix = (cx - x0).clamp_(0, span).long()
+        iy = (cy - y0).clamp_(0, span).long()
+        return ix * (4 * _CELL_RANGE) + iy
+
+    q_keys, q_order = torch.sort(key(qx, qy))
+    q_sorted = q_idx[q_order]
+    starts, stops, rows = [], [], []
+    for dx in (-1.0, 0.0, 1.0):
+        for dy in (-1.0, 0.0, 1.0):
+            k = key(px + dx, py + dy)
+            starts.append(torch.searchsorted(q_keys, k, side="left"))
+            stops.append(torch.searchsorted(q_keys, k, side="right"))
+            rows.append(torch.arange(p_idx.numel()))
+    start, stop, row = torch.cat(starts), torch.cat(stops), torch.cat(rows)
+    counts = stop - start
+    hit = counts > 0
+    start, counts, row = start[hit], counts[hit], row[hit]
+    cum = torch.cumsum(counts, 0)
+    first = 0
+    while first < counts.numel():
+        base = int(cum[first - 1]) if first else 0
+        last = max(first + 1, int(torch.searchsorted(cum, base + _PAIR_CHUNK, side="right")))
+        n = counts[first:last]
+        which = torch.repeat_interleave(torch.arange(first, last), n)
+        offsets = torch.arange(which.numel()) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        p = p_idx[row[which]]
+        q = q_sorted[start[which] + offsets]
+        if same:
+            keep = p < q
+            p, q = p[keep], q[keep]
+        yield p, q
+        first = last
+
+
+def _greedy_rounds(n: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Survivors of greedy suppression over ``n`` ranked nodes with edges ``src`` → ``dst``.
+
+    An edge says: src (ranked before dst) suppresses dst if src survives.  Equal to walking the
+    ranked list and letting each survivor suppress its later neighbours, but done in rounds of
+    vector operations: a node none of whose live predecessors remains undecided is kept, and
+    whatever a newly kept node points at is suppressed.  The best undecided node is settled in
+    every round, so this terminates; chains of overlapping boxes are short in practice.
+    """
+    state = torch.zeros(n, dtype=torch.int8)  # 0 undecided, 1 kept, 2 suppressed
+    while src.numel():
+        blocked = torch.zeros(n, dtype=torch.bool)
+        blocked[dst] = True
+        newly = (state == 0) & ~blocked
+        state[newly] = 1
+        state[dst[newly[src]]] = 2
+        live = (state[src] == 0) & (state[dst] == 0)
+        src, dst = src[live], dst[live]
+    return state != 2
 
 
 def _greedy_keep(over: np.ndarray) -> np.ndarray:
-    """Sequential greedy pass over a sorted candidate list.
+    """Sequential greedy pass over a sorted candidate list (the dense reference for negative thresholds).
 
     ``over[i, j]``: candidate i would suppress j. Only survivors suppress (darknet skips
     ``prob == 0``, and suppression zeroes the prob), so the loop visits kept boxes only and
@@ -675,6 +817,38 @@ def _greedy_keep(over: np.ndarray) -> np.ndarray:
     return alive
 
 
+def _nms_dense(dets: Detections, probs: Tensor, nms_thresh: float, kind: str, beta: float) -> None:
+    """Per class, the full metric matrix of its candidates and a sequential greedy pass (in place).
+
+    Needed when the threshold is negative, where even disjoint boxes suppress each other.
+    """
+    busy = torch.nonzero((probs != 0).sum(dim=0) >= 2).flatten().tolist()  # others have nothing to do
+    for k in busy:
+        cand = torch.nonzero(probs[:, k] != 0).flatten()
+        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
+        over = (_suppression_metric(dets.boxes[order], kind, beta) > nms_thresh).cpu().numpy()
+        alive = torch.from_numpy(_greedy_keep(over)).to(order.device)
+        probs[order[~alive], k] = 0
+
+
+def _nms_sparse(dets: Detections, probs: Tensor, nms_thresh: float, kind: str, beta: float) -> None:
+    """Overlapping pairs found once for all classes, then greedy rounds per class (in place, CPU)."""
+    first, second = _overlapping_pairs(dets.boxes, nms_thresh, kind, beta)
+    if first.numel() == 0:
+        return
+    nonzero = probs != 0
+    busy = torch.nonzero(nonzero.sum(dim=0) >= 2).flatten().tolist()
+    rank = torch.empty(probs.shape[0], dtype=torch.int64)
+    for k in busy:
+        cand = torch.nonzero(nonzero[:, k]).flatten()
+        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
+        rank[order] = torch.arange(order.numel())
+        both = nonzero[first, k] & nonzero[second, k]
+        ra, rb = rank[first[both]], rank[second[both]]
+        alive = _greedy_rounds(order.numel(), torch.minimum(ra, rb), torch.maximum(ra, rb))
+        probs[order[~alive], k] = 0
+
+
 def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta: float = 0.6) -> Detections:
     """``do_nms_sort`` (kind default) / ``diounms_sort`` (greedynms, diounms, cornersnms).
 
@@ -683,6 +857,11 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
     and each surviving one zeroes prob[k] of every later one whose metric exceeds ``nms_thresh``:
     IoU (default, cornersnms), DIoU with exponent 0.6 (greedynms), DIoU with ``beta``
     (diounms). Other classes of a suppressed detection are untouched.
+
+    The box pairs that exceed the threshold are found once for all classes by a sort-and-sweep
+    over left edges, and each class's greedy pass runs as rounds of vector operations on those
+    pairs (:func:`_greedy_rounds`); the result is the sequential pass's.  A negative threshold
+    (where disjoint boxes suppress too) uses the dense per-class matrices instead.
 
     Ordering note: darknet sorts with libc ``qsort`` (unstable, starting from the previous
     class's order); we use a stable sort on emission order, so only exact prob ties may resolve
@@ -693,15 +872,15 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
     dets = dets.select(dets.objectness != 0)
     if len(dets) < 2:
         return dets
-    probs = dets.probs.clone()
-    busy = torch.nonzero((probs != 0).sum(dim=0) >= 2).flatten().tolist()  # others have nothing to do
-    for k in busy:
-        cand = torch.nonzero(probs[:, k] != 0).flatten()
-        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
-        over = (_suppression_metric(dets.boxes[order], kind, beta) > nms_thresh).cpu().numpy()
-        alive = torch.from_numpy(_greedy_keep(over)).to(order.device)
-        probs[order[~alive], k] = 0
-    return dets.with_probs(probs)
+    device = dets.probs.device
+    cpu = dets if device.type == "cpu" else Detections(dets.boxes.cpu(), dets.objectness.cpu(), dets.probs.cpu(),
+                                                        dets.head_index.cpu())
+    probs = cpu.probs.clone()
+    if nms_thresh >= 0:
+        _nms_sparse(cpu, probs, nms_thresh, kind, beta)
+    else:
+        _nms_dense(cpu, probs, nms_thresh, kind, beta)
+    return dets.with_probs(probs.to(device))
 
 
 # --------------------------------------------------------------------------------------------
