@@ -673,7 +673,8 @@ def _suppression_metric(boxes: Tensor, kind: str, beta: float) -> Tensor:
 
 #: Candidate pairs generated per step of the pair search (bounds its temporary memory).
 _PAIR_CHUNK = 1 << 20
-_LEVEL_RANGE = 60  # box size levels (powers of two) are clamped to +-this
+_LEVELS_PER_OCTAVE = 2  # box size levels: floor(log2(size) * this)
+_LEVEL_RANGE = 120  # levels are clamped to +-this
 _CELL_RANGE = 1 << 30  # grid cell indices are clamped to [0, this] (monotone: neighbours stay neighbours)
 
 
@@ -683,7 +684,7 @@ def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float)
     Only pairs that overlap with positive area can exceed a non-negative threshold (IoU > 0,
     and DIoU <= IoU), and IoU > t also bounds the ratio of their sizes: ``w_a > t*w_b`` and
     ``h_a > t*h_b`` both ways (the intersection is at most min(w)*min(h) and must exceed t times
-    either area).  So boxes are grouped by size level ``floor(log2(max(w, h)))``; two levels are
+    either area).  So boxes are grouped by size level ``floor(2*log2(max(w, h)))``; two levels are
     joined only when their sizes can be within 1/t of each other, on a grid whose cells are at
     least as large as every box of both levels, where overlapping boxes have their centres in the
     same or adjacent cells.  The metric is then computed on those candidate pairs only, with the
@@ -696,12 +697,16 @@ def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float)
     if usable.numel() < 2:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty
-    wide = boxes[usable].double()
+    flat = boxes[usable]
+    wide = flat.double()
+    t = max(float(nms_thresh), 0.0)
+    # IoU > t needs an overlap of more than t*max(w) (see _may_exceed): centres closer than (1-t)*max(w)
+    reach = max(1.0 - t, 1e-3)
     size = torch.maximum(wide[:, 2], wide[:, 3])
-    level = torch.floor(torch.log2(size)).clamp_(-_LEVEL_RANGE, _LEVEL_RANGE).long()
+    level = torch.floor(torch.log2(size) * _LEVELS_PER_OCTAVE).clamp_(-_LEVEL_RANGE, _LEVEL_RANGE).long()
     levels = torch.unique(level).tolist()
     # sizes less than a factor r = 1/t apart lie at most floor(log2(r)) + 1 levels apart (r widened for rounding)
-    max_gap = len(levels) if nms_thresh <= 0 else int(np.floor(np.log2(1.0001 / min(nms_thresh, 1.0)))) + 1
+    max_gap = 4 * _LEVEL_RANGE if t <= 0 else int(np.floor(_LEVELS_PER_OCTAVE * np.log2(1.0001 / min(t, 1.0)))) + 1
     members = {lv: torch.nonzero(level == lv).flatten() for lv in levels}
     firsts: list[Tensor] = []
     seconds: list[Tensor] = []
@@ -710,12 +715,11 @@ def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float)
             if hi_level - lo_level > max_gap:
                 break
             p_idx, q_idx = members[lo_level], members[hi_level]
-            cell = 1.01 * float(torch.maximum(size[p_idx].max(), size[q_idx].max()))
+            cell = 1.01 * reach * float(torch.maximum(size[p_idx].max(), size[q_idx].max()))
             for p, q in _grid_join(wide, p_idx, q_idx, cell, same=lo_level == hi_level):
-                # cheap necessary test first (with a margin for rounding): the boxes overlap on both axes
-                bp, bq = wide[p], wide[q]
-                near = (((bp[:, 0] - bq[:, 0]).abs_() < (bp[:, 2] + bq[:, 2]) * 0.5005)
-                        & ((bp[:, 1] - bq[:, 1]).abs_() < (bp[:, 3] + bq[:, 3]) * 0.5005))
+                bp, bq = flat[p], flat[q]
+                near = _may_exceed(bp[:, 0] - bq[:, 0], bp[:, 2], bq[:, 2], t) & _may_exceed(
+                    bp[:, 1] - bq[:, 1], bp[:, 3], bq[:, 3], t)
                 gp, gq = usable[p[near]], usable[q[near]]
                 over = _metric(boxes[gp], boxes[gq], kind, beta) > nms_thresh
                 firsts.append(gp[over])
@@ -724,6 +728,16 @@ def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float)
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty
     return torch.cat(firsts), torch.cat(seconds)
+
+
+def _may_exceed(d: Tensor, wa: Tensor, wb: Tensor, t: float) -> Tensor:
+    """Necessary for IoU > t along one axis (centre distance ``d``, sides ``wa``, ``wb``): the overlap
+    ``(wa + wb)/2 - |d|`` exceeds ``t*max(wa, wb)`` (the intersection, at most the overlap times the
+    smaller other side, must exceed t times either area) and ``min/max > t``.  Tested with a 0.1 %
+    margin so float rounding never drops a pair."""
+    big = torch.maximum(wa, wb)
+    return ((d.abs() < ((wa + wb) * 0.5 - t * big) * 1.001 + big * 1e-4)
+            & (torch.minimum(wa, wb) >= t * big * 0.999))
 
 
 def _grid_join(boxes: Tensor, p_idx: Tensor, q_idx: Tensor, cell: float, same: bool) -> Iterator[tuple[Tensor, Tensor]]:
@@ -888,35 +902,17 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
 # --------------------------------------------------------------------------------------------
 
 
-def _pixel_box(rel: tuple[float, float, float, float], img_w: int, img_h: int) -> tuple[float, float, float, float]:
-    """Corners in pixels, clamped to the image.
+def _pixel_boxes(rel: np.ndarray, img_w: int, img_h: int) -> np.ndarray:
+    """Corners in pixels (M, 4), clamped to the image, in float64 (C's double).
 
     draw_detections_v3 clamps only left/top at 0 and right/bottom at w-1/h-1; for any box that
     overlaps the image this is the same, and for a box lying wholly outside it we also clamp the
     other sides so that ``x1 <= x2`` and ``y1 <= y2`` always hold.
     """
-    x, y, w, h = rel
-    left = min(max((x - w / 2.0) * img_w, 0.0), float(img_w - 1))
-    right = min(max((x + w / 2.0) * img_w, 0.0), float(img_w - 1))
-    top = min(max((y - h / 2.0) * img_h, 0.0), float(img_h - 1))
-    bottom = min(max((y + h / 2.0) * img_h, 0.0), float(img_h - 1))
-    return left, top, right, bottom
-
-
-def _reported_classes(probs: np.ndarray, thresh: float, names: Sequence[str]) -> list[int]:
-    """Classes printed for one detection: the best one first, then the others in index order.
-
-    The best is the first class with the strictly highest prob > thresh; names starting with
-    ``dont_show`` are skipped (get_actual_detections).
-    """
-    shown = [int(k) for k in np.flatnonzero(probs > thresh) if not names[k].startswith("dont_show")]
-    if not shown:
-        return []
-    best = shown[0]
-    for k in shown[1:]:
-        if probs[k] > probs[best]:
-            best = k
-    return [best] + [k for k in shown if k != best]
+    x, y, w, h = rel[:, 0], rel[:, 1], rel[:, 2], rel[:, 3]
+    xs = np.clip(np.stack(((x - w / 2.0) * img_w, (x + w / 2.0) * img_w)), 0.0, float(img_w - 1))
+    ys = np.clip(np.stack(((y - h / 2.0) * img_h, (y + h / 2.0) * img_h)), 0.0, float(img_h - 1))
+    return np.stack((xs[0], ys[0], xs[1], ys[1]), axis=1)
 
 
 def to_pixel_list(
@@ -925,6 +921,7 @@ def to_pixel_list(
     names: Optional[Sequence[str]] = None,
     thresh: float = 0.25,
     order: str = "left",
+    max_det: Optional[int] = None,
 ) -> list[Detection]:
     """The detections ``darknet detector test`` reports for one image (after :func:`nms`).
 
@@ -933,26 +930,47 @@ def to_pixel_list(
     entry. ``order="left"`` sorts boxes by left edge ``x − w/2`` (compare_by_lefts, the text
     output order; stable), with the best class of a box first; ``order="prob"`` sorts entries by
     prob descending (the order of the conformance JSONs). ``names`` default to the class index.
+    The best class is the first with the strictly highest prob; names starting with ``dont_show``
+    are skipped (get_actual_detections).  ``max_det`` keeps only the ``max_det`` entries of highest
+    prob (ties: earlier box first), then orders them as above; Darknet has no such limit.
     """
     if order not in ("left", "prob"):
         raise ValueError(f"order must be 'left' or 'prob', got {order!r}")
+    if max_det is not None and max_det < 0:
+        raise ValueError(f"max_det must be >= 0, got {max_det}")
     n_cls = int(dets.probs.shape[1])
     names = [str(k) for k in range(n_cls)] if names is None else list(names)
     if len(names) < n_cls:
         raise ValueError(f"{len(names)} class names for {n_cls} classes")
     img_w, img_h = image_size
-    boxes = dets.boxes.detach().cpu().double().numpy()
+    boxes = dets.boxes.detach().cpu().double().numpy().reshape(-1, 4)
     probs = dets.probs.detach().cpu().numpy()
     objs = dets.objectness.detach().cpu().numpy()
-    lefts = boxes[:, 0] - boxes[:, 2] / 2 if len(boxes) else np.zeros(0)
-    rows = np.argsort(lefts, kind="stable") if order == "left" else np.arange(len(boxes))
-    result: list[Detection] = []
-    for i in rows:
-        rel = tuple(float(v) for v in boxes[i])
-        pix = _pixel_box(rel, img_w, img_h)  # type: ignore[arg-type]
-        for k in _reported_classes(probs[i], thresh, names):
-            entry = Detection(k, names[k], float(probs[i, k]), pix, float(objs[i]), rel)  # type: ignore[arg-type]
-            result.append(entry)
-    if order == "prob":
-        result.sort(key=lambda d: -d.prob)
-    return result
+    shown = probs > thresh
+    hidden = np.array([name.startswith("dont_show") for name in names[:n_cls]], dtype=bool)
+    shown[:, hidden] = False
+    rows, cls = np.nonzero(shown)  # row-major: per box, classes in index order
+    if rows.size == 0:
+        return []
+    # the best class of a box: first with the strictly highest prob among its shown classes
+    masked = np.where(shown, probs, -np.inf)
+    best = np.argmax(masked, axis=1)
+    p = probs[rows, cls]
+    if max_det is not None and rows.size > max_det:
+        top = np.argsort(-p, kind="stable")[:max_det]
+        top.sort()  # back to (box, class) order
+        rows, cls, p = rows[top], cls[top], p[top]
+    if order == "left":
+        lefts = boxes[:, 0] - boxes[:, 2] / 2
+        box_rank = np.empty(len(boxes), dtype=np.int64)
+        box_rank[np.argsort(lefts, kind="stable")] = np.arange(len(boxes))
+        entry_order = np.lexsort((cls, cls != best[rows], box_rank[rows]))
+    else:
+        first = np.lexsort((cls, cls != best[rows], rows))  # darknet's printing order, then stable by prob
+        entry_order = first[np.argsort(-p[first], kind="stable")]
+    pix = [tuple(b) for b in _pixel_boxes(boxes, img_w, img_h).tolist()]
+    rel = [tuple(b) for b in boxes.tolist()]
+    obj_list = objs.astype(np.float64).tolist()
+    rows, cls, p = rows[entry_order].tolist(), cls[entry_order].tolist(), p[entry_order].astype(np.float64).tolist()
+    return [Detection(k, names[k], pk, pix[i], obj_list[i], rel[i])  # type: ignore[arg-type]
+            for i, k, pk in zip(rows, cls, p)]
