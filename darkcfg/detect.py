@@ -24,7 +24,7 @@ Head descriptions are small frozen dataclasses: a yolo head is its spec attrs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -594,19 +594,42 @@ def _corners(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x - w / 2, y - h / 2, x + w / 2, y + h / 2
 
 
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """box.c ``box_iou`` for every pair: (A, 4) × (B, 4) → (A, B), float32.
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """box.c ``box_iou`` of ``a`` and ``b`` (..., 4), broadcast: the one IoU formula.
 
     Intersection is 0 when either overlap is negative; IoU is 0 when intersection or union is 0.
+    Symmetric bit for bit (min/max and the float sum of the areas commute), so a pair's value
+    does not depend on which box is listed first.
     """
-    al, at, ar, ab = (t[:, None] for t in _corners(a))
-    bl, bt, br, bb = (t[None, :] for t in _corners(b))
+    al, at, ar, ab = _corners(a)
+    bl, bt, br, bb = _corners(b)
     ow = torch.minimum(ar, br) - torch.maximum(al, bl)
     oh = torch.minimum(ab, bb) - torch.maximum(at, bt)
     inter = torch.where((ow < 0) | (oh < 0), torch.zeros_like(ow), ow * oh)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
     ok = (inter != 0) & (union != 0)
     return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def _diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
+    """box.c ``box_diou`` / ``box_diounms`` of ``a`` and ``b`` (..., 4), broadcast (symmetric too)."""
+    iou = _iou(a, b)
+    al, at, ar, ab = _corners(a)
+    bl, bt, br, bb = _corners(b)
+    cw = torch.maximum(ar, br) - torch.minimum(al, bl)
+    ch = torch.maximum(ab, bb) - torch.minimum(at, bt)
+    c2 = cw * cw + ch * ch
+    dx = a[..., 0] - b[..., 0]
+    dy = a[..., 1] - b[..., 1]
+    d2 = dx * dx + dy * dy
+    safe_c2 = torch.where(c2 == 0, torch.ones_like(c2), c2)
+    term = torch.pow(_wide(d2 / safe_c2), beta).float()
+    return torch.where(c2 == 0, iou, iou - term)
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """box.c ``box_iou`` for every pair: (A, 4) × (B, 4) → (A, B), float32."""
+    return _iou(a[:, None, :], b[None, :, :])
 
 
 def pairwise_diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
@@ -615,31 +638,164 @@ def pairwise_diou(a: Tensor, b: Tensor, beta: float) -> Tensor:
     d = centre distance, c = diagonal of the smallest enclosing box (``box_c``); when c² is 0
     the plain IoU is returned. The power is taken in double like C's ``pow``.
     """
-    iou = pairwise_iou(a, b)
-    al, at, ar, ab = (t[:, None] for t in _corners(a))
-    bl, bt, br, bb = (t[None, :] for t in _corners(b))
-    cw = torch.maximum(ar, br) - torch.minimum(al, bl)
-    ch = torch.maximum(ab, bb) - torch.minimum(at, bt)
-    c2 = cw * cw + ch * ch
-    dx = a[:, 0][:, None] - b[:, 0][None, :]
-    dy = a[:, 1][:, None] - b[:, 1][None, :]
-    d2 = dx * dx + dy * dy
-    safe_c2 = torch.where(c2 == 0, torch.ones_like(c2), c2)
-    term = torch.pow(_wide(d2 / safe_c2), beta).float()
-    return torch.where(c2 == 0, iou, iou - term)
+    return _diou(a[:, None, :], b[None, :, :], beta)
+
+
+def _metric(a: Tensor, b: Tensor, kind: str, beta: float) -> Tensor:
+    """The score compared with the NMS threshold, per nms_kind (diounms_sort / do_nms_sort)."""
+    if kind in ("default", "cornersnms"):
+        return _iou(a, b)
+    return _diou(a, b, GREEDY_DIOU_EXPONENT if kind == "greedynms" else beta)
 
 
 def _suppression_metric(boxes: Tensor, kind: str, beta: float) -> Tensor:
-    """The score compared with the NMS threshold, per nms_kind (diounms_sort / do_nms_sort)."""
-    if kind in ("default", "cornersnms"):
-        return pairwise_iou(boxes, boxes)
-    if kind == "greedynms":
-        return pairwise_diou(boxes, boxes, GREEDY_DIOU_EXPONENT)
-    return pairwise_diou(boxes, boxes, beta)
+    """The metric for every pair of ``boxes`` (M, M)."""
+    return _metric(boxes[:, None, :], boxes[None, :, :], kind, beta)
+
+
+#: Candidate pairs generated per step of the pair search (bounds its temporary memory).
+_PAIR_CHUNK = 1 << 20
+_LEVELS_PER_OCTAVE = 2  # box size levels: floor(log2(size) * this)
+_LEVEL_RANGE = 120  # levels are clamped to +-this
+_CELL_RANGE = 1 << 30  # grid cell indices are clamped to [0, this] (monotone: neighbours stay neighbours)
+
+
+def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float) -> tuple[Tensor, Tensor]:
+    """Every unordered pair (i, j) of ``boxes`` (CPU) whose metric exceeds ``nms_thresh`` >= 0.
+
+    Only pairs that overlap with positive area can exceed a non-negative threshold (IoU > 0,
+    and DIoU <= IoU), and IoU > t also bounds the ratio of their sizes: ``w_a > t*w_b`` and
+    ``h_a > t*h_b`` both ways (the intersection is at most min(w)*min(h) and must exceed t times
+    either area).  So boxes are grouped by size level ``floor(2*log2(max(w, h)))``; two levels are
+    joined only when their sizes can be within 1/t of each other, on a grid whose cells are at
+    least as large as every box of both levels, where overlapping boxes have their centres in the
+    same or adjacent cells.  The metric is then computed on those candidate pairs only, with the
+    same arithmetic as the dense matrix.  Cost grows with the number of nearby similar-size
+    pairs instead of the square of the candidates.
+    """
+    left, top, right, bottom = _corners(boxes)
+    finite = torch.isfinite(boxes).all(dim=1)
+    usable = torch.nonzero(finite & (right > left) & (bottom > top)).flatten()  # others never overlap
+    if usable.numel() < 2:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    flat = boxes[usable]
+    wide = flat.double()
+    t = max(float(nms_thresh), 0.0)
+    # IoU > t needs an overlap of more than t*max(w) (see _may_exceed): centres closer than (1-t)*max(w)
+    reach = max(1.0 - t, 1e-3)
+    size = torch.maximum(wide[:, 2], wide[:, 3])
+    level = torch.floor(torch.log2(size) * _LEVELS_PER_OCTAVE).clamp_(-_LEVEL_RANGE, _LEVEL_RANGE).long()
+    levels = torch.unique(level).tolist()
+    # sizes less than a factor r = 1/t apart lie at most floor(log2(r)) + 1 levels apart (r widened for rounding)
+    max_gap = 4 * _LEVEL_RANGE if t <= 0 else int(np.floor(_LEVELS_PER_OCTAVE * np.log2(1.0001 / min(t, 1.0)))) + 1
+    members = {lv: torch.nonzero(level == lv).flatten() for lv in levels}
+    firsts: list[Tensor] = []
+    seconds: list[Tensor] = []
+    for i, lo_level in enumerate(levels):
+        for hi_level in levels[i:]:
+            if hi_level - lo_level > max_gap:
+                break
+            p_idx, q_idx = members[lo_level], members[hi_level]
+            cell = 1.01 * reach * float(torch.maximum(size[p_idx].max(), size[q_idx].max()))
+            for p, q in _grid_join(wide, p_idx, q_idx, cell, same=lo_level == hi_level):
+                bp, bq = flat[p], flat[q]
+                near = _may_exceed(bp[:, 0] - bq[:, 0], bp[:, 2], bq[:, 2], t) & _may_exceed(
+                    bp[:, 1] - bq[:, 1], bp[:, 3], bq[:, 3], t)
+                gp, gq = usable[p[near]], usable[q[near]]
+                over = _metric(boxes[gp], boxes[gq], kind, beta) > nms_thresh
+                firsts.append(gp[over])
+                seconds.append(gq[over])
+    if not firsts:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    return torch.cat(firsts), torch.cat(seconds)
+
+
+def _may_exceed(d: Tensor, wa: Tensor, wb: Tensor, t: float) -> Tensor:
+    """Necessary for IoU > t along one axis (centre distance ``d``, sides ``wa``, ``wb``): the overlap
+    ``(wa + wb)/2 - |d|`` exceeds ``t*max(wa, wb)`` (the intersection, at most the overlap times the
+    smaller other side, must exceed t times either area) and ``min/max > t``.  Tested with a 0.1 %
+    margin so float rounding never drops a pair."""
+    big = torch.maximum(wa, wb)
+    return ((d.abs() < ((wa + wb) * 0.5 - t * big) * 1.001 + big * 1e-4)
+            & (torch.minimum(wa, wb) >= t * big * 0.999))
+
+
+def _grid_join(boxes: Tensor, p_idx: Tensor, q_idx: Tensor, cell: float, same: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """Pairs (p, q) of rows whose centres lie in the same or adjacent ``cell``-sized grid cells.
+
+    Yields them in chunks of about :data:`_PAIR_CHUNK`; with ``same`` (a set joined with itself)
+    each unordered pair once and no self pairs.
+    """
+    def cells(idx: Tensor) -> tuple[Tensor, Tensor]:
+        c = torch.floor(boxes[idx, :2] / cell)
+        return c[:, 0], c[:, 1]
+
+    qx, qy = cells(q_idx)
+    px, py = cells(p_idx)
+    x0 = float(torch.minimum(qx.min(), px.min())) - 1
+    y0 = float(torch.minimum(qy.min(), py.min())) - 1
+    span = float(_CELL_RANGE)
+
+    def key(cx: Tensor, cy: Tensor) -> Tensor:
+        ix = (cx - x0).clamp_(0, span).long()
+        iy = (cy - y0).clamp_(0, span).long()
+        return ix * (4 * _CELL_RANGE) + iy
+
+    q_keys, q_order = torch.sort(key(qx, qy))
+    q_sorted = q_idx[q_order]
+    starts, stops, rows = [], [], []
+    for dx in (-1.0, 0.0, 1.0):
+        for dy in (-1.0, 0.0, 1.0):
+            k = key(px + dx, py + dy)
+            starts.append(torch.searchsorted(q_keys, k, side="left"))
+            stops.append(torch.searchsorted(q_keys, k, side="right"))
+            rows.append(torch.arange(p_idx.numel()))
+    start, stop, row = torch.cat(starts), torch.cat(stops), torch.cat(rows)
+    counts = stop - start
+    hit = counts > 0
+    start, counts, row = start[hit], counts[hit], row[hit]
+    cum = torch.cumsum(counts, 0)
+    first = 0
+    while first < counts.numel():
+        base = int(cum[first - 1]) if first else 0
+        last = max(first + 1, int(torch.searchsorted(cum, base + _PAIR_CHUNK, side="right")))
+        n = counts[first:last]
+        which = torch.repeat_interleave(torch.arange(first, last), n)
+        offsets = torch.arange(which.numel()) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        p = p_idx[row[which]]
+        q = q_sorted[start[which] + offsets]
+        if same:
+            keep = p < q
+            p, q = p[keep], q[keep]
+        yield p, q
+        first = last
+
+
+def _greedy_rounds(n: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Survivors of greedy suppression over ``n`` ranked nodes with edges ``src`` → ``dst``.
+
+    An edge says: src (ranked before dst) suppresses dst if src survives.  Equal to walking the
+    ranked list and letting each survivor suppress its later neighbours, but done in rounds of
+    vector operations: a node none of whose live predecessors remains undecided is kept, and
+    whatever a newly kept node points at is suppressed.  The best undecided node is settled in
+    every round, so this terminates; chains of overlapping boxes are short in practice.
+    """
+    state = torch.zeros(n, dtype=torch.int8)  # 0 undecided, 1 kept, 2 suppressed
+    while src.numel():
+        blocked = torch.zeros(n, dtype=torch.bool)
+        blocked[dst] = True
+        newly = (state == 0) & ~blocked
+        state[newly] = 1
+        state[dst[newly[src]]] = 2
+        live = (state[src] == 0) & (state[dst] == 0)
+        src, dst = src[live], dst[live]
+    return state != 2
 
 
 def _greedy_keep(over: np.ndarray) -> np.ndarray:
-    """Sequential greedy pass over a sorted candidate list.
+    """Sequential greedy pass over a sorted candidate list (the dense reference for negative thresholds).
 
     ``over[i, j]``: candidate i would suppress j. Only survivors suppress (darknet skips
     ``prob == 0``, and suppression zeroes the prob), so the loop visits kept boxes only and
@@ -657,6 +813,38 @@ def _greedy_keep(over: np.ndarray) -> np.ndarray:
     return alive
 
 
+def _nms_dense(dets: Detections, probs: Tensor, nms_thresh: float, kind: str, beta: float) -> None:
+    """Per class, the full metric matrix of its candidates and a sequential greedy pass (in place).
+
+    Needed when the threshold is negative, where even disjoint boxes suppress each other.
+    """
+    busy = torch.nonzero((probs != 0).sum(dim=0) >= 2).flatten().tolist()  # others have nothing to do
+    for k in busy:
+        cand = torch.nonzero(probs[:, k] != 0).flatten()
+        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
+        over = (_suppression_metric(dets.boxes[order], kind, beta) > nms_thresh).cpu().numpy()
+        alive = torch.from_numpy(_greedy_keep(over)).to(order.device)
+        probs[order[~alive], k] = 0
+
+
+def _nms_sparse(dets: Detections, probs: Tensor, nms_thresh: float, kind: str, beta: float) -> None:
+    """Overlapping pairs found once for all classes, then greedy rounds per class (in place, CPU)."""
+    first, second = _overlapping_pairs(dets.boxes, nms_thresh, kind, beta)
+    if first.numel() == 0:
+        return
+    nonzero = probs != 0
+    busy = torch.nonzero(nonzero.sum(dim=0) >= 2).flatten().tolist()
+    rank = torch.empty(probs.shape[0], dtype=torch.int64)
+    for k in busy:
+        cand = torch.nonzero(nonzero[:, k]).flatten()
+        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
+        rank[order] = torch.arange(order.numel())
+        both = nonzero[first, k] & nonzero[second, k]
+        ra, rb = rank[first[both]], rank[second[both]]
+        alive = _greedy_rounds(order.numel(), torch.minimum(ra, rb), torch.maximum(ra, rb))
+        probs[order[~alive], k] = 0
+
+
 def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta: float = 0.6) -> Detections:
     """``do_nms_sort`` (kind default) / ``diounms_sort`` (greedynms, diounms, cornersnms).
 
@@ -665,6 +853,11 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
     and each surviving one zeroes prob[k] of every later one whose metric exceeds ``nms_thresh``:
     IoU (default, cornersnms), DIoU with exponent 0.6 (greedynms), DIoU with ``beta``
     (diounms). Other classes of a suppressed detection are untouched.
+
+    The box pairs that exceed the threshold are found once for all classes by a sort-and-sweep
+    over left edges, and each class's greedy pass runs as rounds of vector operations on those
+    pairs (:func:`_greedy_rounds`); the result is the sequential pass's.  A negative threshold
+    (where disjoint boxes suppress too) uses the dense per-class matrices instead.
 
     Ordering note: darknet sorts with libc ``qsort`` (unstable, starting from the previous
     class's order); we use a stable sort on emission order, so only exact prob ties may resolve
@@ -675,15 +868,15 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
     dets = dets.select(dets.objectness != 0)
     if len(dets) < 2:
         return dets
-    probs = dets.probs.clone()
-    busy = torch.nonzero((probs != 0).sum(dim=0) >= 2).flatten().tolist()  # others have nothing to do
-    for k in busy:
-        cand = torch.nonzero(probs[:, k] != 0).flatten()
-        order = cand[torch.sort(probs[cand, k], descending=True, stable=True).indices]
-        over = (_suppression_metric(dets.boxes[order], kind, beta) > nms_thresh).cpu().numpy()
-        alive = torch.from_numpy(_greedy_keep(over)).to(order.device)
-        probs[order[~alive], k] = 0
-    return dets.with_probs(probs)
+    device = dets.probs.device
+    cpu = dets if device.type == "cpu" else Detections(dets.boxes.cpu(), dets.objectness.cpu(), dets.probs.cpu(),
+                                                        dets.head_index.cpu())
+    probs = cpu.probs.clone()
+    if nms_thresh >= 0:
+        _nms_sparse(cpu, probs, nms_thresh, kind, beta)
+    else:
+        _nms_dense(cpu, probs, nms_thresh, kind, beta)
+    return dets.with_probs(probs.to(device))
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,35 +884,17 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
 # --------------------------------------------------------------------------------------------
 
 
-def _pixel_box(rel: tuple[float, float, float, float], img_w: int, img_h: int) -> tuple[float, float, float, float]:
-    """Corners in pixels, clamped to the image.
+def _pixel_boxes(rel: np.ndarray, img_w: int, img_h: int) -> np.ndarray:
+    """Corners in pixels (M, 4), clamped to the image, in float64 (C's double).
 
     draw_detections_v3 clamps only left/top at 0 and right/bottom at w-1/h-1; for any box that
     overlaps the image this is the same, and for a box lying wholly outside it we also clamp the
     other sides so that ``x1 <= x2`` and ``y1 <= y2`` always hold.
     """
-    x, y, w, h = rel
-    left = min(max((x - w / 2.0) * img_w, 0.0), float(img_w - 1))
-    right = min(max((x + w / 2.0) * img_w, 0.0), float(img_w - 1))
-    top = min(max((y - h / 2.0) * img_h, 0.0), float(img_h - 1))
-    bottom = min(max((y + h / 2.0) * img_h, 0.0), float(img_h - 1))
-    return left, top, right, bottom
-
-
-def _reported_classes(probs: np.ndarray, thresh: float, names: Sequence[str]) -> list[int]:
-    """Classes printed for one detection: the best one first, then the others in index order.
-
-    The best is the first class with the strictly highest prob > thresh; names starting with
-    ``dont_show`` are skipped (get_actual_detections).
-    """
-    shown = [int(k) for k in np.flatnonzero(probs > thresh) if not names[k].startswith("dont_show")]
-    if not shown:
-        return []
-    best = shown[0]
-    for k in shown[1:]:
-        if probs[k] > probs[best]:
-            best = k
-    return [best] + [k for k in shown if k != best]
+    x, y, w, h = rel[:, 0], rel[:, 1], rel[:, 2], rel[:, 3]
+    xs = np.clip(np.stack(((x - w / 2.0) * img_w, (x + w / 2.0) * img_w)), 0.0, float(img_w - 1))
+    ys = np.clip(np.stack(((y - h / 2.0) * img_h, (y + h / 2.0) * img_h)), 0.0, float(img_h - 1))
+    return np.stack((xs[0], ys[0], xs[1], ys[1]), axis=1)
 
 
 def to_pixel_list(
@@ -728,6 +903,7 @@ def to_pixel_list(
     names: Optional[Sequence[str]] = None,
     thresh: float = 0.25,
     order: str = "left",
+    max_det: Optional[int] = None,
 ) -> list[Detection]:
     """The detections ``darknet detector test`` reports for one image (after :func:`nms`).
 
@@ -736,26 +912,47 @@ def to_pixel_list(
     entry. ``order="left"`` sorts boxes by left edge ``x − w/2`` (compare_by_lefts, the text
     output order; stable), with the best class of a box first; ``order="prob"`` sorts entries by
     prob descending (the order of the conformance JSONs). ``names`` default to the class index.
+    The best class is the first with the strictly highest prob; names starting with ``dont_show``
+    are skipped (get_actual_detections).  ``max_det`` keeps only the ``max_det`` entries of highest
+    prob (ties: earlier box first), then orders them as above; Darknet has no such limit.
     """
     if order not in ("left", "prob"):
         raise ValueError(f"order must be 'left' or 'prob', got {order!r}")
+    if max_det is not None and max_det < 0:
+        raise ValueError(f"max_det must be >= 0, got {max_det}")
     n_cls = int(dets.probs.shape[1])
     names = [str(k) for k in range(n_cls)] if names is None else list(names)
     if len(names) < n_cls:
         raise ValueError(f"{len(names)} class names for {n_cls} classes")
     img_w, img_h = image_size
-    boxes = dets.boxes.detach().cpu().double().numpy()
+    boxes = dets.boxes.detach().cpu().double().numpy().reshape(-1, 4)
     probs = dets.probs.detach().cpu().numpy()
     objs = dets.objectness.detach().cpu().numpy()
-    lefts = boxes[:, 0] - boxes[:, 2] / 2 if len(boxes) else np.zeros(0)
-    rows = np.argsort(lefts, kind="stable") if order == "left" else np.arange(len(boxes))
-    result: list[Detection] = []
-    for i in rows:
-        rel = tuple(float(v) for v in boxes[i])
-        pix = _pixel_box(rel, img_w, img_h)  # type: ignore[arg-type]
-        for k in _reported_classes(probs[i], thresh, names):
-            entry = Detection(k, names[k], float(probs[i, k]), pix, float(objs[i]), rel)  # type: ignore[arg-type]
-            result.append(entry)
-    if order == "prob":
-        result.sort(key=lambda d: -d.prob)
-    return result
+    shown = probs > thresh
+    hidden = np.array([name.startswith("dont_show") for name in names[:n_cls]], dtype=bool)
+    shown[:, hidden] = False
+    rows, cls = np.nonzero(shown)  # row-major: per box, classes in index order
+    if rows.size == 0:
+        return []
+    # the best class of a box: first with the strictly highest prob among its shown classes
+    masked = np.where(shown, probs, -np.inf)
+    best = np.argmax(masked, axis=1)
+    p = probs[rows, cls]
+    if max_det is not None and rows.size > max_det:
+        top = np.argsort(-p, kind="stable")[:max_det]
+        top.sort()  # back to (box, class) order
+        rows, cls, p = rows[top], cls[top], p[top]
+    if order == "left":
+        lefts = boxes[:, 0] - boxes[:, 2] / 2
+        box_rank = np.empty(len(boxes), dtype=np.int64)
+        box_rank[np.argsort(lefts, kind="stable")] = np.arange(len(boxes))
+        entry_order = np.lexsort((cls, cls != best[rows], box_rank[rows]))
+    else:
+        first = np.lexsort((cls, cls != best[rows], rows))  # darknet's printing order, then stable by prob
+        entry_order = first[np.argsort(-p[first], kind="stable")]
+    pix = [tuple(b) for b in _pixel_boxes(boxes, img_w, img_h).tolist()]
+    rel = [tuple(b) for b in boxes.tolist()]
+    obj_list = objs.astype(np.float64).tolist()
+    rows, cls, p = rows[entry_order].tolist(), cls[entry_order].tolist(), p[entry_order].astype(np.float64).tolist()
+    return [Detection(k, names[k], pk, pix[i], obj_list[i], rel[i])  # type: ignore[arg-type]
+            for i, k, pk in zip(rows, cls, p)]

@@ -198,12 +198,13 @@ class Detector:
             return torch.device("cpu")
 
     def __call__(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms_thresh: float = 0.45,
-                 hier_thresh: float = 0.5) -> list[list[Detection]]:
+                 hier_thresh: float = 0.5, max_det: Optional[int] = None) -> list[list[Detection]]:
         """Detections for a batch of RGB uint8 images (each list sorted like Darknet's printout)."""
         if not images:
             return []
         batch = torch.cat([self.prepare(img) for img in images])
-        return self.infer(batch, [(img.shape[1], img.shape[0]) for img in images], thresh, nms_thresh, hier_thresh)
+        return self.infer(batch, [(img.shape[1], img.shape[0]) for img in images], thresh, nms_thresh, hier_thresh,
+                          max_det)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """One RGB uint8 image -> its ``1x3xHxW`` network input (stretched or letterboxed)."""
@@ -211,7 +212,8 @@ class Detector:
         return preprocess(image, net.width, net.height, self.letterbox)
 
     def infer(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], thresh: float = 0.25,
-              nms_thresh: float = 0.45, hier_thresh: float = 0.5) -> list[list[Detection]]:
+              nms_thresh: float = 0.45, hier_thresh: float = 0.5,
+              max_det: Optional[int] = None) -> list[list[Detection]]:
         """Detections for a prepared batch; ``sizes`` are the original (width, height) of each image."""
         net = self.model.graph.net
         dtype = next(self.model.parameters(), torch.zeros(())).dtype
@@ -221,14 +223,15 @@ class Detector:
         sizes = list(sizes)
         per_image = decode(head_outs, self.heads, net.width, net.height, sizes, thresh=thresh,
                            hier_thresh=hier_thresh, letterbox=self.letterbox)
-        return [to_pixel_list(nms(d, nms_thresh, self.nms_kind, self.beta_nms), size, self.names, thresh)
+        return [to_pixel_list(nms(d, nms_thresh, self.nms_kind, self.beta_nms), size, self.names, thresh,
+                              max_det=max_det)
                 for d, size in zip(per_image, sizes)]
 
 
 def detect_images(model: "Darknet", images: Any, thresh: float = 0.25, nms: float = 0.45,
                   names: Optional[Sequence[str]] = None, letterbox: Optional[bool] = None,
                   batch_size: int = 8, on_error: str = "raise",
-                  max_pixels: Optional[int] = None) -> list[Optional[list[Detection]]]:
+                  max_pixels: Optional[int] = None, max_det: Optional[int] = None) -> list[Optional[list[Detection]]]:
     """``Darknet.detect``: one list of :class:`Detection` per image, in input order.
 
     ``images``: a path, an array or tensor, or a list / iterable of them. They are read and
@@ -239,10 +242,13 @@ def detect_images(model: "Darknet", images: Any, thresh: float = 0.25, nms: floa
     raised, carrying ``.results`` (``None`` at failed positions) and ``.errors``; with
     ``on_error="none"`` the list is returned with ``None`` at failed positions.
     ``max_pixels`` caps image files (see :func:`darkcfg.image.max_image_pixels`).
+    ``max_det`` keeps at most that many (box, class) entries per image, those of highest prob
+    (Darknet has no limit; ``None``, the default, keeps all).
     """
     detector = Detector(model, names=names, letterbox=letterbox)
     return run_streamed(image_items(images), detector.prepare,
-                        lambda batch, sizes: detector.infer(batch, sizes, thresh=thresh, nms_thresh=nms),
+                        lambda batch, sizes: detector.infer(batch, sizes, thresh=thresh, nms_thresh=nms,
+                                                                      max_det=max_det),
                         batch_size, on_error, max_pixels)
 
 

@@ -51,6 +51,7 @@ class Darknet(nn.Module):
         self.layers = nn.ModuleList(ctx.modules)
         self.layer_inputs: List[List[int]] = [list(s.inputs) for s in graph.layers]
         self.output_layers: List[int] = graph.output_indices
+        self.release_after: List[List[int]] = _release_schedule(self.layer_inputs, self.output_layers)
         self.fused = False
         self.channels_last = False
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
@@ -70,7 +71,7 @@ class Darknet(nn.Module):
         return self.graph.net.channels
 
     # --------------------------------------------------------------- forward
-    def _run(self, x: Tensor) -> List[Tensor]:
+    def _run(self, x: Tensor, keep_all: bool = True) -> List[Tensor]:
         net = self.graph.net
         if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height
                                            or x.shape[3] != net.width):
@@ -80,13 +81,18 @@ class Darknet(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outs: List[Tensor] = []
-        for layer, inputs in zip(self.layers, self.layer_inputs):
+        empty = x.new_empty(0)
+        for layer, inputs, release in zip(self.layers, self.layer_inputs, self.release_after):
             xs = [outs[j] if j >= 0 else x for j in inputs]
             outs.append(layer(xs))
+            if not keep_all:
+                del xs
+                for j in release:  # no later layer reads it: let its memory go now
+                    outs[j] = empty
         return outs
 
     def forward(self, x: Tensor) -> List[Tensor]:
-        outs = self._run(x)
+        outs = self._run(x, keep_all=False)
         return [outs[i].contiguous() for i in self.output_layers]
 
     def layer_outputs(self, x: Tensor) -> List[Tensor]:
@@ -169,6 +175,23 @@ class Darknet(nn.Module):
     def extra_repr(self) -> str:
         net = self.graph.net
         return f"cfg={self.graph.path!r}, input={net.channels}x{net.height}x{net.width}, layers={len(self.layers)}"
+
+
+def _release_schedule(layer_inputs: Sequence[Sequence[int]], keep: Sequence[int]) -> List[List[int]]:
+    """For each layer i, the earlier outputs nobody reads after layer i (reference counts of the
+    graph): ``forward`` drops them then, so peak memory follows the widest cut of the graph
+    instead of its depth.  Outputs in ``keep`` (the returned ones) are never released."""
+    last_read = {j: j for j in range(len(layer_inputs))}  # an unread output goes right after it is made
+    for i, inputs in enumerate(layer_inputs):
+        for j in inputs:
+            if j >= 0:
+                last_read[j] = max(last_read[j], i)
+    schedule: List[List[int]] = [[] for _ in layer_inputs]
+    kept = set(keep)
+    for j, i in last_read.items():
+        if j not in kept:
+            schedule[i].append(j)
+    return schedule
 
 
 def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | None" = None, *,

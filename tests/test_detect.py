@@ -601,3 +601,41 @@ def test_region_tree_yolo9000_head_output(shared: Path) -> None:
     absolute = _sequential_hierarchy(brec[:, 5:].numpy(), list(head.tree.parent))
     want = brec[:, 4:5].numpy() * absolute[:, list(mapped.map)]
     assert np.array_equal(mdets.probs.numpy(), np.where(want > 0, want, 0))
+
+
+# ------------------------------------------------------------------ fast NMS = dense NMS
+
+
+@pytest.mark.parametrize("kind, beta", [("default", 0.6), ("greedynms", 0.6), ("diounms", 2.0)])
+def test_sparse_nms_equals_dense_pass(kind: str, beta: float) -> None:
+    """The pair search + greedy rounds give bit-identical probs to the per-class dense matrices
+    and sequential pass, on random boxes with ties, duplicates, zero sizes and several sizes."""
+    from darkcfg.detect import _nms_dense
+
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(40):
+        m = int(torch.randint(2, 150, (), generator=gen))
+        boxes = torch.cat([torch.rand(m, 2, generator=gen),
+                           torch.rand(m, 2, generator=gen) * (0.6 if trial % 2 else 0.1)], 1)
+        if trial % 5 == 0:
+            boxes = torch.round(boxes * 8) / 8  # exact duplicates and zero sizes
+        probs = torch.rand(m, 3, generator=gen)
+        probs[probs < 0.4] = 0
+        if trial % 3 == 0:
+            probs = torch.round(probs * 4) / 4  # prob ties
+        dets = Detections(boxes, torch.ones(m), probs, torch.zeros(m, dtype=torch.int64))
+        thresh = 0.0 if trial % 4 == 0 else float(torch.rand((), generator=gen))
+        dense = probs.clone()
+        _nms_dense(dets, dense, thresh, kind, beta)
+        assert torch.equal(nms(dets, thresh, kind, beta).probs, dense), (trial, thresh)
+
+
+def test_to_pixel_list_max_det_keeps_highest() -> None:
+    dets = _dets([A, B, C], [[0.5, 0.9], [0.8, 0.0], [0.3, 0.0]])
+    full = to_pixel_list(dets, (100, 100), thresh=0.25, order="prob")
+    top = to_pixel_list(dets, (100, 100), thresh=0.25, order="prob", max_det=2)
+    assert [d.prob for d in top] == [d.prob for d in full[:2]] == pytest.approx([0.9, 0.8])
+    assert to_pixel_list(dets, (100, 100), thresh=0.25, max_det=0) == []
+    assert len(to_pixel_list(dets, (100, 100), thresh=0.25, order="left", max_det=3)) == 3
+    with pytest.raises(ValueError, match="max_det"):
+        to_pixel_list(dets, (100, 100), max_det=-1)

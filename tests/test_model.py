@@ -77,3 +77,24 @@ def test_bad_devices_are_clear_errors() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(darkcfg.DarkcfgError, match="CUDA is not available"):
             darkcfg.load(REPO / "cfgs" / "tiny-classifier.cfg", device="cuda")
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=[p.stem for p in CFGS])
+def test_forward_releases_only_unread_outputs(cfg: Path) -> None:
+    """forward drops each intermediate after its last reader and still returns what layer_outputs does."""
+    model = _model(cfg)
+    read_after: dict[int, int] = {}
+    for i, inputs in enumerate(model.layer_inputs):
+        for j in inputs:
+            read_after[j] = max(read_after.get(j, j), i)
+    released = [j for i, js in enumerate(model.release_after) for j in js]
+    assert len(released) == len(set(released)) == len(model.layers) - len(set(model.output_layers))
+    for i, js in enumerate(model.release_after):
+        for j in js:
+            assert j not in model.output_layers and read_after.get(j, j) == i
+    x = torch.rand(1, model.channels, model.height, model.width)
+    with torch.no_grad():
+        outs = model(x)
+        every = model.layer_outputs(x)
+    for o, i in zip(outs, model.output_layers):
+        assert torch.equal(o, every[i].contiguous())

@@ -33,7 +33,6 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "PER_PIXEL_ACTIVATIONS",
-    "apply_activation",
     "get_activation",
     "is_known",
 ]
@@ -243,55 +242,6 @@ def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     return fn
 
 
-def apply_activation(x: Tensor, name: str) -> Tensor:
-    """Apply the activation called ``name`` (scriptable string dispatch; unknown -> relu)."""
-    if name == "linear":
-        return x
-    if name == "leaky" or name == "revleaky":
-        return leaky(x)
-    if name == "logistic":
-        return logistic(x)
-    if name == "relu":
-        return relu(x)
-    if name == "relu6":
-        return relu6(x)
-    if name == "elu":
-        return elu(x)
-    if name == "selu":
-        return selu(x)
-    if name == "gelu":
-        return gelu(x)
-    if name == "swish":
-        return swish(x)
-    if name == "mish":
-        return mish(x)
-    if name == "hard_mish":
-        return hard_mish(x)
-    if name == "tanh":
-        return tanh(x)
-    if name == "loggy":
-        return loggy(x)
-    if name == "relie":
-        return relie(x)
-    if name == "ramp":
-        return ramp(x)
-    if name == "plse":
-        return plse(x)
-    if name == "hardtan":
-        return hardtan(x)
-    if name == "lhtan":
-        return lhtan(x)
-    if name == "stair":
-        return stair(x)
-    if name == "normalize_channels":
-        return normalize_channels(x)
-    if name == "normalize_channels_softmax":
-        return normalize_channels_softmax(x)
-    if name == "normalize_channels_softmax_maxval":
-        return normalize_channels_softmax_maxval(x)
-    return relu(x)
-
-
 class Activation(nn.Module):
     """A Darknet activation as a module, selected by name.
 
@@ -311,14 +261,29 @@ class Activation(nn.Module):
             kind = name
         self.name = name
         self.kind = kind
-        # The resolved function, for callers that want to skip the module call (hot paths).
+        # The resolved function: the one dispatch (ACTIVATIONS); hot paths call it directly.
         self.fn: Callable[[Tensor], Tensor] = ACTIVATIONS[kind]
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_activation(x, self.kind)
+        return self.fn(x)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript cannot call a function stored in an attribute: script a module whose
+        ``forward`` calls this one's function by name (a closure TorchScript resolves)."""
+        return _fixed_activation(self.fn)
 
     def extra_repr(self) -> str:
         return self.name if self.name == self.kind else f"{self.name} -> {self.kind}"
 
     def __repr__(self) -> str:
         return f"Activation({self.extra_repr()})"
+
+
+def _fixed_activation(fn: Callable[[Tensor], Tensor]) -> nn.Module:
+    """A module that applies ``fn`` (scriptable: ``fn`` is a closure variable, not an attribute)."""
+
+    class FixedActivation(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return fn(x)
+
+    return FixedActivation()

@@ -44,13 +44,9 @@ class DarknetBatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return self.train_forward(x, self.bias)
+        k, shift = self.gain_shift(self.running_var.dtype)
         shape = [1, -1] + [1] * (x.dim() - 2)
-        if self.pjreddie:
-            denom = self.running_var.sqrt() + 1e-6
-        else:
-            denom = (self.running_var + 1e-5).sqrt()
-        k = self.weight / denom
-        return x * k.view(shape) + (self.bias - self.running_mean * k).view(shape)
+        return x * k.to(x.dtype).view(shape) + shift.to(x.dtype).view(shape)
 
     @torch.jit.unused
     def train_forward(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -60,12 +56,16 @@ class DarknetBatchNorm(nn.Module):
         return batch_norm_train(x, self.weight, bias, self.running_mean, self.running_var, self.momentum,
                                 self.exact_backward, self.pjreddie)
 
-    def gain_shift(self) -> tuple[Tensor, Tensor]:
-        """Per-channel (k, b) in float64 with ``BN(x) = k*x + b`` (Darknet's fuse_conv_batchnorm)."""
-        var = self.running_var.double()
-        denom = var.sqrt() + 1e-6 if self.pjreddie else (var + 1e-5).sqrt()
-        k = self.weight.double() / denom
-        return k, self.bias.double() - self.running_mean.double() * k
+    def gain_shift(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+        """Per-channel (k, b) with ``BN(x) = k*x + b``, computed in ``dtype`` (float64 is Darknet's
+        fuse_conv_batchnorm; :func:`~darkcfg.layers.functional.bn_denominator` is the one formula)."""
+        k = self.weight.to(dtype) / DF.bn_denominator(self.running_var.to(dtype), self.pjreddie)
+        return k, self.bias.to(dtype) - self.running_mean.to(dtype) * k
+
+    def weight_tensors(self) -> list[tuple[str, Tensor]]:
+        """The BN trio's file blocks (with ``biases`` first, as conv/deconv/batchnorm store them)."""
+        return [("biases", self.bias), ("scales", self.weight), ("rolling_mean", self.running_mean),
+                ("rolling_variance", self.running_var)]
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, {'pjreddie' if self.pjreddie else 'alexeyab'}"
@@ -169,20 +169,13 @@ class ConvLayer(WeightedLayer):
         if self.bn is None or self.xnor:
             return
         w, b = self.fused_weight_bias()
-        conv = self.conv
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          conv.dilation, conv.groups, bias=True).to(w.device)
-        with torch.no_grad():
-            fused.weight.copy_(w)
-            fused.bias.copy_(b)
-        self.conv = fused
+        # New parameters in the existing conv: no throw-away initialisation of a fresh Conv2d.
+        self.conv.weight = nn.Parameter(w.to(self.conv.weight.dtype), requires_grad=self.conv.weight.requires_grad)
+        self.conv.bias = nn.Parameter(b.to(self.conv.weight.dtype), requires_grad=self.conv.weight.requires_grad)
         self.bn = None
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
-        if self.bn is None:
-            return [("biases", self.conv.bias), ("weights", self.conv.weight)]
-        return [("biases", self.bn.bias), ("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
-                ("rolling_variance", self.bn.running_var), ("weights", self.conv.weight)]
+        return _conv_tensors(self.conv, self.bn)
 
 
 class SharedConvLayer(nn.Module):
@@ -203,6 +196,12 @@ class SharedConvLayer(nn.Module):
         if src.bn is not None:
             y = src.bn(y)
         return self.act(y)
+
+
+def _conv_tensors(conv: nn.Module, bn: "DarknetBatchNorm | None") -> list[tuple[str, Tensor]]:
+    """A conv's file blocks: (BN trio | biases), then weights."""
+    head = bn.weight_tensors() if bn is not None else [("biases", conv.bias)]
+    return head + [("weights", conv.weight)]
 
 
 @builder("convolutional")
@@ -249,10 +248,7 @@ class DeconvLayer(WeightedLayer):
         return self.act(y)
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
-        if self.bn is None:
-            return [("biases", self.conv.bias), ("weights", self.conv.weight)]
-        return [("biases", self.bn.bias), ("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
-                ("rolling_variance", self.bn.running_var), ("weights", self.conv.weight)]
+        return _conv_tensors(self.conv, self.bn)
 
 
 @builder("deconvolutional")
@@ -284,15 +280,13 @@ class ConnectedLayer(WeightedLayer):
             bn = self.bn
             if bn.training:
                 return self.act(bn.train_forward(y, None) + self.linear.bias)[:, :, None, None]
-            denom = bn.running_var.sqrt() + 1e-6 if bn.pjreddie else (bn.running_var + 1e-5).sqrt()
-            y = (y - bn.running_mean) / denom * bn.weight + self.linear.bias
+            y = (y - bn.running_mean) / DF.bn_denominator(bn.running_var, bn.pjreddie) * bn.weight + self.linear.bias
         return self.act(y)[:, :, None, None]
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
         out = [("biases", self.linear.bias), ("weights", self.linear.weight)]
         if self.bn is not None:
-            out += [("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
-                    ("rolling_variance", self.bn.running_var)]
+            out += self.bn.weight_tensors()[1:]  # the connected layer's own biases replace BN's beta
         return out
 
 
@@ -343,8 +337,7 @@ class BatchnormLayer(WeightedLayer):
         return self.bn(xs[0])
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
-        return [("biases", self.bn.bias), ("scales", self.bn.weight), ("rolling_mean", self.bn.running_mean),
-                ("rolling_variance", self.bn.running_var)]
+        return self.bn.weight_tensors()
 
 
 @builder("batchnorm")

@@ -39,6 +39,7 @@ __all__ = [
     "local_avgpool",
     "maxpool_depth",
     "normalize_bn",
+    "bn_denominator",
     "normalize_shortcut_weights",
     "read_tree",
     "region_output",
@@ -1007,16 +1008,19 @@ def normalize_bn(
     >>> normalize_bn(torch.full((1, 1, 1, 1), 3.), one, 4. * one, one, one, "pjreddie").item()  # doctest: +ELLIPSIS
     1.99999952...
     """
+    if formula != "alexeyab" and formula != "pjreddie":
+        raise ValueError(f"unknown batch-norm formula '{formula}'")
     c = x.shape[1]
     shape = [1, c] + [1] * (x.dim() - 2)
-    m = mean.reshape(shape)
-    v = var.reshape(shape)
-    s = scale.reshape(shape)
-    b = bias.reshape(shape)
-    if formula == "alexeyab":
-        y = (x - m) / torch.sqrt(v + 0.00001)
-    elif formula == "pjreddie":
-        y = (x - m) / (torch.sqrt(v) + 0.000001)
-    else:
-        raise ValueError(f"unknown batch-norm formula '{formula}'")
-    return y * s + b
+    denom = bn_denominator(var, formula == "pjreddie").reshape(shape)
+    return (x - mean.reshape(shape)) / denom * scale.reshape(shape) + bias.reshape(shape)
+
+
+def bn_denominator(var: Tensor, pjreddie: bool) -> Tensor:
+    """THE batch-norm denominator, in ``var``'s dtype: every BN in darkcfg divides by this.
+
+    AlexeyAB ``normalize_cpu``: ``sqrt(var + .00001)``; pjreddie: ``sqrt(var) + .000001``.
+    """
+    if pjreddie:
+        return torch.sqrt(var) + 0.000001
+    return torch.sqrt(var + 0.00001)

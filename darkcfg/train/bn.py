@@ -18,6 +18,8 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..layers.functional import bn_denominator
+
 EPS = 1e-5
 
 
@@ -40,7 +42,7 @@ class _DarknetBatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, bias: Optional[Tensor], mean: Tensor, var: Tensor,
                 pjreddie: bool) -> Tensor:  # type: ignore[override]
-        denom = (var.sqrt() + 1e-6) if pjreddie else (var + EPS).sqrt()
+        denom = bn_denominator(var, pjreddie)
         x_norm = (x - _bcast(mean, x)) / _bcast(denom, x)
         y = x_norm * _bcast(scale, x)
         if bias is not None:
@@ -81,7 +83,7 @@ def batch_norm_train(x: Tensor, scale: Tensor, bias: Optional[Tensor], running_m
     dims = (0,) + tuple(range(2, x.dim()))
     m = x.mean(dim=dims)
     v = x.var(dim=dims, unbiased=True) if x.numel() // x.shape[1] > 1 else torch.zeros_like(m)
-    denom = (v.sqrt() + 1e-6) if pjreddie else (v + EPS).sqrt()
+    denom = bn_denominator(v, pjreddie)
     y = (x - _bcast(m, x)) / _bcast(denom, x) * _bcast(scale, x)
     return y + _bcast(bias, x) if bias is not None else y
 
