@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import CfgError
+from .fileio import read_regular_file
+from .limits import Limits
 
 #: Every spelling Darknet's ``string_to_layer_type`` accepts, mapped to the
 #: canonical name used throughout darkcfg.  ``deconvolutional`` is pjreddie's
@@ -79,6 +81,7 @@ SECTION_ALIASES: dict[str, str] = {
 }
 
 _INT_RE = re.compile(r"[+-]?\d+")
+_INT_MAX = 2**31 - 1
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -120,7 +123,7 @@ class Section:
         """A :class:`CfgError` located at this section, or at ``key``'s line."""
         if key is not None and key in self.options:
             opt = self.options[key]
-            return CfgError(f"{self.where(key)}: {message} (in '{opt.key}={opt.value}')")
+            return CfgError(f"{self.where(key)}: {message} (in '{opt.key}={_short(opt.value)}')")
         return CfgError(f"{self.where()}: {message}")
 
     # ----------------------------------------------------------------- getters
@@ -189,18 +192,26 @@ class Section:
             # Darknet's atoi also accepts "1.9" as 1; so do we, but only if it is a number.
             fm = _FLOAT_RE.fullmatch(text.split("#", 1)[0])
             if fm is None:
-                raise self.error(f"'{key}' expects an integer, got '{text}'", key)
+                raise self.error(f"'{key}' expects an integer, got '{_short(text)}'", key)
             value = float(fm.group(0))
-            if value != value or abs(value) == float("inf"):
-                raise self.error(f"'{key}' expects an integer, got '{text}'", key)
+            if value != value or abs(value) > _INT_MAX:
+                raise self.error(f"'{key}' expects an integer in Darknet's 32-bit int range, got '{_short(text)}'", key)
             return int(value)
+        digits = m.group(0).lstrip("+-").lstrip("0")
+        # Checked on the text first: int() of a million digits is slow and refused by Python.
+        if len(digits) > 10 or int(m.group(0)) > _INT_MAX or int(m.group(0)) < -_INT_MAX - 1:
+            raise self.error(f"'{key}' expects an integer in Darknet's 32-bit int range, got '{_short(text)}'", key)
         return int(m.group(0))
 
     def _float(self, key: str, text: str) -> float:
         head = text.split("#", 1)[0]
         if _FLOAT_RE.fullmatch(head) is None:
-            raise self.error(f"'{key}' expects a number, got '{text}'", key)
-        return float(head)
+            raise self.error(f"'{key}' expects a number, got '{_short(text)}'", key)
+        value = float(head)
+        if value in (float("inf"), float("-inf")):
+            # atof gives inf here and the layer computes NaN (scale_x_y=1e309): refuse it.
+            raise self.error(f"'{key}' overflows a float: '{_short(text)}'", key)
+        return value
 
     def unused(self) -> list[Option]:
         """Options never looked up (Darknet's "Unused field"), plus ignored duplicates."""
@@ -224,19 +235,36 @@ class Cfg:
 
 
 def _strip(line: str) -> str:
-    """Darknet's ``strip``: delete every space, tab, CR and LF anywhere in the line."""
+    """Darknet's ``strip``: delete every space, tab, CR and LF anywhere in the line.
+
+    Only those four: a vertical tab or form feed stays in the line (and then makes a
+    numeric value malformed), as it does in Darknet.
+    """
     return line.translate(_WHITESPACE)
 
 
-_WHITESPACE = str.maketrans("", "", " \t\r\n\f\v")
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A value for an error message: control characters escaped, long values cut."""
+    shown = text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return shown.encode("unicode_escape").decode("ascii") if not shown.isprintable() else shown
 
 
 def parse_cfg_text(text: str, path: str = "<string>") -> Cfg:
-    """Parse cfg text.  ``path`` is only used in error messages."""
+    """Parse cfg text.  ``path`` is only used in error messages.
+
+    Lines end at LF only, as Darknet's ``fgetl`` reads them; ``str.splitlines`` would
+    also split at VT, FF, \\x1c-\\x1e, NEL and U+2028 and so read keys Darknet never sees.
+    """
     if text.startswith("\ufeff"):
         text = text[1:]
     sections: list[Section] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if "\x00" in line:
+            raise CfgError(f"{path}:{lineno}: NUL character in the cfg text: a binary file, or a UTF-16/UTF-32 "
+                           "encoding? Darknet reads cfg files as ASCII/UTF-8")
         s = _strip(line)
         if not s or s[0] in "#;":
             continue
@@ -290,13 +318,21 @@ def _new_section(stripped: str, lineno: int, index: int, path: str) -> Section:
     return Section(type=kind, raw_type=raw, line=lineno, index=index, file=path)
 
 
+_UNICODE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                 (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
 def read_cfg(path: str | os.PathLike) -> Cfg:
     """Read and parse a cfg file (UTF-8; a BOM and CRLF line ends are accepted)."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise CfgError(f"{p}: cannot read cfg file: {exc.strerror or exc}") from exc
+    data = read_regular_file(p, Limits.from_env().cfg_bytes, "cfg file", CfgError, "DARKCFG_MAX_CFG_BYTES")
+    for bom, name in _UNICODE_BOMS:
+        if data.startswith(bom):
+            raise CfgError(f"{p}: the cfg file is {name} encoded; Darknet reads cfg files as ASCII/UTF-8 "
+                           "(re-save it with UTF-8 encoding)")
+    if b"\x00" in data:
+        raise CfgError(f"{p}: the cfg file contains NUL bytes: a binary file, or UTF-16/UTF-32 encoding "
+                       "without a byte-order mark? Darknet reads cfg files as ASCII/UTF-8")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

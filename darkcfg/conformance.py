@@ -89,7 +89,7 @@ def case_inputs(mw: ModuleType, shared: Path, case_dir: Path, meta: dict) -> tup
         weights: object = shared / w["file"]
         sha_ok = None
     else:
-        weights = case_weights(mw, case_dir, meta)
+        weights = memoryview(case_weights(mw, case_dir, meta))  # content, not a path
         sha_ok = hashlib.sha256(weights).hexdigest() == w["sha256"]  # type: ignore[arg-type]
     inp = meta["input"]
     if "file" in inp:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 
 from .errors import DarkcfgError
 from .export_meta import EXTRA_FILE, add_onnx_metadata, build_metadata
+from .fileio import atomic_write
 from .model import Darknet, load
 
 
@@ -36,11 +36,6 @@ class _TupleOutputs(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.model(x))
-
-
-def _atomic_target(out: Path) -> tuple[int, str]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
 
 
 def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: str, out: Optional[Path] = None,
@@ -76,10 +71,10 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     wrapped, output_names, post = _wrap(model, decode, nms, thresh, nms_thresh, max_det)
     meta = build_metadata(model, _names(model, names), output_names, post)
     example = torch.rand(batch, model.channels, model.height, model.width)
-    fd, tmp = _atomic_target(out)
-    os.close(fd)
+    out.parent.mkdir(parents=True, exist_ok=True)
     extra = {EXTRA_FILE: json.dumps(meta)}
-    try:
+
+    def write(tmp: str) -> None:
         with torch.no_grad():
             if to == "pt2":
                 # An example batch of 1 would be specialised (size-1 dims are special to export).
@@ -96,10 +91,8 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
                 _export_onnx(wrapped, sample, tmp, output_names, dynamic)
                 _optimize_onnx(tmp, optimize)
                 add_onnx_metadata(tmp, meta)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(out, write)  # umask permissions for a new file, the old mode for a replaced one
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from .cfg import Cfg, Section, iter_unused
 from .errors import CfgError
+from .limits import Limits, human_bytes
 
 Shape = tuple[int, int, int]  # (channels, height, width), as Darknet's out_c/out_h/out_w
 
@@ -168,8 +169,10 @@ HEAD_KINDS = ("yolo", "Gaussian_yolo", "region", "detection")
 class Context:
     """What a spec rule may look at: the section, the layers before it, the net."""
 
-    def __init__(self, section: Section, net: NetSpec, previous: list[LayerSpec], warnings: list[str]):
+    def __init__(self, section: Section, net: NetSpec, previous: list[LayerSpec], warnings: list[str],
+                 limits: Limits | None = None):
         self.section = section
+        self.limits = limits or Limits()
         self.warnings = warnings
         self.net = net
         self.previous = previous
@@ -213,6 +216,13 @@ class Context:
         if value <= 0:
             raise self.error(f"'{key}' must be positive, got {value}", key)
         return value
+
+    def check_anchors(self, count: int, key: str) -> int:
+        """Refuse an anchor count that would build a huge list (``num=1000000000``)."""
+        if count > self.limits.anchors:
+            raise self.error(f"{count} anchors is over the limit of {self.limits.anchors} per head "
+                             "(set $DARKCFG_MAX_ANCHORS to raise it)", key)
+        return count
 
     def check_shape(self, shape: Shape, what: str = "output") -> Shape:
         if any(v <= 0 for v in shape):
@@ -265,22 +275,65 @@ def parse_net(net: Section, size: tuple[int, int] | None = None) -> NetSpec:
     return NetSpec(width=width, height=height, channels=channels, inputs=inputs, letter_box=letter_box)
 
 
-def build_graph(cfg: Cfg, size: tuple[int, int] | None = None) -> Graph:
-    """Run every section's spec rule in order; raise :class:`CfgError` on the first problem."""
+def build_graph(cfg: Cfg, size: tuple[int, int] | None = None, limits: Limits | None = None) -> Graph:
+    """Run every section's spec rule in order; raise :class:`CfgError` on the first problem.
+
+    ``limits`` (default: :meth:`Limits.from_env`) bounds the parameter and activation
+    bytes; the layer that crosses a bound is named before anything is allocated.
+    """
     from . import specs  # noqa: F401  (registers the rules)
 
+    limits = limits or Limits.from_env()
     net = parse_net(cfg.net, size)
+    budget = _Budget(limits, cfg.net, 4 * net.inputs)
     layers: list[LayerSpec] = []
     warnings: list[str] = []
     for section in cfg.layers:
         rule = SPEC_RULES.get(section.type)
         if rule is None:  # pragma: no cover - every alias has a rule
             raise section.error(f"no spec rule for section type [{section.type}]")
-        ctx = Context(section, net, layers, warnings)
+        ctx = Context(section, net, layers, warnings, limits)
         section.mark_used(*_COMMON_KEYS)
         result = rule(ctx)
-        layers.append(_make_spec(ctx, result))
+        spec = _make_spec(ctx, result)
+        budget.add(spec)
+        layers.append(spec)
     return Graph(cfg=cfg, net=net, layers=layers, warnings=warnings)
+
+
+class _Budget:
+    """Running totals of float32 bytes: parameters, and activations for one image.
+
+    Activations count the input and every layer's output (darkcfg, like Darknet, keeps
+    them all), plus the antialiasing blur's output where there is one.
+    """
+
+    def __init__(self, limits: Limits, net: Section, input_bytes: int):
+        self.limits = limits
+        self.params = 0
+        self.activations = input_bytes
+        if input_bytes > limits.activation_bytes:
+            raise net.error(f"the network input needs {human_bytes(input_bytes)}, over the "
+                            f"{human_bytes(limits.activation_bytes)} activation limit "
+                            "(set $DARKCFG_MAX_ACTIVATION_BYTES to raise it)")
+
+    def add(self, spec: LayerSpec) -> None:
+        out = spec.outputs + (_prod(spec.next_shape) if spec.next_shape != spec.out_shape else 0)
+        self.activations += 4 * out
+        self.params += 4 * spec.weight_floats
+        for total, limit, what, env in ((self.activations, self.limits.activation_bytes, "activations",
+                                         "DARKCFG_MAX_ACTIVATION_BYTES"),
+                                        (self.params, self.limits.param_bytes, "parameters",
+                                         "DARKCFG_MAX_PARAM_BYTES")):
+            if total > limit:
+                raise spec.section.error(
+                    f"the network's {what} would need {human_bytes(total)} up to this layer (output "
+                    f"{'x'.join(map(str, spec.tensor_shape))}, {spec.weight_floats} weights), over the "
+                    f"{human_bytes(limit)} limit (set ${env} to raise it)")
+
+
+def _prod(shape: Shape) -> int:
+    return shape[0] * shape[1] * shape[2]
 
 
 def _make_spec(ctx: Context, r: RuleResult) -> LayerSpec:

@@ -100,7 +100,7 @@ class Darknet(nn.Module):
         return [o.contiguous() for o in self._run(x)]
 
     # --------------------------------------------------------------- weights
-    def load_weights(self, path: "str | os.PathLike | bytes", upto: Optional[int] = None, strict: bool = True) -> "Darknet":
+    def load_weights(self, path: "str | os.PathLike | bytes | bytearray", upto: Optional[int] = None, strict: bool = True) -> "Darknet":
         """Load a Darknet ``.weights`` file (see :func:`darkcfg.weights.load_weights`)."""
         from .weights import load_weights
 
@@ -194,7 +194,7 @@ def _release_schedule(layer_inputs: Sequence[Sequence[int]], keep: Sequence[int]
     return schedule
 
 
-def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | None" = None, *,
+def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | bytes | bytearray | memoryview | None" = None, *,
          size: Optional[Sequence[int]] = None, device: "str | torch.device" = "cpu",
          bn_formula: str = "auto", strict: bool = True) -> Darknet:
     """Build a :class:`Darknet` from a cfg file and optionally load its ``.weights``.

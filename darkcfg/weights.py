@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import struct
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import WeightsError
+from .fileio import atomic_write, open_regular, read_into
 from .graph import Graph, LayerSpec
 
 if TYPE_CHECKING:
@@ -139,59 +138,159 @@ def _tensor_to_block(slot: Slot) -> np.ndarray:
     return np.ascontiguousarray(values, dtype="<f4").reshape(-1)
 
 
-def _read_all(source: "str | os.PathLike | bytes | bytearray | memoryview") -> tuple[bytearray, str]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytearray(source), "<weights bytes>"
-    path = Path(source)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            buf = bytearray(size)
-            f.readinto(buf)
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read weights file: {exc.strerror or exc}") from exc
-    return buf, str(path)
+WeightsSource = "str | os.PathLike | bytes | bytearray | memoryview | BinaryIO"
 
 
-def load_weights(model: "Darknet", source: "str | os.PathLike | bytes", upto: Optional[int] = None,
-                 strict: bool = True) -> Header:
-    """Load ``source`` into ``model``; all-or-nothing.
+def _check_upto(upto: Optional[int], n_layers: int) -> Optional[int]:
+    """``upto`` must be a layer count (Python's negative slicing would load a silent prefix)."""
+    if upto is None:
+        return None
+    if isinstance(upto, bool) or not isinstance(upto, int) or upto < 0:
+        raise WeightsError(f"upto={upto!r} must be a number of layers >= 0 (the network has {n_layers}); "
+                           "negative values are not counted from the end")
+    return upto
 
-    ``upto=N`` loads only layers ``< N`` (Darknet's ``load_weights_upto``; the file may
-    hold more).  Raises :class:`WeightsError` naming the layer when the file is short,
-    and, under ``strict``, when floats are left over (a warning otherwise).
+
+def _path_of(source: "str | os.PathLike | bytes") -> str:
+    """A file name; ``bytes`` are a path (as for ``open``), never the file's content."""
+    if isinstance(source, bytes):
+        if b"\x00" in source:
+            raise WeightsError(f"load_weights was given {len(source)} bytes containing NUL bytes: bytes are taken as a "
+                               "file path (as open() takes them); pass weights content as io.BytesIO(data) or "
+                               "bytearray(data)")
+        return os.fsdecode(source)
+    return os.fspath(source)
+
+
+def _read_source(source: WeightsSource, needed_floats: "Callable[[Header], int]",
+                 strict_size: bool) -> tuple[bytearray | memoryview, Header, int, str]:
+    """(data, header, floats in the file, name): header plus at most the floats the network needs.
+
+    A file is checked to be a regular file and its size is known before anything is read:
+    a FIFO never blocks and a huge (sparse) file costs only the bytes the network uses.
     """
-    if model.fused:
-        raise WeightsError("cannot load weights into a fused model: load before calling fuse()")
-    data, name = _read_all(source)
-    header = parse_header(data, name)
-    body_bytes = len(data) - header.size
+    if isinstance(source, (bytearray, memoryview)):
+        data: bytearray | memoryview = memoryview(source).cast("B")
+        if data.readonly:  # tensors made from read-only buffers warn; one copy, as a file read makes
+            data = memoryview(bytearray(data))
+        header, body_bytes, name = parse_header(data, "<weights bytes>"), len(data), "<weights bytes>"
+        body_bytes -= header.size
+        _check_body(body_bytes, header, name)
+        return data, header, body_bytes // 4, name
+    if hasattr(source, "read"):
+        raw = source.read()  # type: ignore[union-attr]
+        if not isinstance(raw, (bytes, bytearray)):
+            raise WeightsError("load_weights: the file object must be opened in binary mode")
+        data = memoryview(bytearray(raw))
+        header = parse_header(data, "<weights stream>")
+        _check_body(len(data) - header.size, header, "<weights stream>")
+        return data, header, (len(data) - header.size) // 4, "<weights stream>"
+    name = _path_of(source)  # type: ignore[arg-type]
+    f, size = open_regular(name, "weights file", WeightsError)
+    with f:
+        head = f.read(20)
+        header = parse_header(head, name)
+        body_bytes = size - header.size
+        _check_body(body_bytes, header, name)
+        floats = body_bytes // 4
+        need = needed_floats(header)
+        if strict_size and floats > need:
+            return memoryview(b""), header, floats, name  # the caller reports the left-over floats
+        nbytes = header.size + 4 * min(floats, need)
+        data = bytearray(nbytes)
+        have = min(len(head), nbytes)
+        data[:have] = head[:have]
+        if nbytes > have:
+            read_into(f, memoryview(data)[have:], name, WeightsError)
+    return data, header, floats, name
+
+
+def _check_body(body_bytes: int, header: Header, name: str) -> None:
     if body_bytes % 4:
         raise WeightsError(f"{name}: the body after the {header.size}-byte header is {body_bytes} bytes, "
                            "not a whole number of float32 values")
-    body = np.frombuffer(data, dtype="<f4", offset=header.size)
+
+
+def _check_values(body: np.ndarray, slots: list[Slot], name: str, strict: bool) -> None:
+    """NaN/Inf anywhere, or a batch-norm variance below -1e-6: a file that cannot give sane outputs.
+
+    Darknet loads it silently and then reports no detections (``sqrt(variance + eps)`` is NaN
+    once the variance is below -eps; eps is 1e-5, or 1e-6 in pjreddie's formula).  Tiny
+    negative denormals (-7e-44 in some published files) are harmless and pass.  One
+    vectorised pass; the per-block search only runs when something is wrong.
+    """
+    problems: list[str] = []
+    if not np.isfinite(body).all():
+        offset = 0
+        for slot in slots:
+            block = body[offset:offset + slot.count]
+            bad = int(block.size - np.isfinite(block).sum())
+            if bad:
+                problems.append(f"layer {slot.spec.index} [{slot.spec.section.raw_type}] '{slot.role}': "
+                                f"{bad} NaN/Inf value(s)")
+            offset += slot.count
+    offset = 0
+    for slot in slots:
+        if slot.role.endswith("rolling_variance"):
+            block = body[offset:offset + slot.count]
+            neg = int((block < -1e-6).sum())
+            if neg:
+                problems.append(f"layer {slot.spec.index} [{slot.spec.section.raw_type}] '{slot.role}': "
+                                f"{neg} negative variance(s) below -1e-6")
+        offset += slot.count
+    if not problems:
+        return
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more blocks" if len(problems) > 5 else "")
+    message = f"{name}: the weights hold values no network can use: {shown}"
+    if strict:
+        raise WeightsError(message + ". Pass strict=False to load anyway (with a warning).")
+    warnings.warn(message, stacklevel=3)
+
+
+def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = None,
+                 strict: bool = True) -> Header:
+    """Load ``source`` into ``model``; all-or-nothing.
+
+    ``source`` is a path (``str``, ``os.PathLike`` or ``bytes``, as for ``open``), or the
+    file's content as ``bytearray``/``memoryview``/a binary file object.  ``upto=N`` loads
+    only layers ``< N`` (Darknet's ``load_weights_upto``; the file may hold more).  Raises
+    :class:`WeightsError` naming the layer when the file is short, and, under ``strict``,
+    when floats are left over or values are NaN/Inf or negative variances (warnings otherwise).
+    """
+    if model.fused:
+        raise WeightsError("cannot load weights into a fused model: load before calling fuse()")
+    upto = _check_upto(upto, len(model.layers))
+    slots_of: dict[Header, list[Slot]] = {}
+
+    def needed(header: Header) -> int:
+        slots_of[header] = list(iter_slots(model, header, upto))
+        return sum(slot.count for slot in slots_of[header])
+
+    data, header, file_floats, name = _read_source(source, needed, strict and upto is None)
+    slots = slots_of[header] if header in slots_of else list(iter_slots(model, header, upto))
+    total = sum(slot.count for slot in slots)
+    if file_floats > total and upto is None:
+        message = (f"{name}: {file_floats - total} floats are left over after the last layer "
+                   f"(the network needs {total}); is this the right cfg for these weights?")
+        if strict:
+            raise WeightsError(message + " Pass strict=False to load anyway.")
+        warnings.warn(message, stacklevel=2)
+    body = np.frombuffer(data, dtype="<f4", offset=header.size, count=min(file_floats, total))
     staged: list[tuple[Tensor, Tensor]] = []
     offset = 0
-    slots = list(iter_slots(model, header, upto))
     for slot in slots:
         end = offset + slot.count
         if end > body.size:
             spec = slot.spec
-            needed = sum(s.count for s in slots)
             raise WeightsError(
                 f"{name}: file ends inside layer {spec.index} [{spec.section.raw_type}] ({spec.where}): its "
                 f"'{slot.role}' block needs {slot.count} floats, {max(0, body.size - offset)} are left; "
                 f"{end - body.size} floats missing (file has {body.size} floats after the header, "
-                f"{needed - body.size} floats short of the {needed} the network needs). "
+                f"{total - body.size} floats short of the {total} the network needs). "
                 "For a partial file (e.g. *.conv.NN) pass upto=<number of layers it holds>.")
         staged.append((slot.tensor, _block_to_tensor(body[offset:end], slot)))
         offset = end
-    if offset < body.size and upto is None:
-        message = (f"{name}: {body.size - offset} floats are left over after the last layer "
-                   f"(the network needs {offset}); is this the right cfg for these weights?")
-        if strict:
-            raise WeightsError(message + " Pass strict=False to load anyway.")
-        warnings.warn(message, stacklevel=2)
+    _check_values(body[:offset], slots, name, strict)
     with torch.no_grad():
         for tensor, values in staged:
             tensor.copy_(values)
@@ -205,10 +304,12 @@ def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase"
     The header of the last loaded file is written back (so load -> save is byte-identical)
     with ``model.seen`` as its image count; a model that never loaded weights gets version
     0.2.5.  ``upto=N`` writes the first N layers with seen 0, as Darknet's ``partial`` does.
+    A file that is replaced keeps its permissions; a new one gets the umask's.
     """
     if model.fused:
         raise WeightsError("cannot save a fused model: its batch-norm blocks were folded into the convs; "
                            "save before calling fuse()")
+    upto = _check_upto(upto, len(model.layers))
     header_bytes = model.header or DEFAULT_HEADER.pack()
     header = parse_header(header_bytes, "<model header>")
     seen = int(getattr(model, "seen", header.seen))
@@ -226,19 +327,13 @@ def save_weights(model: "Darknet", path: "str | os.PathLike | io.BufferedIOBase"
         for chunk in chunks:
             path.write(chunk)
         return
-    target = Path(path)
-    # Not tempfile.mkstemp: its 0600 mode would survive os.replace; O_EXCL + 0666 honours the umask.
-    tmp = str(target.parent / f"{target.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 #: Value ranges of :func:`synthetic_weights`, per block role (weights: see there).

@@ -181,7 +181,7 @@ BAD: list[tuple[str, str, str]] = [
      "scale_channels"),
     ("sam-shape", NET + "[conv]\nfilters=4\n[conv]\nfilters=3\n[sam]\nfrom=0" + MARK + "\n", "sam"),
     ("region-filters", NET + "[conv]\nfilters=30\n[region]\nclasses=2" + MARK + "\nnum=5\n", "num=5"),
-    ("detection-outputs", NET + "[connected]\noutput=50\n[detection]\nclasses=1\nside=2" + MARK + "\nnum=2\n", "= 20 are needed"),
+    ("detection-outputs", NET + "[connected]\noutput=50\n[detection]\ncoords=4\nclasses=1\nside=2" + MARK + "\nnum=2\n", "= 44 are needed"),
     ("connected-zero-output", NET + "[connected]\noutput=0" + MARK + "\n", "must be positive"),
     ("yolo-classes-0", NET + "[conv]\nfilters=5\n[yolo]\nmask=0\nanchors=1,2\nclasses=0" + MARK + "\nnum=1\n",
      "'classes' must be positive"),

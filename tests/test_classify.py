@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_classifier_preprocess_is_resize_min_then_centre_crop() -> None:
 
 def _model() -> darkcfg.Darknet:
     model = darkcfg.load(CLASSIFIER)
-    model.load_weights(synthetic_weights(model.graph, seed=5))
+    model.load_weights(io.BytesIO(synthetic_weights(model.graph, seed=5)))
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ CFGS = sorted((REPO / "cfgs").glob("*.cfg"))
 
 def _model(cfg: Path) -> darkcfg.Darknet:
     model = darkcfg.load(cfg)
-    model.load_weights(synthetic_weights(model.graph, seed=3))
+    model.load_weights(io.BytesIO(synthetic_weights(model.graph, seed=3)))
     return model
 
 

@@ -62,7 +62,7 @@ if CASES:
         digest, nbytes = hashlib.sha256(blob).hexdigest(), len(blob)
         if "sha256" in w:
             assert digest == w["sha256"], "regenerated synthetic weights differ from meta.json's sha256"
-        model = darkcfg.load(SHARED / meta["cfg"], blob, size=(meta["width"], meta["height"]))
+        model = darkcfg.load(SHARED / meta["cfg"], memoryview(blob), size=(meta["width"], meta["height"]))
         del blob
         out = HashWriter()
         model.save_weights(out)
@@ -234,7 +234,7 @@ def test_loaded_values_equal_file_bytes(small) -> None:
 def test_load_from_bytes_and_path_agree(small) -> None:
     cfg, weights, body = small
     a = darkcfg.load(cfg, weights)
-    b = darkcfg.load(cfg, weights.read_bytes())
+    b = darkcfg.load(cfg, memoryview(weights.read_bytes()))
     c = darkcfg.load(cfg, str(weights))
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]) and torch.equal(v, c.state_dict()[k]), k
@@ -258,7 +258,7 @@ def test_save_without_loading_writes_default_header(tmp_path: Path) -> None:
     data = buf.getvalue()
     assert data[:20] == struct.pack("<iiiQ", 0, 2, 5, 0)
     assert len(data) == 20 + 4 * TOTAL
-    again = darkcfg.load(write_cfg(tmp_path), data)
+    again = darkcfg.load(write_cfg(tmp_path), io.BytesIO(data))
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
 

@@ -16,8 +16,8 @@ that one list (see :mod:`darkcfg.weights`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -32,6 +32,7 @@ class BuildContext:
     graph: Graph
     modules: list[nn.Module]  # modules built so far (for share_index)
     bn_formula: str  # "alexeyab" or "pjreddie"
+    cache: dict[str, Any] = field(default_factory=dict)  # whole-graph facts builders compute once
 
 
 Builder = Callable[[LayerSpec, BuildContext], nn.Module]

@@ -26,6 +26,14 @@ def activation_of(ctx: Context, default: str) -> str:
     return name
 
 
+def positive_groups(ctx: Context) -> int:
+    """``groups`` (default 1), refused when 0 or negative (Darknet silently uses 1 instead)."""
+    groups = ctx.section.get_int("groups", 1)
+    if groups < 1:
+        raise ctx.error(f"'groups' must be at least 1, got {groups} (Darknet silently uses 1)", "groups")
+    return groups
+
+
 def layer_list(ctx: Context, key: str) -> tuple[int, ...]:
     """Resolve a list of layer references (``layers=-1,36``) to absolute indices."""
     values = ctx.section.get_ints(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..graph import Context, RuleResult, WeightBlock, spec_rule
-from .common import activation_of, bn_trio, cdiv
+from .common import activation_of, bn_trio, cdiv, positive_groups
 
 _CONV_TRAINING_KEYS = ("sway", "rotate", "stretch", "stretch_sway", "angle", "grad_centr", "reverse",
                        "dot", "assisted_excitation", "coordconv", "cbn", "binary", "bin_output")
@@ -55,7 +55,9 @@ def convolutional(ctx: Context) -> RuleResult:
     if padding < 0:
         raise ctx.error(f"'padding' must not be negative, got {padding}", "padding")
     xnor = s.get_int("xnor", 0) != 0
-    groups = 1 if xnor else max(1, s.get_int("groups", 1))
+    groups = positive_groups(ctx)
+    if xnor:
+        groups = 1
     if c % groups or filters % groups:
         raise ctx.error(f"groups={groups} must divide both the input channels ({c}) and filters ({filters})",
                         "groups" if s.has("groups") else None)

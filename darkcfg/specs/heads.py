@@ -70,8 +70,8 @@ def yolo(ctx: Context) -> RuleResult:
     gaussian = s.type == "Gaussian_yolo"
     c, h, w = ctx.require_image()
     classes = ctx.positive("classes", s.get_int("classes", 20))
-    total = ctx.positive("num", s.get_int("num", 1))
-    mask = tuple(s.get_ints("mask", list(range(total))))
+    total = ctx.check_anchors(ctx.positive("num", s.get_int("num", 1)), "num")
+    mask = tuple(s.get_ints("mask") if s.has("mask") else range(total))
     raw_anchors = s.get_floats("anchors", [])
     if len(raw_anchors) % 2:
         ctx.warn(f"'anchors' has an odd number of values ({len(raw_anchors)}): the pairs after the typo are "
@@ -80,10 +80,13 @@ def yolo(ctx: Context) -> RuleResult:
         if m < 0:
             raise ctx.error(f"mask index {m} is negative", "mask")
         if m >= total:
-            # Darknet reads past its anchor array here (undefined values); we use the cfg's
-            # extra anchors when present, else Darknet's 0.5 default, and say so.
+            # Darknet reads past its num*2 anchor array here.  When the cfg lists that anchor
+            # (cspx-p7-mish.cfg: num=16 with 17 pairs), its intent is clear: use it and warn.
+            if 2 * (m + 1) > len(raw_anchors):
+                raise ctx.error(f"mask index {m} is beyond the {len(raw_anchors) // 2} anchors given (num={total}); "
+                                "Darknet would read undefined memory for it", "mask")
             ctx.warn(f"mask index {m} is outside the num={total} anchors; Darknet reads undefined memory "
-                     "for it, darkcfg uses the cfg's extra anchor values or 0.5", "mask")
+                     "for it, darkcfg uses the cfg's extra anchor values", "mask")
     count = max([total] + [m + 1 for m in mask])
     # Darknet reads at most num*2 values; missing ones stay 0.5.
     values = (raw_anchors + [0.5] * (2 * count))[:2 * count]
@@ -128,8 +131,8 @@ def region(ctx: Context) -> RuleResult:
     s = ctx.section
     c, h, w = ctx.require_image()
     classes = s.get_int("classes", 20)
-    coords = ctx.positive("coords", s.get_int("coords", 4))
-    num = ctx.positive("num", s.get_int("num", 1))
+    coords = _box_coords(ctx, 4)
+    num = ctx.check_anchors(ctx.positive("num", s.get_int("num", 1)), "num")
     if classes < 0:
         raise ctx.error("'classes' must not be negative", "classes")
     raw = s.get_floats("anchors", [])
@@ -145,6 +148,15 @@ def region(ctx: Context) -> RuleResult:
     return RuleResult(attrs, (c, h, w))
 
 
+def _box_coords(ctx: Context, default: int) -> int:
+    """``coords``: the box takes 4 entries of each record, so fewer cannot be decoded."""
+    coords = ctx.section.get_int("coords", default)
+    if coords < 4:
+        raise ctx.error(f"'coords' must be at least 4 (x, y, w, h), got {coords}: Darknet would read the box "
+                        "from the objectness and class entries", "coords")
+    return coords
+
+
 @dataclass(frozen=True)
 class DetectionAttrs:
     classes: int
@@ -158,7 +170,10 @@ class DetectionAttrs:
 @spec_rule("detection")
 def detection(ctx: Context) -> RuleResult:
     s = ctx.section
-    attrs = DetectionAttrs(s.get_int("classes", 1), s.get_int("coords", 1), s.get_int("num", 1),
+    classes = s.get_int("classes", 1)
+    if classes < 0:
+        raise ctx.error(f"'classes' must not be negative, got {classes}", "classes")
+    attrs = DetectionAttrs(classes, _box_coords(ctx, 1), ctx.positive("num", s.get_int("num", 1)),
                            ctx.positive("side", s.get_int("side", 7)), s.get_int("softmax", 0) != 0,
                            s.get_int("sqrt", 0) != 0)
     s.mark_used("rescore", "jitter", "object_scale", "noobject_scale", "class_scale", "coord_scale", "random",
@@ -184,7 +199,10 @@ def softmax(ctx: Context) -> RuleResult:
     if ctx.in_outputs % groups:
         raise ctx.error(f"groups={groups} does not divide the {ctx.in_outputs} inputs", "groups")
     s.mark_used("spatial", "noloss")
-    attrs = SoftmaxAttrs(groups, s.get_float("temperature", 1.0), s.get_str("tree"))
+    temperature = s.get_float("temperature", 1.0)
+    if temperature == 0:
+        raise ctx.error("'temperature' must not be 0 (every output would be NaN)", "temperature")
+    attrs = SoftmaxAttrs(groups, temperature, s.get_str("tree"))
     return RuleResult(attrs, (0, 0, 0), outputs=ctx.in_outputs)
 
 

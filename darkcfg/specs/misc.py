@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..graph import Context, RuleResult, WeightBlock, spec_rule
-from .common import activation_of, bn_trio, cdiv
+from .common import activation_of, bn_trio, cdiv, positive_groups
 from .pool import NoAttrs
 
 
@@ -105,8 +105,8 @@ def conv_recurrent(ctx: Context) -> RuleResult:
     hidden = s.get_int("hidden", 1) if s.type == "crnn" else output
     size = ctx.positive("size", s.get_int("size", 3))
     stride = ctx.positive("stride", s.get_int("stride", 1))
-    dilation = s.get_int("dilation", 1)
-    groups = max(1, s.get_int("groups", 1))
+    dilation = ctx.positive("dilation", s.get_int("dilation", 1))
+    groups = positive_groups(ctx)
     padding = s.get_int("padding", 0)
     if s.get_int("pad", 0):
         padding = size // 2

@@ -1,0 +1,108 @@
+"""Reading untrusted files and writing users' files safely.
+
+Reading: a path may name a FIFO (``open`` + ``read`` would block forever), a device,
+a directory, or a sparse file of many gigabytes.  :func:`open_regular` opens without
+blocking, refuses anything but a regular file and reports its size, so callers check
+the size *before* reading.
+
+Writing: :func:`atomic_write` writes a temporary file beside the target and renames it
+over the target, so a crash or a full disk never leaves a half-written file.  The new
+file gets the permissions a plain ``open(path, "w")`` would give: the old file's mode
+when it replaces one (a 0600 file stays 0600), else ``0666`` minus the umask
+(``tempfile.mkstemp`` would make every file 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import BinaryIO, Callable, Type
+
+from .errors import DarkcfgError
+from .limits import human_bytes
+
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: "str | os.PathLike", what: str, error: Type[DarkcfgError]) -> tuple[BinaryIO, int]:
+    """Open ``path`` for binary reading, refusing anything that is not a regular file.
+
+    Returns the open file and its size.  ``O_NONBLOCK`` makes opening a FIFO return at
+    once (a blocking open waits for a writer forever); it has no effect on regular files.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _O_BINARY)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+            raise error(f"{path}: cannot read {what}: it is {kind}, not a regular file")
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_into(f: BinaryIO, view: memoryview, name: str, error: Type[DarkcfgError]) -> None:
+    """Fill ``view`` from ``f`` (no intermediate copies); a short read is an error."""
+    done, count = 0, len(view)
+    try:
+        while done < count:
+            n = f.readinto(view[done:])  # type: ignore[attr-defined]
+            if not n:
+                raise error(f"{name}: file shrank while being read ({done} of {count} bytes)")
+            done += n
+    except OSError as exc:
+        raise error(f"{name}: read error: {exc.strerror or exc}") from exc
+
+
+def read_exactly(f: BinaryIO, count: int, name: str, error: Type[DarkcfgError]) -> bytearray:
+    """``count`` bytes from ``f`` into one new buffer."""
+    buf = bytearray(count)
+    read_into(f, memoryview(buf), name, error)
+    return buf
+
+
+def read_regular_file(path: "str | os.PathLike", max_bytes: int, what: str, error: Type[DarkcfgError],
+                      env: str) -> bytearray:
+    """The whole of a regular file no larger than ``max_bytes`` (``env`` raises the limit)."""
+    f, size = open_regular(path, what, error)
+    with f:
+        if size > max_bytes:
+            raise error(f"{path}: the {what} is {human_bytes(size)}, over the {human_bytes(max_bytes)} limit "
+                        f"(set ${env} to raise it)")
+        return read_exactly(f, size, str(path), error)
+
+
+def atomic_write(target: "str | os.PathLike", write: Callable[[str], None]) -> None:
+    """Create ``target`` through ``write(tmp_path)`` and an atomic rename.
+
+    ``write`` receives the path of an empty file beside ``target`` (created with the
+    umask's permissions) and fills it by name, so exporters that only take a file name
+    work too.  If ``target`` exists its permission bits are carried over.
+    """
+    target = Path(target)
+    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+    os.close(fd)
+    try:
+        write(tmp)
+        try:
+            old_mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            old_mode = None
+        if old_mode is not None:
+            os.chmod(tmp, old_mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
