@@ -224,6 +224,25 @@ class Context:
                              "(set $DARKCFG_MAX_ANCHORS to raise it)", key)
         return count
 
+    def check_kernel(self, span: int, padding: int) -> None:
+        """Refuse a kernel wider than the padded input.
+
+        Darknet's shape formula truncates toward zero, so a large stride can still report a
+        1x1 output; its im2col then reads zeros beyond the image, a case darkcfg refuses.
+        """
+        _, h, w = self.in_shape
+        if min(h, w) + 2 * padding < span:
+            raise self.error(f"the input is too small: the {span}x{span} kernel is larger than the {h}x{w} input "
+                             f"with padding {padding} (network size {self.net.width}x{self.net.height})")
+
+    def check_transient(self, shape: Shape, what: str) -> None:
+        """Refuse a temporary tensor (a padded input) over the activation limit."""
+        nbytes = 4 * shape[0] * shape[1] * shape[2]
+        if nbytes > self.limits.activation_bytes:
+            raise self.error(f"the {what} ({'x'.join(map(str, shape))}) would need {human_bytes(nbytes)}, over the "
+                             f"{human_bytes(self.limits.activation_bytes)} limit "
+                             "(set $DARKCFG_MAX_ACTIVATION_BYTES to raise it)")
+
     def check_shape(self, shape: Shape, what: str = "output") -> Shape:
         if any(v <= 0 for v in shape):
             c, h, w = shape

@@ -106,6 +106,11 @@ REFUSED = {
     "groups-0": (NET + "[convolutional]\nfilters=4\nsize=1\ngroups=0\n", 8, "groups"),
     "groups-negative": (NET + "[convolutional]\nfilters=3\nsize=1\ngroups=-3\n", 8, "groups"),
     "crnn-groups-0": (NET + "[crnn]\noutput=4\nhidden=4\ngroups=0\n", 8, "groups"),
+    "crnn-shrinking": (NET + "[crnn]\noutput=4\nhidden=4\nsize=3\n", 8, "keep the 32x32 size"),
+    "maxpool-huge-window": (NET + "[maxpool]\nsize=2147483647\n", 5, "padded input"),
+    "conv-kernel-over-input": ("[net]\nwidth=1\nheight=1\nchannels=1\n[convolutional]\nsize=3\nstride=3\n", 5,
+                               "too small"),
+    "local-pad-mismatch": (NET + "[local]\nfilters=2\nsize=5\npad=1\n", 8, "im2col"),
     "vertical-tab": (NET + "[convolutional]\nfilters=8\vsize=3\n", 6, "expects an integer"),
 }
 

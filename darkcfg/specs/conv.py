@@ -81,6 +81,7 @@ def convolutional(ctx: Context) -> RuleResult:
         if a.batch_normalize != bn:
             raise ctx.error("share_index source and this layer must agree on batch_normalize", "share_index")
     s.mark_used(*_CONV_TRAINING_KEYS)
+    ctx.check_kernel(size, padding)
     # Darknet's shape formula ignores dilation (darknet-format.md 3.1).
     sx, sy = (1, 1) if antialiasing else (stride_x, stride_y)
     out_h = cdiv(h + 2 * padding - size, sy) + 1
@@ -188,8 +189,17 @@ def local(ctx: Context) -> RuleResult:
     c, h, w = ctx.require_image()
     filters, size, stride = _filters_size_stride(ctx)
     pad = s.get_int("pad", 0)  # a pixel count here, not a flag
+    if pad < 0:
+        raise ctx.error(f"'pad' must not be negative, got {pad}", "pad")
+    ctx.check_kernel(size, pad)
     out_h = cdiv(h - 1 if pad else h - size, stride) + 1
     out_w = cdiv(w - 1 if pad else w - size, stride) + 1
+    real = (cdiv(h + 2 * pad - size, stride) + 1, cdiv(w + 2 * pad - size, stride) + 1)
+    if real != (out_h, out_w):
+        # Darknet sizes the output with (h-1)/stride+1 but its im2col pads by `pad` pixels: the two
+        # only agree when 2*pad == size-1 (or pad=0).
+        raise ctx.error(f"pad={pad} with size={size}: Darknet's shape formula gives {out_h}x{out_w} but its "
+                        f"im2col computes {real[0]}x{real[1]}; use pad=0 or pad=(size-1)/2", "pad")
     out = ctx.check_shape((filters, out_h, out_w))
     locations = out_h * out_w
     nweights = c * filters * size * size * locations

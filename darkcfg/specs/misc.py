@@ -114,8 +114,15 @@ def conv_recurrent(ctx: Context) -> RuleResult:
     act = activation_of(ctx, "logistic" if s.type == "crnn" else "linear")
     shortcut = s.get_int("shortcut", 0) != 0
     s.mark_used("xnor", "peephole", "bottleneck", "lstm_activation", "time_normalizer")
+    ctx.check_kernel(size, padding)
     out_h = cdiv(h + 2 * padding - size, stride) + 1
     out_w = cdiv(w + 2 * padding - size, stride) + 1
+    if (out_h, out_w) != (h, w):
+        # Darknet builds every inner conv for an H x W input and feeds each one's output to the
+        # next (and back as the state): only a size-preserving conv gives buffers that agree.
+        raise ctx.error(f"the inner convolutions must keep the {h}x{w} size (stride=1 and pad=1, or "
+                        f"padding=size/2), but size={size}, stride={stride}, padding={padding} give "
+                        f"{out_h}x{out_w}", "size")
     blocks: tuple[WeightBlock, ...] = ()
     params = 0
     attrs: object = RecurrentAttrs(output, hidden, bn)

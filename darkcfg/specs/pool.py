@@ -38,6 +38,7 @@ def maxpool(ctx: Context) -> RuleResult:
     s = ctx.section
     c, h, w = ctx.require_image()
     size, sx, sy, padding = _pool_geometry(ctx)
+    ctx.check_transient((c, h + padding, w + padding), "padded input")
     depth = antialiasing = 0
     out_channels = 1
     if ctx.section.type == "maxpool":
