@@ -5,9 +5,26 @@
 >>> heads = model(torch.rand(1, 3, 416, 416))                          # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import CfgError, DarkcfgError, ImageBatchError, ImageError, WeightsError
-from .evaluation import Evaluation, evaluate
-from .model import Darknet, load
+
+if TYPE_CHECKING:
+    from .evaluation import Evaluation, evaluate
+    from .model import Darknet, load
+
+#: Public names whose modules import torch: loaded on first use, so the torch-free parts
+#: (``darkcfg.cfg``, ``darkcfg.graph``, ``darkcfg info``) start without torch.
+_LAZY = {"Darknet": "model", "load": "model", "Evaluation": "evaluation", "evaluate": "evaluation"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'darkcfg' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = ["CfgError", "DarkcfgError", "Darknet", "Evaluation", "ImageBatchError", "ImageError", "WeightsError",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layers.functional import DarknetTree
+from .datafiles import DarknetTree
 from .image import letterbox_size
 from .specs.heads import NMS_KINDS, YOLO_POINTS, DetectionAttrs, RegionAttrs, YoloAttrs
 

@@ -10,7 +10,6 @@ finds class names the way users expect.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
@@ -24,8 +23,7 @@ from .errors import DarkcfgError, ImageBatchError, ImageError
 from .graph import HEAD_KINDS, Graph
 from .image import image_from_array, load_image, preprocess
 from .names import BUILTIN
-from .layers.functional import DarknetTree, read_tree
-from .layers.heads import find_data_file
+from .datafiles import DarknetTree, find_data_file, read_class_map, read_tree
 
 if TYPE_CHECKING:
     from .model import Darknet
@@ -64,26 +62,13 @@ def _region_head(graph: Graph, spec: Any, apply_map: bool) -> RegionHead:
     tree: Optional[DarknetTree] = None
     class_map: Optional[tuple[int, ...]] = None
     if a.tree:
-        tree = read_tree(str(find_data_file(a.tree, graph.path, spec, "tree")))
+        tree = read_tree(find_data_file(a.tree, graph.path, spec, "tree"))
         if apply_map and a.map:
             class_map = read_class_map(find_data_file(a.map, graph.path, spec, "map"))
     try:
         return RegionHead.from_attrs(a, tree, class_map)
     except ValueError as exc:
         raise DarkcfgError(f"{spec.where}: {exc}") from exc
-
-
-def read_class_map(path: "str | os.PathLike") -> tuple[int, ...]:
-    """A Darknet map file like ``utils.c read_map``: one C ``atoi`` per line (no number -> 0);
-    a final newline adds no entry, an empty line in between gives 0."""
-    lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    values = []
-    for line in lines:
-        m = re.match(r"\s*([+-]?\d+)", line)
-        values.append(int(m.group(1)) if m else 0)
-    return tuple(values)
 
 
 def _read_names(path: Path) -> list[str]:

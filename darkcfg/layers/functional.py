@@ -14,14 +14,14 @@ layer itself hard-codes one (logistic in [yolo]/[region]).
 
 from __future__ import annotations
 
-import re
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..datafiles import DarknetTree, read_tree  # noqa: F401  (re-exported; torch-free home)
 from .activations import logistic
 from .tracing import static_dims, static_hw
 
@@ -615,89 +615,6 @@ def softmax_groups(x_flat: Tensor, groups: int = 1, temperature: float = 1.0) ->
         raise ValueError(f"softmax: {k} inputs cannot be split into {groups} groups")
     y = darknet_softmax(x_flat.reshape(n, groups, k // groups), -1, temperature)
     return y.reshape(x_flat.shape)
-
-
-class DarknetTree(NamedTuple):
-    """A hierarchy file as Darknet's ``tree.c read_tree`` builds it.
-
-    ``group_offset``/``group_size`` list the softmax groups (consecutive entries with the same
-    parent) in file order; Darknet may start with an empty group (when the first entry's parent
-    is not -1), which is kept here and is harmless.
-    """
-
-    names: List[str]
-    parent: List[int]
-    group: List[int]
-    group_offset: List[int]
-    group_size: List[int]
-    leaf: List[bool]
-
-    @property
-    def n(self) -> int:
-        return len(self.names)
-
-    def groups(self) -> List[Tuple[int, int]]:
-        """The ``(offset, size)`` pairs for :func:`tree_softmax`."""
-        return list(zip(self.group_offset, self.group_size))
-
-
-_C_INT = re.compile(r"[+-]?\d+")
-
-
-def read_tree(path: str) -> DarknetTree:
-    """Parse a Darknet tree file (e.g. ``data/9k.tree``) like ``tree.c read_tree``.
-
-    Each line is ``name parent`` (``sscanf("%s %d")``; a missing/unparsable parent is -1).
-    A new group starts whenever the parent differs from the previous line's (the previous
-    parent starts at -1).  Group ``g`` covers entries ``[offset, offset+size)``.
-
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "t.tree")
-    >>> _ = open(p, "w").write("a -1\\nb -1\\nc 0\\nd 0\\ne 1\\n")
-    >>> read_tree(p).groups()
-    [(0, 2), (2, 2), (4, 1)]
-    """
-    with open(path, "rb") as fh:
-        data = fh.read().decode("utf-8", errors="replace")
-    lines = data.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    names: List[str] = []
-    parents: List[int] = []
-    group: List[int] = []
-    offsets: List[int] = []
-    sizes: List[int] = []
-    last_parent = -1
-    group_size = 0
-    ngroups = 0
-    for i, line in enumerate(lines):
-        if line.endswith("\r"):
-            line = line[:-1]
-        toks = line.split()
-        name = toks[0] if toks else ""
-        parent = -1
-        if len(toks) > 1:
-            m = _C_INT.match(toks[1])
-            if m is not None:
-                parent = int(m.group(0))
-        names.append(name)
-        parents.append(parent)
-        if parent != last_parent:
-            ngroups += 1
-            offsets.append(i - group_size)
-            sizes.append(group_size)
-            group_size = 0
-            last_parent = parent
-        group.append(ngroups)
-        group_size += 1
-    n = len(names)
-    offsets.append(n - group_size)
-    sizes.append(group_size)
-    leaf = [True] * n
-    for p in parents:
-        if 0 <= p < n:
-            leaf[p] = False
-    return DarknetTree(names, parents, group, offsets, sizes, leaf)
 
 
 def tree_softmax(

@@ -7,13 +7,12 @@ element by element.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import CfgError
+from ..datafiles import find_data_file, read_tree  # noqa: F401  (find_data_file re-exported)
 from ..graph import LayerSpec
 from . import functional as DF
 from .registry import BuildContext, builder
@@ -43,20 +42,6 @@ def build_yolo(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
     return YoloOutput(a.n, a.classes, a.scale_x_y, a.new_coords, a.gaussian)
 
 
-def find_data_file(name: str, cfg_path: str, spec: LayerSpec, key: str) -> Path:
-    """Locate a file a cfg names (``tree=data/9k.tree``): as given, beside the cfg, or one level up.
-
-    Darknet opens it relative to its working directory, which is the darknet root:
-    the cfg usually lives in ``<root>/cfg/``, hence the parent directory.
-    """
-    cfg_dir = Path(cfg_path).resolve().parent
-    for candidate in (Path(name), cfg_dir / name, cfg_dir.parent / name):
-        if candidate.is_file():
-            return candidate
-    raise CfgError(f"{spec.section.where(key)}: cannot find '{name}' (looked in the current directory, "
-                   f"{cfg_dir} and {cfg_dir.parent})")
-
-
 class RegionOutput(nn.Module):
     """``[region]`` (YOLOv2): per-box records, logistic objectness, class softmax (or tree softmax)."""
 
@@ -74,7 +59,7 @@ def build_region(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
     a = spec.attrs
     tree = None
     if a.tree:
-        tree = DF.read_tree(str(find_data_file(a.tree, ctx.graph.path, spec, "tree"))).groups()
+        tree = read_tree(find_data_file(a.tree, ctx.graph.path, spec, "tree")).groups()
     return RegionOutput(a.num, a.coords, a.classes, a.softmax, tree)
 
 
@@ -97,7 +82,7 @@ class FlatSoftmax(nn.Module):
 @builder("softmax")
 def build_softmax(spec: LayerSpec, ctx: BuildContext) -> nn.Module:
     a = spec.attrs
-    tree = DF.read_tree(str(find_data_file(a.tree, ctx.graph.path, spec, "tree"))).groups() if a.tree else None
+    tree = read_tree(find_data_file(a.tree, ctx.graph.path, spec, "tree")).groups() if a.tree else None
     return FlatSoftmax(a.groups, a.temperature, tree)
 
 

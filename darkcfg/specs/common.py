@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..graph import Context, WeightBlock
-from ..layers.activations import is_known
+from ..activation_names import ACTIVATION_NAMES
 
 
 def cdiv(a: int, b: int) -> int:
@@ -21,7 +21,7 @@ def activation_of(ctx: Context, default: str) -> str:
     """The layer's ``activation``; an unknown name is an error (Darknet silently uses relu)."""
     name = ctx.section.get_str("activation", default)
     assert name is not None
-    if not is_known(name):
+    if name not in ACTIVATION_NAMES:
         raise ctx.error(f"unknown activation '{name}' (Darknet would silently use relu)", "activation")
     return name
 
