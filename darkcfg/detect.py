@@ -234,9 +234,10 @@ class Detections:
 class Detection:
     """One reported (box, class) pair in original-image pixels.
 
-    ``box`` is (x1, y1, x2, y2) as floats, ``x1 = (x - w/2) * img_w`` etc., clamped the way
-    darknet's ``draw_detections_v3`` clamps its integer corners: left/top at 0, right at
-    ``img_w - 1``, bottom at ``img_h - 1`` (only those sides). :attr:`box_int` gives darknet's
+    ``box`` is (x1, y1, x2, y2) as floats, ``x1 = (x - w/2) * img_w`` etc., every side clamped
+    into ``[0, img_w - 1]`` / ``[0, img_h - 1]`` (darknet's ``draw_detections_v3`` clamps only
+    left/top at 0 and right/bottom at the far edge; the two differ only for boxes lying wholly
+    outside the image, see :func:`_pixel_box`). :attr:`box_int` gives darknet's
     integer corners (C ``int`` truncation then the same clamps) and :attr:`ltwh` the rounded
     left/top/width/height that ``-ext_output`` prints.
     """

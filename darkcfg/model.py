@@ -161,7 +161,7 @@ class Darknet(nn.Module):
 
     # ---------------------------------------------------------------- detect
     def detect(self, images: Any, thresh: float = 0.25, nms: float = 0.45, **kwargs: Any) -> list:
-        """Detect objects; see :func:`darkcfg.detect.detect_images`."""
+        """Detect objects; see :func:`darkcfg.detect_api.detect_images`."""
         from .detect_api import detect_images
 
         return detect_images(self, images, thresh=thresh, nms=nms, **kwargs)

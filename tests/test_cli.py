@@ -12,6 +12,7 @@ import torch
 
 import darkcfg
 from darkcfg.cli import main
+from darkcfg.weights import synthetic_weights
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_DETECTOR = REPO / "cfgs" / "tiny-yolo-all.cfg"
@@ -20,12 +21,14 @@ OWN_CLASSIFIER = REPO / "cfgs" / "tiny-classifier.cfg"
 
 @pytest.fixture()
 def detector_files(tmp_path: Path) -> tuple[Path, Path]:
-    """The own detector cfg copied next to random weights with the same stem (the lookup rule)."""
-    torch.manual_seed(0)
+    """The own detector cfg copied next to well-scaled weights with the same stem (the lookup rule).
+
+    Not an uninitialised model: its zero BN variances blow activations up and every image
+    gives hundreds of junk boxes, which hides ordering and threshold bugs.
+    """
     cfg = tmp_path / "det.cfg"
     cfg.write_text(OWN_DETECTOR.read_text())
-    model = darkcfg.load(cfg)
-    model.save_weights(tmp_path / "det.weights")
+    (tmp_path / "det.weights").write_bytes(synthetic_weights(darkcfg.load(cfg).graph, seed=0))
     return cfg, tmp_path / "det.weights"
 
 

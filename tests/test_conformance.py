@@ -15,36 +15,28 @@ from pathlib import Path
 import pytest
 
 from darkcfg import conformance
-from darkcfg.shared import conformance_cases, shared_dir
+from darkcfg.shared import conformance_cases
 
-SHARED = shared_dir()
 CASES = conformance_cases()
 CASES_DIR = CASES[0].parent if CASES else None
-NO_SHARED = ("the shared Darknet conformance fixtures (../shared/conformance) were not found; "
-             "set DARKCFG_SHARED to run the conformance tests")
 
 # Two small, fast cases for the report entry point.
 SMALL_CASES = ["cfg-cifar.test", "cfg-tiny"]  # sorted: the report runs cases in name order
 
 
-if CASES:
-    @pytest.mark.parametrize("case_dir", CASES, ids=[c.name for c in CASES])
-    def test_case(case_dir: Path, make_weights) -> None:
-        result = conformance.run_case(case_dir, SHARED, make_weights)
-        assert result.passed, f"{case_dir.name}: " + "\n  ".join(result.failures)
-        synthetic = "file" not in json.loads((case_dir / "meta.json").read_text())["weights"]
-        # synthetic weights: regenerated in memory, sha256 must match meta.json; real ones: not hashed
-        assert result.weights_sha256_ok is (True if synthetic else None), \
-            f"{case_dir.name}: regenerated weights' sha256 check gave {result.weights_sha256_ok}"
-        assert result.compared > 0
-else:
-    def test_case() -> None:
-        pytest.skip(NO_SHARED)
+# Without the fixtures the test still exists once and skips through the `shared` fixture.
+@pytest.mark.parametrize("case_dir", CASES or [None], ids=[c.name for c in CASES] or ["no-shared"])
+def test_case(case_dir: Path, shared: Path, make_weights) -> None:
+    result = conformance.run_case(case_dir, shared, make_weights)
+    assert result.passed, f"{case_dir.name}: " + "\n  ".join(result.failures)
+    synthetic = "file" not in json.loads((case_dir / "meta.json").read_text())["weights"]
+    # synthetic weights: regenerated in memory, sha256 must match meta.json; real ones: not hashed
+    assert result.weights_sha256_ok is (True if synthetic else None), \
+        f"{case_dir.name}: regenerated weights' sha256 check gave {result.weights_sha256_ok}"
+    assert result.compared > 0
 
 
-def test_report_entry_point(capsys) -> None:
-    if SHARED is None:
-        pytest.skip(NO_SHARED)
+def test_report_entry_point(shared: Path, capsys) -> None:
     names = [n for n in SMALL_CASES if (CASES_DIR / n / "meta.json").is_file()]
     assert len(names) == 2, f"small cases {SMALL_CASES} missing from {CASES_DIR}"
     rc = conformance.main(names)

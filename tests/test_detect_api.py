@@ -63,7 +63,7 @@ def test_decode_exact_from_darknet_input(shared: Path, case: str, image: str) ->
         outs = model.layer_outputs(x)
     size = (ref["image_w"], ref["image_h"])
     dets = decode([outs[i] for i in det.layer_indices], det.heads, 320, 320, [size], thresh=THRESH)[0]
-    assert det.nms_kind == {0: "default", 1: "greedynms", 2: "diounms"}.get(ref["nms_kind_used"], det.nms_kind)
+    assert det.nms_kind == {0: "default", 1: "greedynms", 2: "diounms"}[ref["nms_kind_used"]]
     ours = to_pixel_list(nms(dets, 0.45, det.nms_kind, det.beta_nms), size, det.names, THRESH, order="prob")
     theirs = ref["detections"]
     assert len(ours) == len(theirs), ([(d.name, d.prob) for d in ours], [(t["class_name"], t["prob"]) for t in theirs])

@@ -659,12 +659,8 @@ def test_read_tree(tmp_path):
     assert tree.n == 7
 
 
-def test_read_tree_9k_if_available():
-    import os
-    path = "/work/shared/darknet/data/9k.tree"
-    if not os.path.exists(path):
-        pytest.skip("9k.tree not available")
-    tree = F.read_tree(path)
+def test_read_tree_9k(shared):
+    tree = F.read_tree(shared / "darknet" / "data" / "9k.tree")
     assert tree.n == 9418
     assert sum(tree.group_size) == 9418
     offs = [o for o, s in tree.groups()]

@@ -21,15 +21,12 @@ import torch
 
 import darkcfg
 from darkcfg import WeightsError, conformance
-from darkcfg.shared import conformance_cases, shared_dir
+from darkcfg.shared import conformance_cases
 
 # --------------------------------------------------------------------------- corpus round trip
 
-SHARED = shared_dir()
 CASES = conformance_cases()
 CASES_DIR = CASES[0].parent if CASES else None
-NO_SHARED = ("the shared Darknet conformance fixtures (../shared/conformance) were not found; "
-             "set DARKCFG_SHARED to run the corpus round trip")
 
 
 class HashWriter(io.RawIOBase):
@@ -50,32 +47,27 @@ class HashWriter(io.RawIOBase):
         return n
 
 
-if CASES:
-    @pytest.mark.parametrize("case_dir", CASES, ids=[c.name for c in CASES])
-    def test_corpus_load_save_byte_identical(case_dir: Path, make_weights) -> None:
-        meta = json.loads((case_dir / "meta.json").read_text())
-        w = meta["weights"]
-        if "file" in w:
-            blob = (SHARED / w["file"]).read_bytes()
-        else:
-            blob = conformance.case_weights(make_weights, case_dir, meta)
-        digest, nbytes = hashlib.sha256(blob).hexdigest(), len(blob)
-        if "sha256" in w:
-            assert digest == w["sha256"], "regenerated synthetic weights differ from meta.json's sha256"
-        model = darkcfg.load(SHARED / meta["cfg"], memoryview(blob), size=(meta["width"], meta["height"]))
-        del blob
-        out = HashWriter()
-        model.save_weights(out)
-        assert out.nbytes == nbytes
-        assert out.sha.hexdigest() == digest, f"{case_dir.name}: load -> save is not byte-identical"
-else:
-    def test_corpus_load_save_byte_identical() -> None:
-        pytest.skip(NO_SHARED)
+# Without the fixtures the test still exists once and skips through the `shared` fixture.
+@pytest.mark.parametrize("case_dir", CASES or [None], ids=[c.name for c in CASES] or ["no-shared"])
+def test_corpus_load_save_byte_identical(case_dir: Path, shared: Path, make_weights) -> None:
+    meta = json.loads((case_dir / "meta.json").read_text())
+    w = meta["weights"]
+    if "file" in w:
+        blob = (shared / w["file"]).read_bytes()
+    else:
+        blob = conformance.case_weights(make_weights, case_dir, meta)
+    digest, nbytes = hashlib.sha256(blob).hexdigest(), len(blob)
+    if "sha256" in w:
+        assert digest == w["sha256"], "regenerated synthetic weights differ from meta.json's sha256"
+    model = darkcfg.load(shared / meta["cfg"], memoryview(blob), size=(meta["width"], meta["height"]))
+    del blob
+    out = HashWriter()
+    model.save_weights(out)
+    assert out.nbytes == nbytes
+    assert out.sha.hexdigest() == digest, f"{case_dir.name}: load -> save is not byte-identical"
 
 
-def test_corpus_covers_header_variants() -> None:
-    if not CASES:
-        pytest.skip(NO_SHARED)
+def test_corpus_covers_header_variants(shared: Path) -> None:
     versions = {(m["major"], m["minor"], m["revision"]) for m in
                 (json.loads((c / "meta.json").read_text())["weights"] for c in CASES) if "major" in m}
     assert {(0, 2, 5), (0, 1, 0), (0, 1, 5), (0, 0, 0), (1, 0, 0)} <= versions
