@@ -7,9 +7,11 @@ with the fixtures' own ``make_weights.py`` *in memory* (nothing is written to th
 read-only fixtures; the sha256 is checked), loaded with :mod:`darkcfg.weights` and
 run with :meth:`Darknet.layer_outputs`.
 
-Tolerance (the fixtures' README): per layer i and compared element,
-``|ours - ref| <= atol + rtol * max(1, max|ref_i|)``, rtol 1e-3 (2e-3 for the
-real-weights cases), atol 1e-5; stats within ``1e-3 * max(1, max|ref_i|)``.
+Tolerance: per layer i and compared element, ``|ours - ref| <= atol + rtol * max(1, max|ref_i|)``
+and the stats (mean, std, min, max) within ``rtol * max(1, max|ref_i|)``; atol 1e-5.  On CPU
+rtol is 1e-4 for every case: the worst measured layer is ~1e-5 while a misplaced BN epsilon
+shows at 1.5e-4, so the fixtures' README bound of 1e-3 (2e-3 for real weights) would let such
+a bug pass.  Other devices (TF32/cuDNN arithmetic) keep the README's bound; ``--rtol`` overrides.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import torch
 
 from .model import load
 
-REAL_RTOL = 2e-3
+REAL_RTOL = 2e-3  # the fixtures' README bounds, kept for GPU runs
+README_RTOL = 1e-3
+CPU_RTOL = 1e-4
 
 
 @dataclass
@@ -100,7 +104,9 @@ def case_inputs(mw: ModuleType, shared: Path, case_dir: Path, meta: dict) -> tup
     return weights, x, sha_ok
 
 
-def run_case(case_dir: Path, shared: Path, mw: Optional[ModuleType] = None, device: str = "cpu") -> CaseResult:
+def run_case(case_dir: Path, shared: Path, mw: Optional[ModuleType] = None, device: str = "cpu",
+             rtol: Optional[float] = None) -> CaseResult:
+    """Run one case; ``rtol`` defaults to 1e-4 on CPU, the README's 1e-3/2e-3 elsewhere."""
     case_dir = Path(case_dir)
     t0 = time.perf_counter()
     meta = json.loads((case_dir / "meta.json").read_text())
@@ -110,7 +116,9 @@ def run_case(case_dir: Path, shared: Path, mw: Optional[ModuleType] = None, devi
     if result.weights_sha256_ok is False:
         result.failures.append("regenerated weights do not match the sha256 in meta.json")
     real = "file" in meta["weights"]
-    rtol = REAL_RTOL if real else meta.get("compare", {}).get("rtol", 1e-3)
+    if rtol is None:
+        readme = REAL_RTOL if real else meta.get("compare", {}).get("rtol", README_RTOL)
+        rtol = CPU_RTOL if str(device) == "cpu" else readme
     atol = meta.get("compare", {}).get("atol", 1e-5)
     model = load(shared / meta["cfg"], weights, size=(meta["width"], meta["height"]), device=device)
     del weights
@@ -147,7 +155,7 @@ def run_case(case_dir: Path, shared: Path, mw: Optional[ModuleType] = None, devi
         result.max_abs = max(result.max_abs, worst)
         if not np.all(err <= atol + rtol * scale) or not np.isfinite(ours).all():
             result.failures.append(f"layer {i} [{spec.kind}] max error {worst:.3g} (scale {scale:.3g})")
-        elif stat_err > 1e-3 * scale:
+        elif stat_err > rtol * scale:
             result.failures.append(f"layer {i} [{spec.kind}] stats differ by {stat_err:.3g}")
     result.seconds = time.perf_counter() - t0
     return result
@@ -170,6 +178,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--cases", type=Path, help="cases directory (default: <shared>/conformance/cases)")
     p.add_argument("--shared", type=Path, help="shared folder (default: $DARKCFG_SHARED or ../shared)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rtol", type=float, default=None,
+                   help=f"relative tolerance (default {CPU_RTOL:g} on CPU; {README_RTOL:g}, {REAL_RTOL:g} for real "
+                        "weights, on other devices)")
     p.add_argument("--json", action="store_true", help="one JSON object per case")
     p.add_argument("names", nargs="*", help="case names (a trailing * matches a prefix)")
     args = p.parse_args(argv)
@@ -182,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     passed = total = 0
     for case in find_cases(cases_dir, args.names):
         try:
-            r = run_case(case, shared, mw, args.device)
+            r = run_case(case, shared, mw, args.device, args.rtol)
         except Exception as exc:  # report and go on: one broken case must not hide the others
             r = CaseResult(case=case.name, failures=[f"{type(exc).__name__}: {exc}"])
         total += 1

@@ -163,7 +163,9 @@ BFLOPS = {
     "csp-cfg/csresnext50": 7.933, "csp-cfg/csmobilenet-v2": 0.764, "csp-cfg/mobilenet-v2": 0.859,
     "csp-cfg/enetb0": 0.915, "csp-cfg/res2netlite72": 5.187, "csp-cfg/csdarknet53-elastic": 7.745,
     "csp-cfg/csresnext50-elastic": 5.452, "cfg/csresnext50-panet-spp": 71.344, "cfg/yolov4": 128.459,
-    "cfg/yolov4-csp": 77.003, "yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1": 0.252,
+    "cfg/yolov4-csp": 77.003,
+    # recurrent layers: the sum of their inner convolutions (Darknet prints these totals)
+    "cfg/crnn.train": 0.017, "cfg/yolov3-tiny_occlusion_track": 8.405, "yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1": 0.252,
 }
 
 PARAMS_M = {

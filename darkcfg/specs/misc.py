@@ -138,5 +138,15 @@ def conv_recurrent(ctx: Context) -> RuleResult:
                 WeightBlock(f"{prefix}.{b.role}", b.count, True) for b in (bn_trio(co) if bn else ())) + (
                 WeightBlock(f"{prefix}.weights", n),)
             params += n
+        convs = [(c, hidden), (hidden, hidden), (hidden, output)]
+        extra = 0.0
+    else:
+        # conv_lstm: four input convs (U), four state convs (W), three peephole convs (V) when
+        # peephole=1, plus Darknet's count of the element-wise gate arithmetic.
+        peephole = s.get_int("peephole", 0) != 0
+        convs = [(c, output)] * 4 + [(output, output)] * (7 if peephole else 4)
+        extra = (12 if peephole else 9) * output * out_h * out_w / 1e9
+    # Darknet's crnn/conv_lstm report the sum of their inner convolutions' BFLOPs.
+    bflops = sum(2.0 * (ci // groups) * co * size * size * out_h * out_w for ci, co in convs) / 1e9 + extra
     return RuleResult(attrs, ctx.check_shape((output, out_h, out_w)),
-                      blocks=blocks, params=params)
+                      blocks=blocks, params=params, bflops=bflops)
