@@ -50,6 +50,7 @@ def one_step(shared, make_weights):
         z = np.load(d / "expected.npz")
         weights = conformance.case_weights(make_weights, d, meta)
         assert hashlib.sha256(weights).hexdigest() == meta["weights"]["sha256"]
+        weights = memoryview(weights)  # content, not a path
         model = darkcfg.load(d / meta["cfg"], weights).train()
         model.seen = meta["seen_before_step"]
         bn_stats: dict = {}
