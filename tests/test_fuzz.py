@@ -13,7 +13,6 @@ valid PNG and JPEG.
 
 from __future__ import annotations
 
-import inspect
 import io
 import warnings
 from pathlib import Path
@@ -146,14 +145,6 @@ def _encoded(ext: str) -> bytes:
 VALID_IMAGES = {ext: _encoded(ext) for ext in (".png", ".jpg", ".bmp")}
 
 
-# OpenCV raises cv2.error for some corrupt headers (a BMP declaring a huge height); turning
-# that into ImageError is the cli-io branch's change to load_image (which adds `max_pixels`).
-# Until that lands this test is an expected failure; afterwards the marker is inert.
-_CV2_ERRORS_WRAPPED = "max_pixels" in inspect.signature(load_image).parameters
-
-
-@pytest.mark.xfail(not _CV2_ERRORS_WRAPPED, strict=True,
-                   reason="load_image lets cv2.error escape until the cli-io image-decoding change is merged")
 @FUZZ
 @given(data=st.data())
 def test_fuzz_image_bytes(tmp_path: Path, data) -> None:
