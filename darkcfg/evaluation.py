@@ -37,6 +37,7 @@ from .datafile import (DataFile, Labels, image_id_from_path, label_path_for, lis
                        read_labels)
 from .detect import Detections, decode, nms
 from .errors import DarkcfgError, ImageError
+from .fileio import atomic_write_text
 from .label_files import COCO_CATEGORY_IDS  # noqa: F401  (detector.c coco_ids; re-exported)
 from .metrics import MAP_POINTS, ImageDetections, MapScore, score_detections
 from .progress import Progress
@@ -524,23 +525,6 @@ def _check_target(path: Path, protected: set[Path], overwrite: bool) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename: never half a file."""
+    """Never half a file: temporary file beside the target, then a rename (see :mod:`darkcfg.fileio`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_text(path, text)

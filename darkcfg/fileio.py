@@ -88,7 +88,8 @@ def atomic_write(target: "str | os.PathLike", write: Callable[[str], None]) -> N
     work too.  If ``target`` exists its permission bits are carried over.
     """
     target = Path(target)
-    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+    # The temporary name ends in the target's suffix: some writers (torch.export's .pt2) check it.
+    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp{target.suffix}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
     os.close(fd)
     try:
@@ -106,3 +107,18 @@ def atomic_write(target: "str | os.PathLike", write: Callable[[str], None]) -> N
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(target: "str | os.PathLike", data: bytes) -> None:
+    """:func:`atomic_write` for content already in memory (results files, labels, records)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    atomic_write(target, write)
+
+
+def atomic_write_text(target: "str | os.PathLike", text: str) -> None:
+    """UTF-8 text with ``\n`` line ends, through :func:`atomic_write_bytes`."""
+    atomic_write_bytes(target, text.encode("utf-8"))

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Callable, Collection, Optional
 
 from .download import DEFAULT_DEADLINE, HASHES, env_seconds, check_url, download, file_digests
 from .errors import DarkcfgError
+from .fileio import atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_INDEX = PACKAGE_DIR / "data" / "zoo.json"
@@ -210,15 +210,7 @@ def _read_tofu(folder: Path) -> dict[str, dict[str, Any]]:
 
 def _write_tofu(folder: Path, records: dict[str, dict[str, Any]]) -> None:
     """Atomically (temp file + rename): a crash never leaves a half-written record."""
-    fd, tmp = tempfile.mkstemp(prefix=TOFU_FILE + ".", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(records, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / TOFU_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(folder / TOFU_FILE, json.dumps(records, indent=1, sort_keys=True))
 
 
 def _ask_trust(model: ZooModel, f: ZooFile) -> bool:

@@ -322,7 +322,38 @@ def test_replaced_files_keep_their_mode_and_new_ones_follow_the_umask(small, tmp
         os.umask(old)
     assert stat.S_IMODE(new_export.stat().st_mode) == 0o644  # mkstemp made it 0600
     assert stat.S_IMODE(kept.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp" in p.name) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_every_results_writer_shares_the_atomic_write(tmp_path: Path) -> None:
+    """run's labels/JSON, valid's results and the zoo's TOFU record all went through
+    their own ``mkstemp`` (mode 0600, or a forced 0644 that widened private files)."""
+    from darkcfg import evaluation, fileio, outputs, zoo
+
+    writers = {
+        "labels.txt": lambda p: outputs.write_atomic(p, b"0 0.5 0.5 0.1 0.1\n"),
+        "coco_results.json": lambda p: evaluation._atomic_write(p, "[]"),
+        zoo.TOFU_FILE: lambda p: zoo._write_tofu(p.parent, {"x": {"sha256": "0" * 64}}),
+    }
+    old = os.umask(0o027)
+    try:
+        for name, write in writers.items():
+            folder = tmp_path / name.replace(".", "_")
+            folder.mkdir()
+            fresh = folder / name
+            write(fresh)
+            assert stat.S_IMODE(fresh.stat().st_mode) == 0o640, name  # 0666 minus the umask
+            fresh.chmod(0o600)
+            write(fresh)
+            assert stat.S_IMODE(fresh.stat().st_mode) == 0o600, name  # a private file stays private
+            assert [p.name for p in folder.iterdir()] == [name], name  # no temporary left behind
+    finally:
+        os.umask(old)
+
+    seen: list[str] = []
+    fileio.atomic_write(tmp_path / "model.pt2", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
+    assert seen[0].endswith(".pt2")  # torch.export warns about archive names that do not end in .pt2
 
 
 def test_every_error_is_a_darkcfg_error() -> None:
