@@ -64,8 +64,7 @@ class DarknetBatchNorm(nn.Module):
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
         """The BN trio's file blocks (with ``biases`` first, as conv/deconv/batchnorm store them)."""
-        return [("biases", self.bias), ("scales", self.weight), ("rolling_mean", self.running_mean),
-                ("rolling_variance", self.running_var)]
+        return bn_weight_tensors(self)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, {'pjreddie' if self.pjreddie else 'alexeyab'}"
@@ -198,9 +197,19 @@ class SharedConvLayer(nn.Module):
         return self.act(y)
 
 
-def _conv_tensors(conv: nn.Module, bn: "DarknetBatchNorm | None") -> list[tuple[str, Tensor]]:
+def bn_weight_tensors(bn: nn.Module) -> list[tuple[str, Tensor]]:
+    """The one description of a batch norm's file blocks: beta, gamma, rolling mean and variance.
+
+    It reads the attributes every torch batch norm has, so it also describes a
+    ``torch.nn.SyncBatchNorm`` swapped in for distributed training (``train.distributed``).
+    """
+    return [("biases", bn.bias), ("scales", bn.weight), ("rolling_mean", bn.running_mean),
+            ("rolling_variance", bn.running_var)]
+
+
+def _conv_tensors(conv: nn.Module, bn: "nn.Module | None") -> list[tuple[str, Tensor]]:
     """A conv's file blocks: (BN trio | biases), then weights."""
-    head = bn.weight_tensors() if bn is not None else [("biases", conv.bias)]
+    head = bn_weight_tensors(bn) if bn is not None else [("biases", conv.bias)]
     return head + [("weights", conv.weight)]
 
 
@@ -290,7 +299,7 @@ class ConnectedLayer(WeightedLayer):
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
         out = [("biases", self.linear.bias), ("weights", self.linear.weight)]
         if self.bn is not None:
-            out += self.bn.weight_tensors()[1:]  # the connected layer's own biases replace BN's beta
+            out += bn_weight_tensors(self.bn)[1:]  # the connected layer's own biases replace BN's beta
         return out
 
 
@@ -341,7 +350,7 @@ class BatchnormLayer(WeightedLayer):
         return self.bn(xs[0])
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
-        return self.bn.weight_tensors()
+        return bn_weight_tensors(self.bn)
 
 
 @builder("batchnorm")
