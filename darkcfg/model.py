@@ -100,11 +100,12 @@ class Darknet(nn.Module):
         return [o.contiguous() for o in self._run(x)]
 
     # --------------------------------------------------------------- weights
-    def load_weights(self, path: "str | os.PathLike | bytes | bytearray", upto: Optional[int] = None, strict: bool = True) -> "Darknet":
+    def load_weights(self, path: "str | os.PathLike | bytes | bytearray", upto: Optional[int] = None,
+                     strict: bool = True, *, fresh: bool = False) -> "Darknet":
         """Load a Darknet ``.weights`` file (see :func:`darkcfg.weights.load_weights`)."""
         from .weights import load_weights
 
-        header = load_weights(self, path, upto=upto, strict=strict)
+        header = load_weights(self, path, upto=upto, strict=strict, fresh=fresh)
         self.seen = header.seen
         return self
 
@@ -204,13 +205,15 @@ def load(cfg: "str | os.PathLike", weights: "str | os.PathLike | bytes | bytearr
     """
     device = _check_device(device)
     graph = build_graph(read_cfg(cfg), size=tuple(size) if size is not None else None)  # type: ignore[arg-type]
-    model = Darknet(graph, bn_formula=bn_formula)
     if weights is not None:
-        model.load_weights(weights, strict=strict)
+        from .fast_build import build_for_weights
+
+        model = build_for_weights(graph, bn_formula=bn_formula)  # no random init the file overwrites
+        model.load_weights(weights, strict=strict, fresh=True)
     else:
         from .train.init import darknet_init
 
-        darknet_init(model)
+        model = darknet_init(Darknet(graph, bn_formula=bn_formula))
     return model.to(device).eval()
 
 

@@ -197,12 +197,23 @@ def _read_source(source: WeightsSource, needed_floats: "Callable[[Header], int]"
         if strict_size and floats > need:
             return memoryview(b""), header, floats, name  # the caller reports the left-over floats
         nbytes = header.size + 4 * min(floats, need)
-        data = bytearray(nbytes)
+        data = _aligned_buffer(nbytes, header.size)
         have = min(len(head), nbytes)
         data[:have] = head[:have]
         if nbytes > have:
             read_into(f, memoryview(data)[have:], name, WeightsError)
     return data, header, floats, name
+
+
+def _aligned_buffer(nbytes: int, header_size: int) -> memoryview:
+    """``nbytes`` of uninitialised memory whose float body (after the header) starts 64-byte aligned.
+
+    No zero-fill pass (``bytearray(n)`` writes every page once before the read writes it again),
+    and tensors that adopt views of the body (``fresh`` loads) are as aligned as torch's own.
+    """
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    start = (-(raw.ctypes.data + header_size)) % 64
+    return memoryview(raw[start:start + nbytes]).cast("B")
 
 
 def _check_body(body_bytes: int, header: Header, name: str) -> None:
@@ -248,7 +259,7 @@ def _check_values(body: np.ndarray, slots: list[Slot], name: str, strict: bool) 
 
 
 def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = None,
-                 strict: bool = True) -> Header:
+                 strict: bool = True, *, fresh: bool = False) -> Header:
     """Load ``source`` into ``model``; all-or-nothing.
 
     ``source`` is a path (``str``, ``os.PathLike`` or ``bytes``, as for ``open``), or the
@@ -256,6 +267,10 @@ def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = 
     only layers ``< N`` (Darknet's ``load_weights_upto``; the file may hold more).  Raises
     :class:`WeightsError` naming the layer when the file is short, and, under ``strict``,
     when floats are left over or values are NaN/Inf or negative variances (warnings otherwise).
+
+    ``fresh=True`` (a model just built to receive this file, see :func:`darkcfg.load`): once
+    every check has passed, the tensors adopt views of the read buffer instead of copying it
+    (no second model-sized pass; the buffer is the model's memory from then on).
     """
     if model.fused:
         raise WeightsError("cannot load weights into a fused model: load before calling fuse()")
@@ -291,9 +306,13 @@ def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = 
         staged.append((slot.tensor, _block_to_tensor(body[offset:end], slot)))
         offset = end
     _check_values(body[:offset], slots, name, strict)
+    adopt = fresh and not isinstance(source, (bytearray, memoryview))  # never alias the caller's buffer
     with torch.no_grad():
         for tensor, values in staged:
-            tensor.copy_(values)
+            if adopt and tensor.device.type == "cpu" and tensor.dtype == values.dtype:
+                tensor.data = values  # same object (shared convs, optimizers see it), the file's memory
+            else:
+                tensor.copy_(values)
     model.header = bytes(data[:header.size])
     return header
 

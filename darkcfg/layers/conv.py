@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -152,11 +153,10 @@ class ConvLayer(WeightedLayer):
 
     def fused_weight_bias(self) -> tuple[Tensor, Tensor]:
         """Weights and bias with BN folded in, computed in float64 like Darknet."""
-        w = self.conv.weight.double()
         if self.bn is None:
-            return w.float(), self.conv.bias.float()
+            return self.conv.weight.double().float(), self.conv.bias.float()
         k, b = self.bn.gain_shift()
-        return (w * k.view(-1, 1, 1, 1)).float(), b.float()
+        return _scale_rows_f64(self.conv.weight.detach(), k.detach()), b.float()
 
     def fuse(self) -> None:
         """Fold BN into the conv in place (what Darknet's detector does before inference).
@@ -167,7 +167,10 @@ class ConvLayer(WeightedLayer):
         """
         if self.bn is None or self.xnor:
             return
-        w, b = self.fused_weight_bias()
+        k, shift = self.bn.gain_shift()
+        # Folded into the weight's own storage (the unfused values are gone with the BN anyway):
+        # no model-sized allocation, which is most of optimize()'s time on big nets.
+        w, b = _scale_rows_f64(self.conv.weight.detach(), k.detach(), in_place=True), shift.float()
         # New parameters in the existing conv: no throw-away initialisation of a fresh Conv2d.
         self.conv.weight = nn.Parameter(w.to(self.conv.weight.dtype), requires_grad=self.conv.weight.requires_grad)
         self.conv.bias = nn.Parameter(b.to(self.conv.weight.dtype), requires_grad=self.conv.weight.requires_grad)
@@ -195,6 +198,21 @@ class SharedConvLayer(nn.Module):
         if src.bn is not None:
             y = src.bn(y)
         return self.act(y)
+
+
+def _scale_rows_f64(w: Tensor, k: Tensor, in_place: bool = False) -> Tensor:
+    """``float32(double(w[i]) * k[i])`` per output channel ``i``: Darknet's float64 fold.
+
+    On CPU numpy does it in one buffered pass, bit-identical to ``(w.double() * k).float()``
+    and ~10x faster than torch's mixed-dtype loop (the bulk of ``optimize()`` on big nets).
+    ``in_place``: write the result over ``w`` (when it is a contiguous CPU float32 tensor).
+    """
+    if w.device.type != "cpu" or w.dtype != torch.float32 or k.device.type != "cpu":
+        return (w.double() * k.view(-1, 1, 1, 1)).float()
+    src = w.contiguous().numpy()
+    out = src if in_place and w.is_contiguous() else np.empty(src.shape, dtype=np.float32)
+    np.multiply(src, k.reshape(-1, *([1] * (w.dim() - 1))).numpy(), out=out, casting="same_kind")
+    return w if out is src and w.is_contiguous() else torch.from_numpy(out)
 
 
 def bn_weight_tensors(bn: nn.Module) -> list[tuple[str, Tensor]]:

@@ -13,7 +13,7 @@ the rolling variance after k steps differs from Darknet's by 0.9^k.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Iterable, Optional, cast
 
 import torch
 
@@ -22,8 +22,13 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def darknet_init(model: "Darknet", generator: Optional[torch.Generator] = None) -> "Darknet":
-    """Initialise every learned tensor of ``model`` as Darknet does (in place); returns the model."""
+def darknet_init(model: "Darknet", generator: Optional[torch.Generator] = None,
+                 layers: Optional[Iterable[int]] = None) -> "Darknet":
+    """Initialise every learned tensor of ``model`` as Darknet does (in place); returns the model.
+
+    ``layers``: only these layer indices (those a ``.weights`` file does not cover, see
+    :mod:`darkcfg.fast_build`); default all.
+    """
     from ..layers.conv import (ConnectedLayer, ConvLayer, DarknetBatchNorm, DeconvLayer, ImplicitLayer,
                                LocalLayer)
     from ..layers.merge import Shortcut
@@ -31,7 +36,10 @@ def darknet_init(model: "Darknet", generator: Optional[torch.Generator] = None) 
     def uniform_(t: torch.Tensor, scale: float) -> None:
         t.copy_((torch.rand(t.shape, generator=generator, dtype=torch.float32) * 2 - 1) * scale)
 
+    chosen = None if layers is None else set(layers)
     for spec, module in zip(model.graph.layers, model.layers):
+        if chosen is not None and spec.index not in chosen:
+            continue
         for m in module.modules():
             if isinstance(m, ConvLayer):
                 w = m.conv.weight

@@ -1,0 +1,98 @@
+"""``darkcfg.load(cfg, weights)`` builds without the random initialisation the file overwrites
+(:mod:`darkcfg.fast_build`) and reads blocks straight into the tensors (``fresh``); ``optimize()``
+folds BN in place.  These check that the fast paths give exactly what the slow ones give."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import darkcfg
+from darkcfg import WeightsError
+from darkcfg.cfg import read_cfg
+from darkcfg.graph import build_graph
+from darkcfg.model import Darknet
+from darkcfg.weights import synthetic_weights
+
+from test_weights import CONV0, FC, random_body, write_cfg, write_weights  # tests/ is on sys.path (rootdir conftest)
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN_CFGS = sorted((ROOT / "cfgs").glob("*.cfg"))
+
+
+def _slow_load(cfg: Path, weights: Path) -> Darknet:
+    """The reference: a normally initialised model, then the staged (all-or-nothing) load."""
+    model = Darknet(build_graph(read_cfg(cfg)))
+    model.load_weights(weights)
+    return model.eval()
+
+
+@pytest.mark.parametrize("cfg", OWN_CFGS, ids=[p.stem for p in OWN_CFGS])
+def test_fast_load_equals_staged_load(cfg: Path, tmp_path: Path) -> None:
+    graph = build_graph(read_cfg(cfg))
+    weights = tmp_path / "w.weights"
+    weights.write_bytes(synthetic_weights(graph, seed=3))
+    fast, slow = darkcfg.load(cfg, weights), _slow_load(cfg, weights)
+    a, b = fast.state_dict(), slow.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert fast.header == slow.header == weights.read_bytes()[:20]
+    x = torch.rand(1, graph.net.channels, graph.net.height, graph.net.width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p, q in zip(fast(x), slow(x)):
+            assert torch.equal(p, q)
+
+
+def test_dontload_layer_gets_darknet_init(tmp_path: Path) -> None:
+    """The layer the file skips must hold Darknet's init (uniform +-sqrt(2/fan_in), bias 0),
+    not the uninitialised memory the covered layers start from."""
+    cfg = write_cfg(tmp_path, conv1="dontload=1")
+    body = random_body(CONV0 + FC, seed=5)
+    model = darkcfg.load(cfg, write_weights(tmp_path / "dl.weights", body))
+    w, b = model.layers[1].conv.weight.detach(), model.layers[1].conv.bias.detach()
+    bound = math.sqrt(2.0 / (w.shape[1] * w.shape[2] * w.shape[3]))
+    assert torch.isfinite(w).all() and float(w.abs().max()) <= bound
+    assert float(w.std()) > 0.2 * bound  # really drawn, not left at zero
+    assert torch.equal(b, torch.zeros_like(b))
+
+
+def test_dontloadscales_bn_gets_init(tmp_path: Path) -> None:
+    cfg = write_cfg(tmp_path, conv0="dontloadscales=1", fc="dontloadscales=1")
+    layout = [CONV0[0], CONV0[4]] + [(1, "biases", 2), (1, "weights", 8)] + FC[:2]
+    body = random_body(layout, seed=6)
+    model = darkcfg.load(cfg, write_weights(tmp_path / "dls.weights", body))
+    for i in (0, 3):
+        bn = model.layers[i].bn
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    np.testing.assert_array_equal(model.layers[0].bn.bias.detach().numpy(), body[:4])  # biases still loaded
+
+
+def test_failed_fast_load_leaves_init_working(tmp_path: Path) -> None:
+    """A failed load raises before anything is returned, and the skip-init mode does not leak."""
+    cfg = write_cfg(tmp_path)
+    short = write_weights(tmp_path / "short.weights", random_body()[:-1])
+    with pytest.raises(WeightsError, match=r"layer 3 \[connected\]"):
+        darkcfg.load(cfg, short)
+    conv = torch.nn.Conv2d(4, 8, 3)
+    w = conv.weight.detach()
+    assert float(w.std()) > 0 and float(w.abs().max()) <= 1 / math.sqrt(36)
+
+
+def test_fuse_in_place_is_darknet_float64_fold(tmp_path: Path) -> None:
+    cfg = write_cfg(tmp_path)
+    model = darkcfg.load(cfg, write_weights(tmp_path / "w.weights", random_body(seed=2)))
+    conv = model.layers[0]
+    w, bn = conv.conv.weight.detach().clone(), conv.bn
+    k = bn.weight.double() / torch.sqrt(bn.running_var.double() + 0.00001)  # AlexeyAB's normalize_cpu
+    expect_w = (w.double() * k.view(-1, 1, 1, 1)).float()
+    expect_b = (bn.bias.double() - bn.running_mean.double() * k).float()
+    model.optimize()
+    assert conv.bn is None
+    assert torch.equal(conv.conv.weight, expect_w) and torch.equal(conv.conv.bias, expect_b)
