@@ -1,57 +1,376 @@
-"""Speed of darkcfg vs OpenCV's Darknet importer, measured side by side in one run.
+"""darkcfg vs the CPU runtimes a user would pick instead, side by side in ONE run.
 
-    python bench/speed.py [--iters 5] [--batch 1] [--shared ../shared]
+    python bench/speed.py                 # every row and section (long: tens of minutes on 2 cores)
+    python bench/speed.py --quick         # small rows, 2 repeats, no batch-8 RSS run
+    python bench/speed.py --rows yolov4-tiny-416-b1,yolov4-608-b1 --repeats 3 --sections speed,load
 
-For each model, darkcfg (BN unfused, BN fused) and OpenCV DNN run interleaved in the
-same process on the same input (see darkcfg/bench.py); the ratio column is OpenCV's
-median time divided by that of darkcfg's ``optimize()`` (fused BN, NHWC for
-depthwise nets); > 1 means darkcfg is faster.  Models come from the
-shared Darknet corpus; Yolo-Fastest uses its real weights, the others well-scaled
-synthetic weights (speed does not depend on the values once they are finite).
+Sections (``--sections``, default all):
+
+* ``speed``: per row, the median forward time of darkcfg ``optimize()`` fp32 (and bf16 when
+  the CPU has AVX512-BF16 or AMX), OpenCV 4.x ``readNetFromDarknet``, onnxruntime and OpenVINO
+  (both on darkcfg's own ONNX export, ``darkcfg.export``), all on the same input with the same
+  thread count, timed round-robin so drift hits everyone alike; ratios are OpenCV's time over
+  each one's (> 1: faster than OpenCV).  ``agree`` is each one's largest difference from
+  darkcfg fp32 on the output heads, relative to ``max(1, max|head|)``.
+* ``load``: ``darkcfg.load(cfg, weights)`` vs ``numpy.fromfile`` of the same file (interleaved,
+  medians), ``optimize()`` time, and the peak RSS growth of a load (in a subprocess).
+* ``rss``: peak RSS of yolov4 @608 batch ``--rss-batch`` (load + forward), darkcfg vs OpenCV,
+  each in its own subprocess.
+* ``nms``: csresnext50-panet-spp @416 with the conformance generator's seed-12345 weights
+  (hundreds of thousands of boxes above threshold): ``detect`` time over forward time.
+
+Weights are synthetic (:func:`darkcfg.weights.synthetic_weights`: well scaled, so nothing
+overflows; speed does not depend on the values).  Cfgs come from the shared Darknet corpus
+(``darkcfg.shared.shared_dir()``).  OpenVINO is optional (``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from darkcfg.bench import run_bench  # noqa: E402
+import darkcfg  # noqa: E402
+from darkcfg.cfg import read_cfg  # noqa: E402
+from darkcfg.graph import build_graph  # noqa: E402
 from darkcfg.shared import shared_dir  # noqa: E402
+from darkcfg.weights import synthetic_weights  # noqa: E402
 
-MODELS = [
-    ("yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1.cfg", "yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1.weights", None),
-    ("cfg/yolov4-tiny.cfg", None, (416, 416)),
-    ("csp-cfg/csdarknet53.cfg", None, (256, 256)),
-    ("cfg/csresnext50-panet-spp.cfg", None, (416, 416)),
-    ("cfg/yolov4.cfg", None, (416, 416)),
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    cfg: str  # relative to shared/darknet
+    size: int
+    batch: int
+
+
+ROWS = [
+    Row("yolo-fastest-1.1-320-b1", "yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1.cfg", 320, 1),
+    Row("yolov4-tiny-416-b1", "cfg/yolov4-tiny.cfg", 416, 1),
+    Row("yolov4-tiny-416-b4", "cfg/yolov4-tiny.cfg", 416, 4),
+    Row("csresnext50-panet-spp-512-b1", "cfg/csresnext50-panet-spp.cfg", 512, 1),
+    Row("yolov4-608-b1", "cfg/yolov4.cfg", 608, 1),
 ]
+QUICK_ROWS = ["yolo-fastest-1.1-320-b1", "yolov4-tiny-416-b1"]
+SECTIONS = ("speed", "load", "rss", "nms")
+
+
+# ----------------------------------------------------------------------------------- machine
+def cpu_description() -> Tuple[str, bool]:
+    """(one line naming the CPU and its relevant flags, whether it has bf16 hardware)."""
+    name, flags = "unknown CPU", set()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        name = m.group(1).strip() if m else name
+        f = re.search(r"^Flags:\s*(.+)$", out, re.M)
+        flags = set(f.group(1).split()) if f else set()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    have = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if x in flags]
+    missing = [x for x in ("avx512f", "avx512_bf16", "amx_bf16") if x not in flags]
+    return (f"{name}; {os.cpu_count()} logical CPUs; flags: {', '.join(have) or 'none of avx2/avx512'}"
+            f"{'; no ' + ', no '.join(missing) if missing else ''}"), bf16
+
+
+# ----------------------------------------------------------------------------------- helpers
+def median_ms(samples: List[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def agree(outs: List[np.ndarray], ref: List[np.ndarray]) -> float:
+    """Largest |out - ref| over the heads, relative to max(1, max|ref head|)."""
+    worst = 0.0
+    for o, r in zip(outs, ref):
+        o = np.asarray(o, dtype=np.float32).reshape(r.shape)
+        worst = max(worst, float(np.abs(o - r).max()) / max(1.0, float(np.abs(r).max())))
+    return worst
+
+
+def weights_for(cfg: Path, tmp: Path) -> Path:
+    path = tmp / (cfg.stem + ".weights")
+    if not path.exists():
+        path.write_bytes(synthetic_weights(build_graph(read_cfg(cfg))))
+    return path
+
+
+def contenders(cfg: Path, weights: Path, row: Row, x: torch.Tensor, threads: int, bf16: bool,
+               tmp: Path) -> Tuple[Dict[str, Callable[[], Any]], Dict[str, str]]:
+    """name -> zero-argument forward; plus name -> why it is missing."""
+    size = (row.size, row.size)
+    fns: Dict[str, Callable[[], Any]] = {}
+    notes: Dict[str, str] = {}
+    model = darkcfg.load(cfg, weights, size=size).optimize()
+
+    def run_torch(m: torch.nn.Module, inp: torch.Tensor) -> Callable[[], Any]:
+        def go() -> Any:
+            with torch.inference_mode():
+                return [t.float().numpy() for t in m(inp)]
+        return go
+
+    fns["darkcfg optimize() fp32"] = run_torch(model, x)
+    if not bf16:
+        notes["darkcfg optimize() bf16"] = "skipped: this CPU has no avx512_bf16/amx_bf16"
+    else:
+        try:
+            mb = darkcfg.load(cfg, weights, size=size).optimize(dtype=torch.bfloat16)  # type: ignore[call-arg]
+            fns["darkcfg optimize() bf16"] = run_torch(mb, x)
+        except TypeError:
+            notes["darkcfg optimize() bf16"] = "skipped: optimize(dtype=) not available in this version"
+    blob = np.ascontiguousarray(x.numpy())
+    try:
+        import cv2
+
+        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+        cv2.setNumThreads(threads)
+        names = net.getUnconnectedOutLayersNames()
+
+        def go_cv() -> Any:
+            net.setInput(blob)
+            return net.forward(names)
+        go_cv()
+        fns[f"OpenCV {cv2.__version__} fp32"] = go_cv
+    except Exception as exc:  # noqa: BLE001 -- a contender that cannot run is reported, not fatal
+        notes["OpenCV fp32"] = f"unavailable: {str(exc).strip().splitlines()[-1]}"
+    onnx_path = tmp / f"{row.key}.onnx"
+    try:
+        from darkcfg.export import export
+
+        export(cfg, weights, "onnx", out=onnx_path, size=size, batch=row.batch, dynamic=False)
+    except Exception as exc:  # noqa: BLE001
+        notes["onnxruntime fp32"] = notes["OpenVINO f32"] = f"ONNX export failed: {exc}"
+        return fns, notes
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        iname = sess.get_inputs()[0].name
+        fns[f"onnxruntime {ort.__version__} fp32"] = lambda: sess.run(None, {iname: blob})
+    except ImportError:
+        notes["onnxruntime fp32"] = "not installed (pip install -e .[bench])"
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        precisions = ["f32"] + (["bf16"] if bf16 else [])
+        for prec in precisions:
+            compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": prec,
+                                                                  "INFERENCE_NUM_THREADS": threads})
+            req = compiled.create_infer_request()
+
+            def go_ov(req: Any = req, compiled: Any = compiled) -> Any:
+                res = req.infer({0: blob})
+                return [res[o] for o in compiled.outputs]
+            fns[f"OpenVINO {ov.__version__.split('-')[0]} {prec}"] = go_ov
+        if not bf16:
+            notes["OpenVINO bf16"] = "skipped: this CPU has no avx512_bf16/amx_bf16"
+    except ImportError:
+        notes["OpenVINO f32"] = "not installed (pip install openvino, or -e .[bench])"
+    return fns, notes
+
+
+def bench_speed(rows: List[Row], darknet: Path, repeats: int, threads: int, bf16: bool, tmp: Path) -> None:
+    print(f"\n## Forward time (ms, median of {repeats} round-robin rounds, {threads} threads; "
+          "ratio = OpenCV time / this one's, > 1 is faster than OpenCV)\n", flush=True)
+    table: Dict[str, Dict[str, str]] = {}
+    notes_all: Dict[str, str] = {}
+    for row in rows:
+        cfg = darknet / row.cfg
+        weights = weights_for(cfg, tmp)
+        x = torch.rand(row.batch, 3, row.size, row.size, generator=torch.Generator().manual_seed(0))
+        fns, notes = contenders(cfg, weights, row, x, threads, bf16, tmp)
+        notes_all.update(notes)
+        outs = {name: fn() for name, fn in fns.items()}  # warm-up, and the outputs to compare
+        ref = [np.asarray(o) for o in outs["darkcfg optimize() fp32"]]
+        times: Dict[str, List[float]] = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: median_ms(v) for name, v in times.items()}
+        cv = next((v for k, v in med.items() if k.startswith("OpenCV")), None)
+        for name, ms in med.items():
+            ratio = f" ({cv / ms:.2f}x)" if cv else ""
+            # OpenCV's [yolo] output is decoded boxes (another layout): no element-wise comparison
+            diff = 0.0 if name.startswith(("darkcfg optimize() fp32", "OpenCV")) else agree(outs[name], ref)
+            table.setdefault(name, {})[row.key] = f"{ms:.1f}{ratio}" + (f" [{diff:.1e}]" if diff else "")
+        print(f"  {row.key}: " + ", ".join(f"{n} {m:.1f}" for n, m in med.items()), flush=True)
+    print("\n| runtime | " + " | ".join(r.key for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for name, cells in table.items():
+        print(f"| {name} | " + " | ".join(cells.get(r.key, "-") for r in rows) + " |")
+    print("\n[x] = largest difference from darkcfg fp32 on the heads, relative to max(1, max|head|) "
+          "(not for OpenCV, whose [yolo] output is already decoded).")
+    for name, why in notes_all.items():
+        print(f"  {name}: {why}")
+
+
+# ------------------------------------------------------------------------------------- load
+def _peak_rss_child(kind: str, cfg: str, weights: str, size: int, batch: int) -> None:
+    """Subprocess body: prints one JSON line with ru_maxrss before and after the work."""
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    info: Dict[str, Any] = {}
+    if kind == "load":
+        m = darkcfg.load(cfg, weights)
+        info["model_bytes"] = sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+    elif kind == "darkcfg":
+        m = darkcfg.load(cfg, weights, size=(size, size)).optimize()
+        with torch.inference_mode():
+            m(torch.rand(batch, 3, size, size))
+    else:
+        import cv2
+
+        cv2.setNumThreads(int(os.environ.get("BENCH_THREADS", "1")))
+        net = cv2.dnn.readNetFromDarknet(cfg, weights)
+        net.setInput(np.random.rand(batch, 3, size, size).astype(np.float32))
+        net.forward(net.getUnconnectedOutLayersNames())
+    info.update(base=base, peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps(info))
+
+
+def peak_rss(kind: str, cfg: Path, weights: Path, size: int = 0, batch: int = 1, threads: int = 1) -> Dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--_child", kind, str(cfg), str(weights), str(size), str(batch)],
+                         capture_output=True, text=True, env={**os.environ, "BENCH_THREADS": str(threads)},
+                         timeout=3600)
+    if out.returncode:
+        raise RuntimeError(f"{kind} subprocess failed: {out.stderr.strip()[-500:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def bench_load(darknet: Path, repeats: int, tmp: Path) -> None:
+    cfg = darknet / "cfg/yolov4.cfg"
+    weights = weights_for(cfg, tmp)
+    mb = weights.stat().st_size / 2 ** 20
+    darkcfg.load(cfg, weights)  # imports and page cache warm
+    read, load, opt = [], [], []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        arr = np.fromfile(weights, dtype=np.uint8)
+        read.append(time.perf_counter() - t0)
+        del arr
+        t0 = time.perf_counter()
+        m = darkcfg.load(cfg, weights)
+        load.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        m.optimize()
+        opt.append(time.perf_counter() - t0)
+        del m
+    r, lo, o = median_ms(read), median_ms(load), median_ms(opt)
+    rss = peak_rss("load", cfg, weights)
+    grow = rss["peak"] - rss["base"]
+    print(f"\n## Load (yolov4.cfg, {mb:.0f} MiB synthetic weights, medians of {len(read)})\n")
+    print(f"  numpy.fromfile {r:.0f} ms | darkcfg.load {lo:.0f} ms ({lo / r:.2f}x fromfile; target <= 2x) | "
+          f"optimize() {o:.0f} ms ({o / lo:.2f}x load; target <= 0.3x)")
+    both = weights.stat().st_size + rss["model_bytes"]
+    print(f"  peak RSS growth during load: {grow / 2 ** 20:.0f} MiB = {grow / both:.2f}x (weights file + model "
+          f"= {both / 2 ** 20:.0f} MiB; target <= 1.3x)", flush=True)
+
+
+def bench_rss(darknet: Path, batch: int, threads: int, tmp: Path) -> None:
+    cfg = darknet / "cfg/yolov4.cfg"
+    weights = weights_for(cfg, tmp)
+    print(f"\n## Peak RSS, yolov4 @608 batch {batch} (load + one forward, each in its own process)\n")
+    for kind, label in (("darkcfg", "darkcfg optimize()"), ("opencv", "OpenCV readNetFromDarknet")):
+        try:
+            r = peak_rss(kind, cfg, weights, 608, batch, threads)
+            print(f"  {label}: {r['peak'] / 2 ** 30:.2f} GiB", flush=True)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"  {label}: failed ({exc})", flush=True)
+
+
+# -------------------------------------------------------------------------------------- nms
+def bench_nms(shared: Path, repeats: int) -> None:
+    from darkcfg.conformance import case_weights, load_make_weights
+
+    case = shared / "conformance/cases/cfg-csresnext50-panet-spp"
+    image = shared / "darknet/data/dog.jpg"
+    if not case.is_dir() or not image.is_file():
+        print("\n## NMS stress: skipped (conformance case or data/dog.jpg missing)")
+        return
+    meta = json.loads((case / "meta.json").read_text())
+    meta = {**meta, "weights": {**meta["weights"], "seed": 12345}}
+    data = case_weights(load_make_weights(shared / "conformance"), case, meta)
+    model = darkcfg.load(shared / meta["cfg"], data, size=(416, 416)).optimize()
+    x = torch.rand(1, 3, 416, 416)
+    fwd, det, count = [], [], 0
+    for _ in range(max(2, repeats)):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(x)
+        fwd.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        count = len(model.detect(str(image))[0] or [])
+        det.append(time.perf_counter() - t0)
+    f, d = median_ms(fwd), median_ms(det)
+    print(f"\n## NMS stress (csresnext50-panet-spp @416, make_weights seed 12345, data/dog.jpg)\n")
+    print(f"  forward {f:.0f} ms | detect (read, forward, decode, NMS) {d:.0f} ms = {d / f:.1f}x forward "
+          f"(target <= 10x) | {count} detections kept", flush=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--shared", type=Path, default=None)
+    p.add_argument("--rows", default=None, help=f"comma-separated, from: {', '.join(r.key for r in ROWS)}")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per contender (median)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from: {', '.join(SECTIONS)}")
+    p.add_argument("--rss-batch", type=int, default=8)
+    p.add_argument("--quick", action="store_true", help=f"rows {', '.join(QUICK_ROWS)}, 2 repeats, no rss section")
+    p.add_argument("--_child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
-    shared = args.shared or shared_dir()
+    if args._child:
+        kind, cfg, weights, size, batch = args._child
+        _peak_rss_child(kind, cfg, weights, int(size), int(batch))
+        return 0
+    shared = shared_dir()
     if shared is None:
         print("the shared Darknet corpus was not found (set DARKCFG_SHARED)", file=sys.stderr)
         return 2
-    darknet = shared / "darknet"
-    print(f"{'model':<26} {'input':>12} {'unfused ms':>11} {'fused ms':>9} {'NHWC ms':>8} {'optimize()':>10} {'OpenCV ms':>10} "
-          f"{'OpenCV/optimize()':>18}")
-    for cfg, weights, size in MODELS:
-        r = run_bench(str(darknet / cfg), str(darknet / weights) if weights else None, size=size,
-                      batch=args.batch, iters=args.iters, channels_last=True)
-        med = r["median_ms"]
-        cv = med.get("OpenCV DNN", float("nan"))
-        fused = med["darkcfg (fused BN)"]
-        best = med["darkcfg optimize()"]
-        print(f"{Path(cfg).stem:<26} {args.batch}x{r['width']}x{r['height']:<4} {med['darkcfg (unfused BN)']:11.1f} "
-              f"{fused:9.1f} {med['darkcfg (fused, NHWC)']:8.1f} {best:10.1f} {cv:10.1f} {cv / best:17.2f}x", flush=True)
+    sections = set(args.sections.split(","))
+    keys = args.rows.split(",") if args.rows else [r.key for r in ROWS]
+    if args.quick:
+        keys = args.rows.split(",") if args.rows else QUICK_ROWS
+        args.repeats = min(args.repeats, 2)
+        sections.discard("rss")
+    unknown = sorted(set(keys) - {r.key for r in ROWS}) + sorted(sections - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown row(s)/section(s): {', '.join(unknown)}")
+    torch.set_num_threads(args.threads)
+    cpu, bf16 = cpu_description()
+    print(f"CPU: {cpu}\ntorch {torch.__version__}, {args.threads} threads, darkcfg {darkcfg.__version__}; "
+          f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    with tempfile.TemporaryDirectory(prefix="darkcfg-speed-") as t:
+        tmp = Path(t)
+        if "speed" in sections:
+            bench_speed([r for r in ROWS if r.key in keys], shared / "darknet", args.repeats, args.threads, bf16, tmp)
+        if "load" in sections:
+            bench_load(shared / "darknet", args.repeats, tmp)
+        if "rss" in sections:
+            bench_rss(shared / "darknet", args.rss_batch, args.threads, tmp)
+        if "nms" in sections:
+            bench_nms(shared, args.repeats)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
 
