@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -153,7 +154,9 @@ def contenders(cfg: Path, weights: Path, row: Row, x: torch.Tensor, threads: int
     try:
         from darkcfg.export import export
 
-        export(cfg, weights, "onnx", out=onnx_path, size=size, batch=row.batch, dynamic=False)
+        with warnings.catch_warnings():  # the tracer's notices are not this benchmark's business
+            warnings.simplefilter("ignore")
+            export(cfg, weights, "onnx", out=onnx_path, size=size, batch=row.batch, dynamic=False)
     except Exception as exc:  # noqa: BLE001
         notes["onnxruntime fp32"] = notes["OpenVINO f32"] = f"ONNX export failed: {exc}"
         return fns, notes

@@ -54,6 +54,7 @@ class Darknet(nn.Module):
         self.release_after: List[List[int]] = _release_schedule(self.layer_inputs, self.output_layers)
         self.fused = False
         self.channels_last = False
+        self.layer_dtypes: Optional[List[torch.dtype]] = None  # set by optimize(dtype=...): see precision.py
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
         self.seen = 0  # images trained on (the header's ``seen``); Darknet.loss adds the batch in train mode
 
@@ -82,8 +83,11 @@ class Darknet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         outs: List[Tensor] = []
         empty = x.new_empty(0)
-        for layer, inputs, release in zip(self.layers, self.layer_inputs, self.release_after):
+        casts: Sequence[Optional[torch.dtype]] = self.layer_dtypes or [None] * len(self.layers)
+        for layer, inputs, release, cast in zip(self.layers, self.layer_inputs, self.release_after, casts):
             xs = [outs[j] if j >= 0 else x for j in inputs]
+            if cast is not None:
+                xs = [t.to(cast) for t in xs]
             outs.append(layer(xs))
             if not keep_all:
                 del xs
@@ -93,11 +97,16 @@ class Darknet(nn.Module):
 
     def forward(self, x: Tensor) -> List[Tensor]:
         outs = self._run(x, keep_all=False)
+        if self.layer_dtypes is not None:
+            return [outs[i].contiguous().float() for i in self.output_layers]
         return [outs[i].contiguous() for i in self.output_layers]
 
     def layer_outputs(self, x: Tensor) -> List[Tensor]:
         """Every layer's output, indexed like Darknet's layers (section order after ``[net]``)."""
-        return [o.contiguous() for o in self._run(x)]
+        outs = self._run(x)
+        if self.layer_dtypes is not None:
+            return [o.contiguous().float() for o in outs]
+        return [o.contiguous() for o in outs]
 
     # --------------------------------------------------------------- weights
     def load_weights(self, path: "str | os.PathLike | bytes | bytearray", upto: Optional[int] = None,
@@ -149,13 +158,21 @@ class Darknet(nn.Module):
         depthwise = [s for s in convs if s.attrs.groups > 1 and s.attrs.groups == s.in_shape[0]]
         return bool(convs) and len(depthwise) * 4 >= len(convs)
 
-    def optimize(self) -> "Darknet":
+    def optimize(self, dtype: Optional[torch.dtype] = None) -> "Darknet":
         """Inference set-up: :meth:`fuse`, and NHWC memory layout where it is faster.
 
         Outputs are unchanged up to float rounding (and returned contiguous, NCHW).
+        ``dtype=torch.bfloat16``: weights converted once, NHWC, heads kept in float32 (the
+        policy in :mod:`darkcfg.precision`); outputs float32, agreeing with fp32 to bf16 rounding.
         """
         self.fuse()
-        if self.prefers_channels_last():
+        if dtype is not None and dtype != torch.float32:
+            from .precision import convert
+
+            convert(self, dtype)
+            self.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        elif self.prefers_channels_last():
             self.to(memory_format=torch.channels_last)
             self.channels_last = True
         return self
