@@ -15,7 +15,7 @@ Sections (``--sections``, default all):
 * ``load``: ``darkcfg.load(cfg, weights)`` vs ``numpy.fromfile`` of the same file (interleaved,
   medians), ``optimize()`` time, and the peak RSS growth of a load (in a subprocess).
 * ``rss``: peak RSS of yolov4 @608 batch ``--rss-batch`` (load + forward), darkcfg vs OpenCV,
-  each in its own subprocess.
+  each in its own subprocess (VmHWM; see :func:`_high_water`).
 * ``nms``: csresnext50-panet-spp @416 with the conformance generator's seed-12345 weights
   (hundreds of thousands of boxes above threshold): ``detect`` time over forward time.
 
@@ -230,10 +230,25 @@ def bench_speed(rows: List[Row], darknet: Path, repeats: int, threads: int, bf16
 
 
 # ------------------------------------------------------------------------------------- load
+def _high_water() -> int:
+    """Peak resident bytes of this process so far.
+
+    ``/proc/self/status`` VmHWM where there is one: ``getrusage``'s ru_maxrss survives
+    fork + exec on Linux, so a child started by a big parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _peak_rss_child(kind: str, cfg: str, weights: str, size: int, batch: int) -> None:
-    """Subprocess body: prints one JSON line with ru_maxrss before and after the work."""
+    """Subprocess body: prints one JSON line with the peak RSS before and after the work."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _high_water()
     info: Dict[str, Any] = {}
     if kind == "load":
         m = darkcfg.load(cfg, weights)
@@ -249,7 +264,7 @@ def _peak_rss_child(kind: str, cfg: str, weights: str, size: int, batch: int) ->
         net = cv2.dnn.readNetFromDarknet(cfg, weights)
         net.setInput(np.random.rand(batch, 3, size, size).astype(np.float32))
         net.forward(net.getUnconnectedOutLayersNames())
-    info.update(base=base, peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    info.update(base=base, peak=_high_water())
     print(json.dumps(info))
 
 
