@@ -330,7 +330,7 @@ def bench_nms(shared: Path, repeats: int) -> None:
     meta = json.loads((case / "meta.json").read_text())
     meta = {**meta, "weights": {**meta["weights"], "seed": 12345}}
     data = case_weights(load_make_weights(shared / "conformance"), case, meta)
-    model = darkcfg.load(shared / meta["cfg"], data, size=(416, 416)).optimize()
+    model = darkcfg.load(shared / meta["cfg"], bytearray(data), size=(416, 416)).optimize()
     x = torch.rand(1, 3, 416, 416)
     fwd, det, count = [], [], 0
     for _ in range(max(2, repeats)):

@@ -23,7 +23,7 @@ BF16_AGREEMENT = 2e-2
 
 def _pair(cfg: Path) -> tuple[darkcfg.Darknet, darkcfg.Darknet, torch.Tensor]:
     graph = build_graph(read_cfg(cfg))
-    data = synthetic_weights(graph, seed=1)
+    data = bytearray(synthetic_weights(graph, seed=1))  # content (bytes would be a path)
     x = torch.rand(2, graph.net.channels, graph.net.height, graph.net.width,
                    generator=torch.Generator().manual_seed(0))
     return darkcfg.load(cfg, data).optimize(), darkcfg.load(cfg, data).optimize(dtype=torch.bfloat16), x
