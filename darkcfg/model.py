@@ -158,12 +158,15 @@ class Darknet(nn.Module):
         depthwise = [s for s in convs if s.attrs.groups > 1 and s.attrs.groups == s.in_shape[0]]
         return bool(convs) and len(depthwise) * 4 >= len(convs)
 
-    def optimize(self, dtype: Optional[torch.dtype] = None) -> "Darknet":
+    def optimize(self, dtype: Optional[torch.dtype] = None, compile: bool = False) -> "Darknet":
         """Inference set-up: :meth:`fuse`, and NHWC memory layout where it is faster.
 
         Outputs are unchanged up to float rounding (and returned contiguous, NCHW).
         ``dtype=torch.bfloat16``: weights converted once, NHWC, heads kept in float32 (the
         policy in :mod:`darkcfg.precision`); outputs float32, agreeing with fp32 to bf16 rounding.
+        ``compile=True``: the whole ``forward`` captured as ONE graph by ``torch.compile``
+        (``fullgraph``, static shapes: one compile per input shape, none per layer), compiled
+        here on a batch of 1 at the net's size; ``compile_seconds`` records how long that took.
         """
         self.fuse()
         if dtype is not None and dtype != torch.float32:
@@ -175,6 +178,14 @@ class Darknet(nn.Module):
         elif self.prefers_channels_last():
             self.to(memory_format=torch.channels_last)
             self.channels_last = True
+        if compile:
+            import time
+
+            self.forward = torch.compile(self.forward, fullgraph=True, dynamic=False)  # type: ignore[method-assign]
+            start = time.perf_counter()
+            with torch.no_grad():
+                self(torch.rand(1, self.channels, self.height, self.width, device=next(self.parameters()).device))
+            self.compile_seconds = time.perf_counter() - start
         return self
 
     # ---------------------------------------------------------------- detect

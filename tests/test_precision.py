@@ -3,6 +3,7 @@ agreement with fp32: every output within BF16_AGREEMENT * max(1, max|fp32 output
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,26 @@ def test_bf16_policy_heads_and_their_inputs_stay_fp32() -> None:
             assert layer.conv.weight.dtype == torch.bfloat16, spec.where
             seen_bf16 = True
     assert seen_bf16
+
+
+def _no_compiler() -> bool:
+    import shutil
+
+    return not hasattr(torch, "compile") or shutil.which(os.environ.get("CXX", "g++")) is None
+
+
+@pytest.mark.skipif(_no_compiler(), reason="torch.compile's inductor backend needs torch.compile and a C++ compiler "
+                                           "(g++ or $CXX), neither found here")
+def test_compile_equals_eager() -> None:
+    """``optimize(compile=True)``: one captured graph, outputs equal to eager within 1e-5."""
+    cfg = ROOT / "cfgs" / "tiny-detection.cfg"
+    graph = build_graph(read_cfg(cfg))
+    data = bytearray(synthetic_weights(graph, seed=1))
+    eager = darkcfg.load(cfg, data).optimize()
+    compiled = darkcfg.load(cfg, data).optimize(compile=True)
+    assert compiled.compile_seconds > 0
+    x = torch.rand(2, graph.net.channels, graph.net.height, graph.net.width,
+                   generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for r, o in zip(eager(x), compiled(x)):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
