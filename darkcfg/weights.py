@@ -9,7 +9,7 @@ functions used by both.
 
 File layout (``darknet-format.md`` §6): int32 major, minor, revision; ``seen`` as
 uint64 when ``major*10 + minor >= 2`` else uint32; then float32 blocks.  The file
-is read in one pass into one buffer and the blocks are views into it.
+is read in one pass into one buffer; each block is copied once into its tensor.
 
 Differences from Darknet, on purpose: a file that is too short is an error naming
 the layer (Darknet stops silently and leaves random weights); trailing floats are
@@ -208,8 +208,8 @@ def _read_source(source: WeightsSource, needed_floats: "Callable[[Header], int]"
 def _aligned_buffer(nbytes: int, header_size: int) -> memoryview:
     """``nbytes`` of uninitialised memory whose float body (after the header) starts 64-byte aligned.
 
-    No zero-fill pass (``bytearray(n)`` writes every page once before the read writes it again),
-    and tensors that adopt views of the body (``fresh`` loads) are as aligned as torch's own.
+    No zero-fill pass (``bytearray(n)`` writes every page once before the read writes it again);
+    the aligned body keeps the block-to-tensor copies on the fast memcpy path.
     """
     raw = np.empty(nbytes + 64, dtype=np.uint8)
     start = (-(raw.ctypes.data + header_size)) % 64
@@ -268,9 +268,10 @@ def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = 
     :class:`WeightsError` naming the layer when the file is short, and, under ``strict``,
     when floats are left over or values are NaN/Inf or negative variances (warnings otherwise).
 
-    ``fresh=True`` (a model just built to receive this file, see :func:`darkcfg.load`): once
-    every check has passed, the tensors adopt views of the read buffer instead of copying it
-    (no second model-sized pass; the buffer is the model's memory from then on).
+    ``fresh=True`` marks a model just built to receive this file (see :func:`darkcfg.load`).
+    Blocks are always copied into the model's own tensors, never adopted as views of the
+    read buffer: views sit at other addresses and oneDNN may then pick another summation
+    order, so the same file would give outputs that differ in the last bit between loads.
     """
     if model.fused:
         raise WeightsError("cannot load weights into a fused model: load before calling fuse()")
@@ -306,13 +307,9 @@ def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = 
         staged.append((slot.tensor, _block_to_tensor(body[offset:end], slot)))
         offset = end
     _check_values(body[:offset], slots, name, strict)
-    adopt = fresh and not isinstance(source, (bytearray, memoryview))  # never alias the caller's buffer
     with torch.no_grad():
         for tensor, values in staged:
-            if adopt and tensor.device.type == "cpu" and tensor.dtype == values.dtype:
-                tensor.data = values  # same object (shared convs, optimizers see it), the file's memory
-            else:
-                tensor.copy_(values)
+            tensor.copy_(values)
     model.header = bytes(data[:header.size])
     return header
 
