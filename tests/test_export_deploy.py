@@ -139,9 +139,13 @@ def test_classfix_is_in_the_region_spec(tmp_path: Path) -> None:
     assert heads_from_graph(graph)[1][0].classfix == -1
 
 
-@pytest.mark.parametrize("name", ["tiny-yolo-all", "tiny-region"])
+OWN_CFGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "cfgs").glob("*.cfg"))
+
+
+@pytest.mark.parametrize("name", OWN_CFGS)
 def test_optimized_own_cfg_in_opencv(name: str, tmp_path: Path) -> None:
-    """onnxscript's optimizer folds the remaining shape arithmetic: OpenCV imports and runs the graph."""
+    """Every own cfg (local_avgpool, [local], crnn, connected, softmax, detection, ... included):
+    the optimized graph imports and runs in OpenCV and onnxruntime, equal to eager."""
     pytest.importorskip("onnxscript", reason="onnxscript is part of the test extra")
     from darkcfg.weights import synthetic_weights
 

@@ -13,6 +13,7 @@ from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
 from .registry import BuildContext, WeightedLayer, builder
+from .tracing import as_map, static_hw, untraced
 
 
 class DarknetBatchNorm(nn.Module):
@@ -310,9 +311,9 @@ class ConnectedLayer(WeightedLayer):
             y = F.linear(x, self.linear.weight)
             bn = self.bn
             if bn.training:
-                return self.act(bn.train_forward(y, None) + self.linear.bias)[:, :, None, None]
+                return as_map(self.act(bn.train_forward(y, None) + self.linear.bias))
             y = (y - bn.running_mean) / DF.bn_denominator(bn.running_var, bn.pjreddie) * bn.weight + self.linear.bias
-        return self.act(y)[:, :, None, None]
+        return as_map(self.act(y))
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
         out = [("biases", self.linear.bias), ("weights", self.linear.weight)]
@@ -342,10 +343,28 @@ class LocalLayer(WeightedLayer):
 
     def forward(self, xs: List[Tensor]) -> Tensor:
         x = xs[0]
+        if torch.jit.is_tracing():
+            return self.act(self._traced_forward(x))
         cols = F.unfold(x, self.size, padding=self.pad, stride=self.stride)  # N x (c*k*k) x L
         y = torch.einsum("lfk,nkl->nfl", self.weight, cols)
         y = y.reshape(x.shape[0], -1, self.out_hw[0], self.out_hw[1]) + self.bias
         return self.act(y)
+
+    def _traced_forward(self, x: Tensor) -> Tensor:
+        """The same sums with constant shapes and ops every ONNX importer knows (OpenCV included).
+
+        im2col is a grouped convolution with one-hot kernels (output channel ``ci*k*k + ky*k + kx``,
+        unfold's order), then a broadcast multiply by the per-location weights and a sum over taps;
+        ``F.unfold``/``einsum`` would export shape arithmetic OpenCV cannot run."""
+        k = self.size
+        with untraced():
+            c = int(x.shape[1])
+            taps = torch.eye(k * k, dtype=x.dtype, device=x.device).reshape(k * k, 1, k, k).repeat(c, 1, 1, 1)
+        cols = F.conv2d(x, taps, None, self.stride, self.pad, 1, c)  # N x (c*k*k) x OH x OW
+        oh, ow = self.out_hw
+        cols = cols.reshape(-1, 1, c * k * k, oh * ow)
+        y = (cols * self.weight.permute(1, 2, 0)).sum(2)  # N x filters x L
+        return y.reshape(-1, self.bias.shape[0], oh, ow) + self.bias
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
         return [("biases", self.bias), ("weights", self.weight)]
@@ -417,8 +436,14 @@ class CrnnLayer(WeightedLayer):
 
     def forward(self, xs: List[Tensor]) -> Tensor:
         x = self.input_layer(xs)
-        zero = torch.zeros_like(x)
-        state = x + self.self_layer([zero])
+        if torch.jit.is_tracing():
+            with untraced():  # self(0) does not depend on the input: one constant, not a Conv of constants
+                h, w = static_hw(x)
+                zero = torch.zeros((1, x.shape[1], h, w), dtype=x.dtype, device=x.device)
+                old = self.self_layer([zero])
+        else:
+            old = self.self_layer([torch.zeros_like(x)])
+        state = x + old
         return self.output_layer([state])
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..datafiles import DarknetTree, read_tree  # noqa: F401  (re-exported; torch-free home)
 from .activations import logistic
-from .tracing import static_dims, static_hw
+from .tracing import in_bounds_fraction, static_dims, static_hw
 
 __all__ = [
     "FLT_MAX",
@@ -182,11 +182,16 @@ def local_avgpool(x: Tensor, size: int, stride_x: int, stride_y: int, padding: i
             [2.5000, 3.0000]])
     """
     pads = _pool_pads(x, size, stride_x, stride_y, padding)
-    xp = F.pad(x, pads, mode="constant", value=0.0)
-    ones = torch.ones((1, 1, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device)
-    mp = F.pad(ones, pads, mode="constant", value=0.0)
+    xp = x
+    if pads[0] > 0 or pads[1] > 0 or pads[2] > 0 or pads[3] > 0:  # OpenCV's importer fails on a no-op Pad
+        xp = F.pad(x, pads, mode="constant", value=0.0)
     k = [size, size]
     s = [stride_y, stride_x]
+    if torch.jit.is_tracing():
+        # ONNX's AveragePool has no divisor override: window means over the constant in-bounds fraction.
+        return F.avg_pool2d(xp, k, s, 0, False, True) / in_bounds_fraction(x, pads, k, s)
+    ones = torch.ones((1, 1, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device)
+    mp = F.pad(ones, pads, mode="constant", value=0.0)
     total = F.avg_pool2d(xp, k, s, 0, False, True, 1)
     count = F.avg_pool2d(mp, k, s, 0, False, True, 1)
     return total / count

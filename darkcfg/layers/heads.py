@@ -16,6 +16,7 @@ from ..datafiles import find_data_file, read_tree  # noqa: F401  (find_data_file
 from ..graph import LayerSpec
 from . import functional as DF
 from .registry import BuildContext, builder
+from .tracing import as_map
 
 
 class YoloOutput(nn.Module):
@@ -76,7 +77,7 @@ class FlatSoftmax(nn.Module):
             y = DF.tree_softmax(x, self.tree)
         else:
             y = DF.softmax_groups(x, self.groups, self.temperature)
-        return y[:, :, None, None]
+        return as_map(y)
 
 
 @builder("softmax")
@@ -94,7 +95,7 @@ class DetectionOutput(nn.Module):
         self.side, self.classes, self.softmax = side, classes, softmax
 
     def forward(self, xs: List[Tensor]) -> Tensor:
-        return DF.detection_output(xs[0].flatten(1), self.side, self.classes, self.softmax)[:, :, None, None]
+        return as_map(DF.detection_output(xs[0].flatten(1), self.side, self.classes, self.softmax))
 
 
 @builder("detection")

@@ -11,6 +11,7 @@ from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
 from .registry import BuildContext, WeightedLayer, builder
+from .tracing import as_map
 
 
 class Route(nn.Module):
@@ -42,7 +43,7 @@ class Route(nn.Module):
         if self.flat:
             parts = [x.flatten(1) for x in xs]
             parts = [p.chunk(self.groups, 1)[self.group_id] if self.groups > 1 else p for p in parts]
-            return torch.cat(parts, 1)[:, :, None, None]
+            return as_map(torch.cat(parts, 1))
         return DF.route(xs, self.groups, self.group_id)
 
     def extra_repr(self) -> str:

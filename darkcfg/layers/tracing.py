@@ -10,6 +10,7 @@ TorchScript must read this signature when scripting a caller.)
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _set_tracing_state = getattr(torch._C, "_set_tracing_state")  # private, not in torch's type stubs
@@ -52,3 +53,26 @@ def static_dims(x: Tensor) -> List[int]:
         return [int(v) for v in x.shape[1:]]
     finally:
         _set_tracing_state(state)
+
+
+@torch.jit.ignore
+def as_map(y: Tensor) -> Tensor:
+    """N x C -> N x C x 1 x 1 (flat layers' Darknet layout).
+
+    Traced as one Reshape to a constant shape: ``y[:, :, None, None]`` becomes two Unsqueezes
+    that an ONNX optimizer merges into a two-axis Unsqueeze, which OpenCV's importer refuses."""
+    if not torch.jit.is_tracing():
+        return y[:, :, None, None]
+    return y.reshape(-1, static_dims(y)[0], 1, 1)
+
+
+@torch.jit.ignore
+def in_bounds_fraction(x: Tensor, pads: List[int], k: List[int], s: List[int]) -> Tensor:
+    """In-bounds share of each ``[local_avgpool]`` window (1 x 1 x OH x OW) for an exported graph.
+
+    It depends on the geometry only, so it is computed with the tracer paused and the graph
+    carries one constant: OpenCV's importer cannot run a Pad of a constant tensor."""
+    with untraced():
+        h, w = static_hw(x)
+        ones = torch.ones((1, 1, h, w), dtype=x.dtype, device=x.device)
+        return F.avg_pool2d(F.pad(ones, pads, mode="constant", value=0.0), k, s, 0, False, True)
