@@ -11,7 +11,6 @@ whole set. Prints the CPU model and torch thread count beside the figures.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -26,17 +25,8 @@ from darkcfg.datafile import list_images  # noqa: E402
 from darkcfg.detect import decode, nms  # noqa: E402
 from darkcfg.evaluation import MAP_DET_THRESH, MAP_NMS, _emit, collect  # noqa: E402
 from darkcfg.image import load_image, preprocess  # noqa: E402
+from darkcfg.bench import cpu_description  # noqa: E402
 from darkcfg.shared import shared_dir  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -53,7 +43,7 @@ def main() -> int:
     models = shared / "darknet" / "yolo-fastest" / "yolo-fastest-1.1_coco"
     images = list_images(data_dir / "valid.txt", root=data_dir)[: args.images]
     model = darkcfg.load(models / f"{args.model}.cfg", models / f"{args.model}.weights").fuse()
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"CPU: {cpu_description()[0]}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.model}, {len(images)} coco128 images")
     with tempfile.TemporaryDirectory() as tmp:
         lst = Path(tmp) / "list.txt"

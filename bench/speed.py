@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import darkcfg  # noqa: E402
 from darkcfg.cfg import read_cfg  # noqa: E402
 from darkcfg.graph import build_graph  # noqa: E402
+from darkcfg.bench import cpu_description  # noqa: E402
 from darkcfg.shared import shared_dir  # noqa: E402
 from darkcfg.weights import synthetic_weights  # noqa: E402
 
@@ -73,24 +73,6 @@ SECTIONS = ("speed", "load", "rss", "nms")
 
 
 # ----------------------------------------------------------------------------------- machine
-def cpu_description() -> Tuple[str, bool]:
-    """(one line naming the CPU and its relevant flags, whether it has bf16 hardware)."""
-    name, flags = "unknown CPU", set()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
-        name = m.group(1).strip() if m else name
-        f = re.search(r"^Flags:\s*(.+)$", out, re.M)
-        flags = set(f.group(1).split()) if f else set()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
-    have = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if x in flags]
-    missing = [x for x in ("avx512f", "avx512_bf16", "amx_bf16") if x not in flags]
-    return (f"{name}; {os.cpu_count()} logical CPUs; flags: {', '.join(have) or 'none of avx2/avx512'}"
-            f"{'; no ' + ', no '.join(missing) if missing else ''}"), bf16
-
-
 # ----------------------------------------------------------------------------------- helpers
 def median_ms(samples: List[float]) -> float:
     return statistics.median(samples) * 1e3

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import sys
 import time
@@ -27,18 +26,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import darkcfg  # noqa: E402
+from darkcfg.bench import cpu_description  # noqa: E402
 from darkcfg.shared import shared_dir  # noqa: E402
 from darkcfg.train.sgd import make_optimizer  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def default_model() -> tuple[str, str | None]:
@@ -69,7 +59,7 @@ def main() -> int:
     w = h = args.size or None
     w, h = (w or model.width), (h or model.height)
     opt = make_optimizer(model, 0.9, 0.0005, 1)
-    hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_description()[0]
     print(f"{Path(cfg).name} @ {w}x{h}, device {dev} ({hw}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, amp={'on' if args.amp else 'off'}")
     print(f"{'batch':>5} {'ms/iter':>9} {'images/s':>9}")

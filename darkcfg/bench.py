@@ -7,7 +7,10 @@ round, so the printed ratios compare like with like.  Numbers are medians of
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -114,3 +117,21 @@ def _opencv_contender(cfg: str, weights: Path, x: torch.Tensor, threads: int) ->
     except cv2.error as exc:
         return None, f"forward failed: {str(exc).strip().splitlines()[-1]}"
     return go, ""
+
+
+def cpu_description() -> tuple[str, bool]:
+    """(one line naming the CPU and its relevant flags, whether it has bf16 hardware)."""
+    name, flags = "unknown CPU", set()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        name = m.group(1).strip() if m else name
+        f = re.search(r"^Flags:\s*(.+)$", out, re.M)
+        flags = set(f.group(1).split()) if f else set()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    have = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if x in flags]
+    missing = [x for x in ("avx512f", "avx512_bf16", "amx_bf16") if x not in flags]
+    return (f"{name}; {os.cpu_count()} logical CPUs; flags: {', '.join(have) or 'none of avx2/avx512'}"
+            f"{'; no ' + ', no '.join(missing) if missing else ''}"), bf16

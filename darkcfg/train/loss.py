@@ -132,17 +132,12 @@ def darknet_loss(model: "Darknet", x: Tensor, targets: Any) -> LossResult:
         head_in = outs[spec.inputs[0]] if spec.inputs else x
         out_np = outs[spec.index].detach().float().cpu().numpy()
         scale = 1.0
-        if spec.kind == "yolo":
+        if spec.kind in ("yolo", "Gaussian_yolo"):  # one config, two delta functions
             cfg = YoloLossConfig.from_spec(spec)
             truths = normalize_targets(targets, batch, cfg.max_boxes)
             _check_classes(truths, cfg.classes, spec)
-            delta_np, cost = yolo_delta(out_np, truths, cfg, net_w, net_h)
-            scale = cfg.delta_normalizer
-        elif spec.kind == "Gaussian_yolo":
-            cfg = YoloLossConfig.from_spec(spec)
-            truths = normalize_targets(targets, batch, cfg.max_boxes)
-            _check_classes(truths, cfg.classes, spec)
-            delta_np, cost = gaussian_yolo_delta(out_np, truths, cfg, net_w, net_h)
+            delta_fn = yolo_delta if spec.kind == "yolo" else gaussian_yolo_delta
+            delta_np, cost = delta_fn(out_np, truths, cfg, net_w, net_h)
             scale = cfg.delta_normalizer
         elif spec.kind == "region":
             rcfg = RegionLossConfig.from_spec(spec)
