@@ -105,12 +105,7 @@ def parse_data_file(path: PathLike, root: Optional[PathLike] = None) -> DataFile
         DarkcfgError: file missing/unreadable, bad line, bad ``classes``.
     """
     data_path = Path(path)
-    try:
-        text = data_path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise DarkcfgError(f"{data_path}: .data file not found") from None
-    except OSError as exc:
-        raise DarkcfgError(f"{data_path}: cannot read .data file ({exc})") from exc
+    text = _read_text(data_path, ".data file")
     options: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -171,12 +166,7 @@ def list_images(path: PathLike, root: Optional[PathLike] = None) -> list[Path]:
         DarkcfgError: the list file is missing, unreadable or lists no image.
     """
     list_path = Path(path)
-    try:
-        text = list_path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise DarkcfgError(f"{list_path}: image list not found") from None
-    except OSError as exc:
-        raise DarkcfgError(f"{list_path}: cannot read image list ({exc})") from exc
+    text = _read_text(list_path, "image list")
     base = Path(root) if root is not None else Path.cwd()
     beside = list_path.resolve().parent
     images = [_resolve(line.strip(), base, beside) for line in text.splitlines() if line.strip()]
@@ -265,3 +255,13 @@ def image_id_from_path(path: PathLike) -> int:
     stem = name.split(".", 1)[0]
     m = re.match(r"\s*([+-]?\d+)", stem)
     return int(m.group(1)) if m else 0
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The text of ``path``; a missing or unreadable file is a :class:`DarkcfgError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise DarkcfgError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise DarkcfgError(f"{path}: cannot read {what} ({exc})") from exc
