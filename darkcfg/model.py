@@ -167,8 +167,22 @@ class Darknet(nn.Module):
         ``compile=True``: the whole ``forward`` captured as ONE graph by ``torch.compile``
         (``fullgraph``, static shapes: one compile per input shape, none per layer), compiled
         here on a batch of 1 at the net's size; ``compile_seconds`` records how long that took.
+
+        Without ``compile``, CPU inference runs each conv + bias + activation as one oneDNN
+        primitive with weights packed once (:mod:`darkcfg.layers.onednn`), mish as one native
+        pass where a C compiler is available (:mod:`darkcfg.native`), and glibc is told to keep
+        freed tensor memory for reuse (:mod:`darkcfg.allocator`; ``DARKCFG_MALLOC_TUNING=0``
+        turns that off).  Autograd, tracing, scripting and other devices take the eager path.
         """
         self.fuse()
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()
+        if not compile:  # a captured graph gets its fusions from the compiler instead
+            for layer in self.layers:
+                enable = getattr(layer, "enable_onednn", None)
+                if enable is not None:
+                    enable()
         if dtype is not None and dtype != torch.float32:
             from .precision import convert
 

@@ -110,11 +110,47 @@ class ConvLayer(WeightedLayer):
         self.antialiasing = antialiasing
         self.stride_x, self.stride_y = sx, sy
         self.flipped = flipped
+        self.onednn_ready = False  # set by enable_onednn (Darknet.optimize): see layers/onednn.py
+        self.onednn: object = None
+
+    def enable_onednn(self) -> bool:
+        """Run conv + bias + activation as one oneDNN primitive at inference (after :meth:`fuse`).
+
+        Not for xnor (its own arithmetic), antialiased (a blur follows the activation) or
+        unfused BN layers; per-pixel activations stay separate.  Returns whether it was enabled.
+        """
+        from .onednn import FusedConv, available
+
+        if self.xnor or self.antialiasing or self.bn is not None or not available():
+            return False
+        self.onednn = FusedConv(self.conv, self.act.kind)
+        self.onednn_ready = True
+        return True
+
+    @torch.jit.unused
+    def _onednn_forward(self, x: Tensor) -> Optional[Tensor]:
+        plan = self.onednn
+        if plan is None or not plan.applies(x):  # type: ignore[attr-defined]
+            return None
+        y = plan(x)  # type: ignore[operator]
+        if y is None or plan.fused_activation:  # type: ignore[attr-defined]
+            return y
+        if self.act.kind == "mish":
+            from .. import native
+
+            kernel = native.mish_kernel()
+            if kernel is not None and native.applies(y):
+                return kernel(y)
+        return self.act.fn(y)
 
     def forward(self, xs: List[Tensor]) -> Tensor:
         x = xs[0]
         if self.xnor:
             return self._xnor(x)
+        if self.onednn_ready and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            fused = self._onednn_forward(x)
+            if fused is not None:
+                return fused
         conv = self.conv
         # Direct functional calls: per-layer module-call overhead is a third of a small net's time.
         y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)

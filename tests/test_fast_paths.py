@@ -1,0 +1,221 @@
+"""The CPU inference fast paths of ``optimize()``: oneDNN fused conv + activation, the native
+mish kernel and the allocator setting.  Each is checked against the eager path it replaces
+(which the conformance suite checks against Darknet), and for falling back instead of failing.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import darkcfg
+from darkcfg import native
+from darkcfg.layers import onednn
+from darkcfg.layers.activations import ACTIVATIONS
+from darkcfg.layers.conv import ConvLayer
+from darkcfg.weights import synthetic_weights
+
+REPO = Path(__file__).resolve().parents[1]
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN fused conv")
+
+
+def _cfg(tmp_path: Path, activation: str, groups: int = 1) -> Path:
+    path = tmp_path / f"{activation}.cfg"
+    path.write_text("[net]\nwidth=24\nheight=20\nchannels=3\n"
+                    f"[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=1\npad=1\nactivation={activation}\n"
+                    f"[convolutional]\nfilters=8\ngroups={groups}\nsize=3\nstride=2\npad=1\nactivation={activation}\n"
+                    f"[convolutional]\nbatch_normalize=1\nfilters=6\nsize=1\nactivation={activation}\n")
+    return path
+
+
+def _pair(cfg: Path) -> tuple[darkcfg.Darknet, darkcfg.Darknet]:
+    """(fused eager model, optimize()d model) with the same well-scaled weights."""
+    models = []
+    for _ in range(2):
+        m = darkcfg.load(cfg)
+        m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=5)))
+        models.append(m)
+    return models[0].fuse(), models[1].optimize()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", sorted(set(onednn.POST_OPS) | {"mish", "gelu", "elu"}))
+@pytest.mark.parametrize("groups", [1, 8])
+def test_fused_conv_equals_eager(tmp_path: Path, activation: str, groups: int) -> None:
+    """Every post-op oneDNN fuses, and the unfused activations after a fused conv, match eager."""
+    eager, fast = _pair(_cfg(tmp_path, activation, groups))
+    assert all(layer.onednn_ready for layer in fast.layers)
+    assert all(layer.onednn.fused_activation == (activation in onednn.POST_OPS) for layer in fast.layers)
+    x = torch.rand(3, 3, 20, 24) * 4 - 2
+    with torch.no_grad():
+        for layer_eager, layer_fast in zip(eager.layer_outputs(x), fast.layer_outputs(x)):
+            assert _rel(layer_fast, layer_eager) < 1e-5, activation
+    # the fast path really ran: the packed weights exist now
+    assert all(layer.onednn._packed is not None for layer in fast.layers)
+
+
+@needs_onednn
+def test_own_cfgs_optimized_equal_eager_and_take_the_fast_path() -> None:
+    cfg = REPO / "cfgs" / "tiny-yolo-all.cfg"
+    eager, fast = _pair(cfg)
+    convs = [m for m in fast.layers if isinstance(m, ConvLayer) and not m.xnor and not m.antialiasing]
+    assert convs and all(m.onednn_ready for m in convs)
+    x = torch.rand(2, 3, eager.height, eager.width)
+    with torch.no_grad():
+        for a, b in zip(fast(x), eager(x)):
+            assert _rel(a, b) < 1e-5
+
+
+@needs_onednn
+def test_fast_path_steps_aside_for_autograd_tracing_and_state(tmp_path: Path) -> None:
+    eager, fast = _pair(_cfg(tmp_path, "leaky"))
+    x = torch.rand(1, 3, 20, 24, requires_grad=True)
+    out = fast(x)[0]
+    out.sum().backward()  # eager path: differentiable
+    assert x.grad is not None and all(layer.onednn._packed is None for layer in fast.layers)
+    traced = torch.jit.trace(fast, x.detach(), check_trace=False)
+    assert "mkldnn" not in str(traced.inlined_graph)  # exporters see plain aten ops
+    assert all(not t.is_mkldnn for t in fast.state_dict().values())  # packed weights never saved
+
+
+@needs_onednn
+def test_weight_change_after_optimize_is_seen(tmp_path: Path) -> None:
+    """Packed weights are keyed on the weight tensor and its version: an edit re-packs."""
+    eager, fast = _pair(_cfg(tmp_path, "leaky"))
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        fast(x)
+        for m in (eager, fast):
+            m.layers[1].conv.weight.mul_(0.5)
+            m.layers[2].conv.weight = torch.nn.Parameter(m.layers[2].conv.weight * 2)
+        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+
+
+@needs_onednn
+def test_refused_fused_call_falls_back_to_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager, fast = _pair(_cfg(tmp_path, "swish"))
+
+    def refuse(*args: object) -> torch.Tensor:
+        raise RuntimeError("oneDNN: unsupported")
+
+    monkeypatch.setattr(onednn, "torch", _OpsStub(refuse))
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        assert _rel(fast(x)[0], eager(x)[0]) < 1e-6
+    assert not any(layer.onednn.enabled for layer in fast.layers)
+
+
+class _OpsStub:
+    """``torch`` with ``ops.mkldnn._convolution_pointwise`` replaced (everything else real)."""
+
+    def __init__(self, fn: object):
+        self.ops = type("ops", (), {"mkldnn": type("mk", (), {"_convolution_pointwise": staticmethod(fn)})})
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch, name)
+
+
+# ------------------------------------------------------------------------------ native mish
+def _reference_mish(x: torch.Tensor) -> torch.Tensor:
+    """Darknet's mish in float64: ``x * tanh(softplus(x))`` with softplus' threshold 20."""
+    d = x.double()
+    return (d * torch.tanh(F.softplus(d, threshold=20))).float()
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DARKCFG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(native, "_kernel", False)
+    k = native.mish_kernel()
+    if k is None:
+        pytest.skip("no C compiler here: the native mish is optional (the eager formula runs)")
+    return k
+
+
+def test_native_mish_matches_darknet_formula(kernel) -> None:
+    x = torch.cat([torch.randn(300_000) * 6, torch.linspace(-120, 120, 20001),
+                   torch.tensor([0.0, -0.0, 19.999, 20.0, 20.001, 1e30, -1e30, math.inf])])
+    y, ref = kernel(x), _reference_mish(x)
+    finite = torch.isfinite(ref)
+    err = (y - ref).abs()[finite]
+    assert float((err / ref[finite].abs().clamp_min(1e-3)).max()) < 3e-6
+    assert torch.equal(y[x >= 20], x[x >= 20])  # the threshold: mish(x) = x exactly
+    assert torch.isnan(kernel(torch.tensor([math.nan]))).all()
+
+
+def test_native_mish_keeps_layout_and_threads(kernel) -> None:
+    x = torch.randn(2, 16, 40, 40).to(memory_format=torch.channels_last)  # > 65536: split over threads
+    assert native.applies(x) and not native.applies(x[:, :8]) and not native.applies(x.double())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        y = kernel(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert float((y - _reference_mish(x)).abs().max()) < 1e-5
+
+
+def test_native_mish_is_built_once_into_the_cache(kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    libs = list((tmp_path / "home" / "kernels").glob("*/libdarkcfg_mish.so"))
+    assert len(libs) == 1
+    leftovers = [p for p in libs[0].parent.iterdir() if p != libs[0]]
+    assert not leftovers  # the temporary build folder is gone
+    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.setattr(native.subprocess, "run", _no_compiler)  # a second process must not rebuild
+    assert native.mish_kernel() is not None
+
+
+def _no_compiler(*args: object, **kwargs: object) -> None:
+    raise AssertionError("rebuilt although the cache holds the library")
+
+
+def test_no_compiler_or_opt_out_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKCFG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert native.mish_kernel() is None
+    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("DARKCFG_NATIVE", "0")
+    assert native.mish_kernel() is None
+    eager, fast = _pair(_cfg(tmp_path, "mish"))  # and the model still runs (eager mish)
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+
+
+def test_mish_activation_table_is_what_the_fast_path_replaces() -> None:
+    """The kernel stands in for ACTIVATIONS['mish'] after a conv: same values to float rounding."""
+    x = torch.randn(70_000) * 5
+    k = native.mish_kernel()
+    if k is None:
+        pytest.skip("no C compiler here")
+    assert float((k(x) - ACTIVATIONS["mish"](x)).abs().max()) < 2e-5
+
+
+# ------------------------------------------------------------------------------ allocator
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_allocator_setting_applies_once_and_can_be_turned_off() -> None:
+    code = "from darkcfg.allocator import keep_freed_memory as k; print(k(), k())"
+    env = {**os.environ}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    env["DARKCFG_MALLOC_TUNING"] = "0"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    import platform
+
+    expected = "True True" if platform.libc_ver()[0] == "glibc" else "False False"
+    assert on.stdout.split() == expected.split(), on.stderr
+    assert off.stdout.split() == ["False", "False"], off.stderr
