@@ -190,6 +190,9 @@ def bench_speed(rows: List[Row], darknet: Path, repeats: int, threads: int, bf16
         times: Dict[str, List[float]] = {name: [] for name in fns}
         for _ in range(repeats):
             for name, fn in fns.items():
+                # A pause first: the previous runtime's worker threads spin for a while after its
+                # call (onnxruntime, TBB, OpenMP) and would steal this one's cores on 2-core boxes.
+                time.sleep(0.2)
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
