@@ -69,7 +69,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         check_output_file(target, [cfg, weights])
     out = export(cfg, weights, args.to, Path(args.out) if args.out else None, size=_size(args),
                  fuse=not args.no_fuse, batch=args.batch, decode=args.decode, nms=args.nms, dynamic=args.dynamic,
-                 thresh=args.thresh, nms_thresh=args.nms_thresh, max_det=args.max_det, optimize=args.optimize)
+                 thresh=args.thresh, nms_thresh=args.nms_thresh, max_det=args.max_det, optimize=args.optimize,
+                 dynamic_size=args.dynamic_size)
     print(out)
     return 0
 
@@ -175,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--nms", action="store_true", help="(onnx) also NMS: padded detections N x max-det x 6 "
                     "(x1, y1, x2, y2, prob, class) and count N")
     sp.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
-                    help="dynamic batch axis (default on; height/width stay fixed)")
+                    help="dynamic batch axis (default on; height/width stay fixed unless --dynamic-size)")
+    sp.add_argument("--dynamic-size", action="store_true",
+                    help="(onnx) dynamic height/width too, exact at the sizes the graph allows (e.g. multiples "
+                    "of 32; written in the metadata, shown by `darkcfg info`); refused for models whose layers "
+                    "need one size. OpenCV's importer may not load it: use onnxruntime")
     sp.add_argument("--thresh", type=unit_float, default=0.25, help="with --nms: keep probabilities above this")
     sp.add_argument("--nms-thresh", type=unit_float, default=0.45, help="with --nms: IoU threshold")
     sp.add_argument("--max-det", type=positive_int, default=100, help="with --nms: rows of the detections tensor")

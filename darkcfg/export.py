@@ -6,17 +6,20 @@ tensors (Darknet's ``l.output`` layout); with ``decode`` it ends in decoded boxe
 ``nms`` (ONNX) in a padded detections tensor plus a count (:mod:`darkcfg.export_heads`).
 ``pt2`` and ``onnx`` keep the batch dimension dynamic (``dynamic=False`` fixes it);
 TorchScript (deprecated by PyTorch, kept for older runtimes) is traced.  The input size is
-fixed: the model is built for one size.  Every artefact carries darkcfg's metadata
-(:mod:`darkcfg.export_meta`).  Exports are written atomically.
+fixed (height and width are trace-time constants: a lean graph every importer reads) unless
+``dynamic_size`` (ONNX): then height and width are dynamic axes, exact at the sizes
+:mod:`darkcfg.dynamic_size` computes from the graph (stored in the metadata).  Every artefact
+carries darkcfg's metadata (:mod:`darkcfg.export_meta`).  Exports are written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +28,9 @@ from .errors import DarkcfgError
 from .export_meta import EXTRA_FILE, add_onnx_metadata, build_metadata
 from .fileio import atomic_write
 from .model import Darknet, load
+
+if TYPE_CHECKING:
+    from .dynamic_size import SizeRule
 
 
 class _TupleOutputs(nn.Module):
@@ -41,7 +47,8 @@ class _TupleOutputs(nn.Module):
 def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: str, out: Optional[Path] = None,
            size: Optional[tuple[int, int]] = None, fuse: bool = True, batch: int = 1, decode: bool = False,
            nms: bool = False, dynamic: bool = True, thresh: float = 0.25, nms_thresh: float = 0.45,
-           max_det: int = 100, names: Optional[Sequence[str]] = None, optimize: Optional[bool] = None) -> Path:
+           max_det: int = 100, names: Optional[Sequence[str]] = None, optimize: Optional[bool] = None,
+           dynamic_size: bool = False) -> Path:
     """Write ``cfg`` (+ ``weights``) as ``to`` in {"pt2", "torchscript", "onnx", "weights"}; returns the path.
 
     ``decode``: end in boxes (N, K, 4+1+C); ``nms`` (implies decode, ONNX only): end in
@@ -49,6 +56,9 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     suppressing IoU > ``nms_thresh`` per class.  ``dynamic``: dynamic batch axis.  ``optimize``
     (ONNX): fold the remaining shape arithmetic and constants with onnxscript's optimizer
     (None: when onnxscript is installed); this is what lets OpenCV import the exotic layers.
+    ``dynamic_size`` (ONNX only): dynamic height and width, for the sizes the metadata's
+    ``dynamic_size`` entry names (:func:`darkcfg.dynamic_size.size_rule`; a model whose layers
+    cannot follow the input size is refused, naming the layer).
     """
     cfg = Path(cfg)
     suffix = {"pt2": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "weights": ".weights"}.get(to)
@@ -60,7 +70,15 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
                            "export with --decode and run darkcfg.detect.nms or torchvision.ops.batched_nms on it")
     if not 0 <= thresh <= 1 or not 0 <= nms_thresh <= 1 or max_det < 1 or batch < 1:
         raise DarkcfgError("thresh and nms thresh must be in [0, 1], max_det and batch at least 1")
+    if dynamic_size and to != "onnx":
+        raise DarkcfgError(f"--dynamic-size is available for ONNX only: {to} exports are traced at one size "
+                           "(use --size W H to choose it)")
     model = load(cfg, weights, size=size)
+    rule = None
+    if dynamic_size:
+        from .dynamic_size import size_rule
+
+        rule = size_rule(model)  # before any writing: a model that cannot follow the size is refused
     if to == "weights":
         model.save_weights(out)
         return out
@@ -70,6 +88,9 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     model.eval()
     wrapped, output_names, post = _wrap(model, decode, nms, thresh, nms_thresh, max_det)
     meta = build_metadata(model, _names(model, names), output_names, post)
+    axes = _onnx_axes(model, output_names, decode, nms, dynamic, rule)
+    if rule is not None:
+        meta["dynamic_size"] = rule.as_metadata()
     example = torch.rand(batch, model.channels, model.height, model.width)
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {EXTRA_FILE: json.dumps(meta)}
@@ -88,7 +109,7 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
             else:
                 # Traced at batch 2 when dynamic: nothing can silently bake in a batch of 1.
                 sample = example.repeat(2, 1, 1, 1) if batch == 1 and dynamic else example
-                _export_onnx(wrapped, sample, tmp, output_names, dynamic)
+                _export_onnx(wrapped, sample, tmp, output_names, axes, rule is not None)
                 _optimize_onnx(tmp, optimize)
                 add_onnx_metadata(tmp, meta)
 
@@ -136,15 +157,38 @@ def _names(model: Darknet, names: Optional[Sequence[str]]) -> list[str]:
         return [str(k) for k in range(classes)]
 
 
-def _export_onnx(model: nn.Module, example: Tensor, path: str, names: Sequence[str], dynamic: bool) -> None:
+def _onnx_axes(model: Darknet, names: Sequence[str], decode: bool, nms: bool, dynamic: bool,
+               rule: "Optional[SizeRule]") -> Optional[dict[str, dict[int, str]]]:
+    """ONNX ``dynamic_axes``: the batch (``dynamic``) and, with a size rule, height and width of the
+    input and of every output that follows them (``boxes``' count of candidates with ``--decode``)."""
+    batch = {0: "batch"} if dynamic else {}
+    if rule is None:
+        return {"images": dict(batch), **{n: dict(batch) for n in names}} if dynamic else None
+    from .dynamic_size import spatial_axes
+
+    axes: dict[str, dict[int, str]] = {"images": {**batch, 2: "height", 3: "width"}}
+    if nms:
+        axes.update({n: dict(batch) for n in names})
+    elif decode:
+        axes[names[0]] = {**batch, 1: "candidates"}
+    else:
+        for name, (dyn_h, dyn_w) in zip(names, spatial_axes(model, rule)):
+            axes[name] = {**batch, **({2: f"{name}_height"} if dyn_h else {}), **({3: f"{name}_width"} if dyn_w else {})}
+    return axes
+
+
+def _export_onnx(model: nn.Module, example: Tensor, path: str, names: Sequence[str],
+                 axes: Optional[dict[str, dict[int, str]]], dynamic_size: bool = False) -> None:
     """Legacy (TorchScript-based) exporter: fast, constant-folded, no onnxscript needed; its
-    deprecation notice is silenced, every other warning (TracerWarnings included) stays."""
+    deprecation notice is silenced, every other warning (TracerWarnings included) stays.
+    ``dynamic_size``: trace with height and width read from the input (:func:`dynamic_hw`)."""
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise DarkcfgError("ONNX export needs the 'onnx' package: pip install onnx") from exc
-    axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic else None
-    with warnings.catch_warnings():
+    from .layers.tracing import dynamic_hw
+
+    with warnings.catch_warnings(), (dynamic_hw() if dynamic_size else contextlib.nullcontext()):
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)
         # Benign here: strided slices (separable max-pool) stay unfolded Slice nodes, and the NMS

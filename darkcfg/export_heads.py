@@ -16,7 +16,7 @@ exported as IoU NMS (the metadata says so; see the README).
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .detect import Head, RegionHead, YoloHead, head_classes, nms_params
 from .errors import DarkcfgError
 from .graph import LayerSpec
-from .layers.tracing import untraced
+from .layers.tracing import traced_sizes, untraced
 
 
 def _grid(h: int, w: int, n: int) -> tuple[Tensor, Tensor]:
@@ -32,6 +32,27 @@ def _grid(h: int, w: int, n: int) -> tuple[Tensor, Tensor]:
     rows = torch.arange(h, dtype=torch.float32).view(h, 1, 1).expand(h, w, n).reshape(-1)
     cols = torch.arange(w, dtype=torch.float32).view(1, w, 1).expand(h, w, n).reshape(-1)
     return cols, rows
+
+
+def _traced_grid(out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For a dynamic-size export: column (1, w, 1) and row (h, 1, 1) indices of a head's N x C x h x w
+    output and its w and h as 0-dim floats, all computed from the traced tensor (no constants)."""
+    ones_w, ones_h = _ones_along(out)
+    cols, rows = torch.cumsum(ones_w, 0) - 1, torch.cumsum(ones_h, 0) - 1
+    return cols.view(1, -1, 1), rows.view(-1, 1, 1), ones_w.sum(), ones_h.sum()
+
+
+def _ones_along(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Ones of length W and H derived from ``t``'s (finite) values: ``ones_like`` would be exported
+    with the trace-time size wherever the exporter's shape inference knows one, so it is avoided."""
+    plane = t[0, 0]
+    return plane[0] * 0.0 + 1.0, plane[:, 0] * 0.0 + 1.0
+
+
+def _input_size(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The network input's width and height as 0-dim floats traced from ``x`` (N x C x H x W)."""
+    ones_w, ones_h = _ones_along(x)
+    return ones_w.sum(), ones_h.sum()
 
 
 class _HeadDecoder(nn.Module):
@@ -61,21 +82,31 @@ class YoloDecoder(_HeadDecoder):
         super().__init__(h, w, head.masked_anchors)
         self.head, self.net_w, self.net_h = head, net_w, net_h
 
-    def forward(self, out: Tensor) -> Tensor:
+    def forward(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """Decode one head; ``size`` (the traced input width and height) in a dynamic-size export."""
         hd = self.head
-        rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2).flatten(1, 3)  # (N, h*w*n, E)
+        if size is not None:  # (N, h, w, n, E) and a grid computed from the traced shape
+            rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2)
+            cols, rows, gw, gh = _traced_grid(out)
+            net_w, net_h = size
+            aw, ah = self.aw[:self.n], self.ah[:self.n]
+        else:
+            rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2).flatten(1, 3)  # (N, h*w*n, E)
+            cols, rows, gw, gh = self.cols, self.rows, self.w, self.h
+            net_w, net_h = self.net_w, self.net_h
+            aw, ah = self.aw, self.ah
         if hd.gaussian:
             tx, ty, tw, th, obj, cls = rec[..., 0], rec[..., 2], rec[..., 4], rec[..., 6], rec[..., 8], rec[..., 9:]
         else:
             tx, ty, tw, th, obj, cls = rec[..., 0], rec[..., 1], rec[..., 2], rec[..., 3], rec[..., 4], rec[..., 5:]
-        x = (self.cols + tx) / self.w
-        y = (self.rows + ty) / self.h
+        x = (cols + tx) / gw
+        y = (rows + ty) / gh
         if hd.new_coords:
-            bw = tw * tw * 4 * self.aw / self.net_w
-            bh = th * th * 4 * self.ah / self.net_h
+            bw = tw * tw * 4 * aw / net_w
+            bh = th * th * 4 * ah / net_h
         else:
-            bw = torch.exp(tw) * self.aw / self.net_w
-            bh = torch.exp(th) * self.ah / self.net_h
+            bw = torch.exp(tw) * aw / net_w
+            bh = torch.exp(th) * ah / net_h
         if hd.gaussian:
             if hd.yolo_point == "left_top":
                 x, y = x + bw / 2, y + bh / 2
@@ -85,7 +116,8 @@ class YoloDecoder(_HeadDecoder):
             probs = obj.unsqueeze(-1) * cls * (1.0 - uc).unsqueeze(-1)
         else:
             probs = obj.unsqueeze(-1) * cls
-        return _rows(x, y, bw, bh, obj, probs, self.net_w, self.net_h)
+        rows_out = _rows(x, y, bw, bh, obj, probs, net_w, net_h)
+        return rows_out.flatten(1, 3) if size is not None else rows_out
 
 
 class RegionDecoder(_HeadDecoder):
@@ -96,22 +128,34 @@ class RegionDecoder(_HeadDecoder):
         self.head, self.net_w, self.net_h = head, net_w, net_h
         self.size = head.coords + 1 + head.classes
 
-    def forward(self, out: Tensor) -> Tensor:
+    def forward(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """Decode the head; ``size`` (the traced input width and height) in a dynamic-size export."""
         hd = self.head
-        rec = out.flatten(1).unflatten(1, (self.h * self.w * self.n, self.size))
-        x = (self.cols + torch.sigmoid(rec[..., 0])) / self.w
-        y = (self.rows + torch.sigmoid(rec[..., 1])) / self.h
-        bw = torch.exp(rec[..., 2]) * self.aw / self.w
-        bh = torch.exp(rec[..., 3]) * self.ah / self.h
+        if size is not None:  # records [h][w][n][size], grid from the traced shape
+            rec = out.flatten(1).reshape(-1, out.shape[2], out.shape[3], self.n, self.size)
+            cols, rows, gw, gh = _traced_grid(out)
+            net_w, net_h = size
+            aw, ah = self.aw[:self.n], self.ah[:self.n]
+        else:
+            rec = out.flatten(1).unflatten(1, (self.h * self.w * self.n, self.size))
+            cols, rows, gw, gh = self.cols, self.rows, self.w, self.h
+            net_w, net_h = self.net_w, self.net_h
+            aw, ah = self.aw, self.ah
+        x = (cols + torch.sigmoid(rec[..., 0])) / gw
+        y = (rows + torch.sigmoid(rec[..., 1])) / gh
+        bw = torch.exp(rec[..., 2]) * aw / gw
+        bh = torch.exp(rec[..., 3]) * ah / gh
         scale = rec[..., 4]
         if hd.classfix == -1:
             scale = torch.where(scale < 0.5, torch.zeros_like(scale), scale)
         probs = scale.unsqueeze(-1) * rec[..., 5:5 + hd.classes]
-        return _rows(x, y, bw, bh, torch.ones_like(scale), probs, self.net_w, self.net_h)
+        rows_out = _rows(x, y, bw, bh, torch.ones_like(scale), probs, net_w, net_h)
+        return rows_out.flatten(1, 3) if size is not None else rows_out
 
 
-def _rows(x: Tensor, y: Tensor, w: Tensor, h: Tensor, obj: Tensor, probs: Tensor, net_w: int, net_h: int) -> Tensor:
-    """(N, M, 4+1+C): corners in network-input pixels (relative box times the network size)."""
+def _rows(x: Tensor, y: Tensor, w: Tensor, h: Tensor, obj: Tensor, probs: Tensor, net_w: "int | Tensor",
+          net_h: "int | Tensor") -> Tensor:
+    """(N, ..., 4+1+C): corners in network-input pixels (relative box times the network size)."""
     corners = torch.stack(((x - w / 2) * net_w, (y - h / 2) * net_h, (x + w / 2) * net_w, (y + h / 2) * net_h), -1)
     return torch.cat((corners, obj.unsqueeze(-1), probs), -1)
 
@@ -195,7 +239,8 @@ class DecodeModel(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outs = self.model(x)
-        boxes = torch.cat([d(o) for d, o in zip(self.decoders, outs)], 1)
+        size = _input_size(x) if traced_sizes() else None
+        boxes = torch.cat([d(o, size) for d, o in zip(self.decoders, outs)], 1)
         if not self.nms:
             return (boxes,)
         return self._nms(boxes)

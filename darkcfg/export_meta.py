@@ -4,7 +4,9 @@ ONNX files carry it as ``metadata_props`` (one key per entry, JSON values), ``.p
 TorchScript files as the extra file ``darkcfg.json``.  Keys: ``darkcfg_version``, ``cfg_name``,
 ``cfg_sha256``, ``input`` (width, height, channels, layout, range, resize: letterbox or
 stretch), ``heads`` (kind, layer, classes, anchors, mask, stride, ...), ``names``, ``outputs``
-and, for ``--decode/--nms`` exports, ``postprocess``.
+and, for ``--decode/--nms`` exports, ``postprocess``; a ``--dynamic-size`` export adds
+``dynamic_size`` (width, height traced at, step, min_width, min_height, rule: the sizes at which
+it is exact; :func:`darkcfg.dynamic_size.check_size` checks one).
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ def format_metadata(path: "str | Path", meta: dict) -> list[str]:
              f"{meta.get('darkcfg_version', '?')}",
              f"input {inp.get('name', 'images')}: N x {inp.get('channels')} x {inp.get('height')} x {inp.get('width')} "
              f"{inp.get('color', 'RGB')} in {inp.get('range')}, {inp.get('resize')}"]
+    if "dynamic_size" in meta:
+        dyn = meta["dynamic_size"]
+        lines.append(f"dynamic size: {dyn.get('rule')} (traced at {dyn.get('width')} x {dyn.get('height')}; "
+                     "heads' grid and stride below are at that size)")
     for h in meta.get("heads", []):
         extra = ", ".join(f"{k}={h[k]}" for k in ("stride", "mask", "anchors", "nms_kind") if k in h)
         lines.append(f"head layer {h.get('layer')}: [{h.get('kind')}] classes={h.get('classes')}, {extra}")

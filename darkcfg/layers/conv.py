@@ -13,7 +13,7 @@ from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
 from .registry import BuildContext, WeightedLayer, builder
-from .tracing import as_map, static_hw, untraced
+from .tracing import as_map, static_hw, traced_sizes, untraced
 
 
 class DarknetBatchNorm(nn.Module):
@@ -472,7 +472,7 @@ class CrnnLayer(WeightedLayer):
 
     def forward(self, xs: List[Tensor]) -> Tensor:
         x = self.input_layer(xs)
-        if torch.jit.is_tracing():
+        if torch.jit.is_tracing() and not traced_sizes():
             with untraced():  # self(0) does not depend on the input: one constant, not a Conv of constants
                 h, w = static_hw(x)
                 zero = torch.zeros((1, x.shape[1], h, w), dtype=x.dtype, device=x.device)

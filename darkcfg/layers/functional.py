@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..datafiles import DarknetTree, read_tree  # noqa: F401  (re-exported; torch-free home)
 from .activations import logistic
-from .tracing import in_bounds_fraction, static_dims, static_hw
+from .tracing import in_bounds_fraction, static_dims, static_hw, traced_sizes
 
 __all__ = [
     "FLT_MAX",
@@ -90,9 +90,14 @@ def _pool_pads(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int)
     reaches past the padded input (alexnet's 3x3/2 pool on a 2x2 map gives 1x1: the
     out-of-range taps are simply ignored by Darknet).
     """
+    h, w = static_hw(x)
+    return pool_pads_hw(h, w, size, stride_x, stride_y, padding)
+
+
+def pool_pads_hw(h: int, w: int, size: int, stride_x: int, stride_y: int, padding: int) -> List[int]:
+    """:func:`_pool_pads` for an h x w input (a dynamic-size export is exact only where these agree)."""
     pl = padding // 2
     pads: List[int] = []
-    h, w = static_hw(x)
     for n, stride in ((w, stride_x), (h, stride_y)):
         out = _c_div(n + padding - size, stride) + 1
         # Right/bottom padding that no window reaches is dropped (it would change nothing).
@@ -118,6 +123,8 @@ def darknet_maxpool(x: Tensor, size: int, stride_x: int, stride_y: int, padding:
     pads = _pool_pads(x, size, stride_x, stride_y, padding)
     if pads[0] > 0 or pads[1] > 0 or pads[2] > 0 or pads[3] > 0:
         x = F.pad(x, pads, mode="constant", value=_lowest(x))
+    if traced_sizes():  # a dynamic-size export: one MaxPool (the slices' bounds would be constants)
+        return torch.clamp_min(F.max_pool2d(x, size, (stride_y, stride_x)), _lowest(x))
     return torch.clamp_min(_separable_max(x, size, stride_x, stride_y), _lowest(x))
 
 

@@ -7,13 +7,37 @@ the tracer for the read gives the plain ints.  (No ``from __future__ import anno
 TorchScript must read this signature when scripting a caller.)
 """
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 _set_tracing_state = getattr(torch._C, "_set_tracing_state")  # private, not in torch's type stubs
+
+# Set (by ``dynamic_hw``) while an exporter traces with a dynamic height and width: then the few
+# layers whose traced form bakes in the height/width switch to forms computed from the input.
+_DYNAMIC_HW: List[bool] = [False]
+
+
+@torch.jit.ignore
+def traced_sizes() -> bool:
+    """True while tracing a dynamic height/width export (``convert --dynamic-size``).
+
+    The default export keeps height and width as trace-time constants (a lean graph OpenCV
+    imports); a dynamic-size export must compute them from the input instead."""
+    return _DYNAMIC_HW[0] and torch.jit.is_tracing()
+
+
+class dynamic_hw:
+    """Context manager: trace with height and width read from the input (see :func:`traced_sizes`)."""
+
+    def __enter__(self) -> None:
+        self.old = _DYNAMIC_HW[0]
+        _DYNAMIC_HW[0] = True
+
+    def __exit__(self, *exc: object) -> None:
+        _DYNAMIC_HW[0] = self.old
 
 
 @torch.jit.ignore
@@ -44,15 +68,20 @@ class untraced:
 def static_dims(x: Tensor) -> List[int]:
     """``x.shape[1:]`` (everything but the batch) as Python ints, without recording them in a trace.
 
-    Channels and, in an exported graph, height and width are constants; the batch stays traced."""
+    Channels and, in an exported graph, height and width are constants; the batch stays traced.
+    In a dynamic-size export (:func:`traced_sizes`) height and width stay traced too."""
     if not torch.jit.is_tracing():
         return [int(v) for v in x.shape[1:]]
     state = torch._C._get_tracing_state()
     _set_tracing_state(None)
     try:
-        return [int(v) for v in x.shape[1:]]
+        dims = [int(v) for v in x.shape[1:]]
     finally:
         _set_tracing_state(state)
+    if _DYNAMIC_HW[0] and x.dim() == 4:
+        traced: List[Any] = [dims[0], x.shape[2], x.shape[3]]
+        return traced
+    return dims
 
 
 @torch.jit.ignore
@@ -72,6 +101,9 @@ def in_bounds_fraction(x: Tensor, pads: List[int], k: List[int], s: List[int]) -
 
     It depends on the geometry only, so it is computed with the tracer paused and the graph
     carries one constant: OpenCV's importer cannot run a Pad of a constant tensor."""
+    if _DYNAMIC_HW[0]:  # the same fraction, computed from the input's (traced) size
+        ones = x[:1, :1] * 0.0 + 1.0  # ones_like could be exported with the trace-time size
+        return F.avg_pool2d(F.pad(ones, pads, mode="constant", value=0.0), k, s, 0, False, True)
     with untraced():
         h, w = static_hw(x)
         ones = torch.ones((1, 1, h, w), dtype=x.dtype, device=x.device)
