@@ -7,7 +7,7 @@ tensors (Darknet's ``l.output`` layout); with ``decode`` it ends in decoded boxe
 ``pt2`` and ``onnx`` keep the batch dimension dynamic (``dynamic=False`` fixes it);
 TorchScript (deprecated by PyTorch, kept for older runtimes) is traced.  The input size is
 fixed (height and width are trace-time constants: a lean graph every importer reads) unless
-``dynamic_size`` (ONNX): then height and width are dynamic axes, exact at the sizes
+``dynamic_size`` (ONNX, pt2): then height and width are dynamic axes, exact at the sizes
 :mod:`darkcfg.dynamic_size` computes from the graph (stored in the metadata).  Every artefact
 carries darkcfg's metadata (:mod:`darkcfg.export_meta`).  Exports are written atomically.
 """
@@ -19,7 +19,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .errors import DarkcfgError
 from .export_meta import EXTRA_FILE, add_onnx_metadata, build_metadata
 from .fileio import atomic_write
+from .layers.tracing import dynamic_hw
 from .model import Darknet, load
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     suppressing IoU > ``nms_thresh`` per class.  ``dynamic``: dynamic batch axis.  ``optimize``
     (ONNX): fold the remaining shape arithmetic and constants with onnxscript's optimizer
     (None: when onnxscript is installed); this is what lets OpenCV import the exotic layers.
-    ``dynamic_size`` (ONNX only): dynamic height and width, for the sizes the metadata's
+    ``dynamic_size`` (ONNX and pt2): dynamic height and width, for the sizes the metadata's
     ``dynamic_size`` entry names (:func:`darkcfg.dynamic_size.size_rule`; a model whose layers
     cannot follow the input size is refused, naming the layer).
     """
@@ -70,8 +71,8 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
                            "export with --decode and run darkcfg.detect.nms or torchvision.ops.batched_nms on it")
     if not 0 <= thresh <= 1 or not 0 <= nms_thresh <= 1 or max_det < 1 or batch < 1:
         raise DarkcfgError("thresh and nms thresh must be in [0, 1], max_det and batch at least 1")
-    if dynamic_size and to != "onnx":
-        raise DarkcfgError(f"--dynamic-size is available for ONNX only: {to} exports are traced at one size "
+    if dynamic_size and to not in ("onnx", "pt2"):
+        raise DarkcfgError(f"--dynamic-size is available for ONNX and pt2 only: {to} exports are traced at one size "
                            "(use --size W H to choose it)")
     model = load(cfg, weights, size=size)
     rule = None
@@ -88,7 +89,7 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     model.eval()
     wrapped, output_names, post = _wrap(model, decode, nms, thresh, nms_thresh, max_det)
     meta = build_metadata(model, _names(model, names), output_names, post)
-    axes = _onnx_axes(model, output_names, decode, nms, dynamic, rule)
+    axes = _onnx_axes(model, output_names, decode, nms, dynamic, rule) if to == "onnx" else None
     if rule is not None:
         meta["dynamic_size"] = rule.as_metadata()
     example = torch.rand(batch, model.channels, model.height, model.width)
@@ -100,8 +101,9 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
             if to == "pt2":
                 # An example batch of 1 would be specialised (size-1 dims are special to export).
                 sample = example.repeat(2, 1, 1, 1) if batch == 1 and dynamic else example
-                shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None
-                program = torch.export.export(wrapped, (sample,), dynamic_shapes=shapes)
+                shapes = _pt2_shapes(dynamic, rule)
+                with dynamic_hw() if rule is not None else contextlib.nullcontext():
+                    program = torch.export.export(wrapped, (sample,), dynamic_shapes=shapes)
                 torch.export.save(program, tmp, extra_files=extra)
             elif to == "torchscript":
                 traced = torch.jit.trace(wrapped, example, check_trace=False)
@@ -157,6 +159,19 @@ def _names(model: Darknet, names: Optional[Sequence[str]]) -> list[str]:
         return [str(k) for k in range(classes)]
 
 
+def _pt2_shapes(dynamic: bool, rule: "Optional[SizeRule]") -> Optional[tuple[dict[int, Any], ...]]:
+    """``torch.export`` dynamic shapes: the batch and, with a size rule, height and width as
+    ``offset + step * k`` (k >= 1, and above the rule's minimum) up to 16384 pixels."""
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1024)} if dynamic else {}
+    if rule is not None:
+        for axis, n0, low, name in ((2, rule.height, rule.min_height, "h"), (3, rule.width, rule.min_width, "w")):
+            offset = n0 % rule.step
+            k = torch.export.Dim(f"{name}_steps", min=max(1, -(-(low - offset) // rule.step)),
+                                 max=(16384 - offset) // rule.step)
+            axes[axis] = rule.step * k + offset if offset else rule.step * k
+    return (axes,) if axes else None
+
+
 def _onnx_axes(model: Darknet, names: Sequence[str], decode: bool, nms: bool, dynamic: bool,
                rule: "Optional[SizeRule]") -> Optional[dict[str, dict[int, str]]]:
     """ONNX ``dynamic_axes``: the batch (``dynamic``) and, with a size rule, height and width of the
@@ -186,8 +201,6 @@ def _export_onnx(model: nn.Module, example: Tensor, path: str, names: Sequence[s
         import onnx  # noqa: F401
     except ImportError as exc:
         raise DarkcfgError("ONNX export needs the 'onnx' package: pip install onnx") from exc
-    from .layers.tracing import dynamic_hw
-
     with warnings.catch_warnings(), (dynamic_hw() if dynamic_size else contextlib.nullcontext()):
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)

@@ -18,6 +18,7 @@ from .cfg import read_cfg
 from .errors import DarkcfgError
 from .graph import Graph, build_graph
 from .layers.registry import BuildContext, build_layer
+from .layers.tracing import traced_sizes
 
 if TYPE_CHECKING:
     from .train.loss import LossResult
@@ -74,7 +75,7 @@ class Darknet(nn.Module):
     # --------------------------------------------------------------- forward
     def _run(self, x: Tensor, keep_all: bool = True) -> List[Tensor]:
         net = self.graph.net
-        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height
+        if not torch.jit.is_tracing() and not traced_sizes() and (x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height
                                            or x.shape[3] != net.width):
             from .train.resize import check_input_size
 

@@ -92,6 +92,20 @@ def test_own_cfg_at_two_sizes_equals_eager(name: str, decode: bool, tmp_path: Pa
         assert _max_rel_error(got, _eager(cfg, weights, (w, h), decode, x)) <= 1e-4, (w, h)
 
 
+def test_pt2_at_two_sizes_equals_eager(tmp_path: Path) -> None:
+    """torch.export with height/width as ``step * k`` Dims: one program, several sizes."""
+    cfg = CFGS / "tiny-region.cfg"
+    weights = _weights(cfg, tmp_path)
+    out = export(cfg, weights, "pt2", tmp_path / "m.pt2", decode=True, dynamic_size=True)
+    assert read_metadata(out)["dynamic_size"]["step"] == 8
+    program = torch.export.load(str(out)).module()
+    for w, h in ((72, 96), (40, 48)):
+        x = torch.rand(2, 3, h, w)
+        with torch.no_grad():
+            got = [t.numpy() for t in program(x)]
+        assert _max_rel_error(got, _eager(cfg, weights, (w, h), True, x)) <= 1e-4, (w, h)
+
+
 def test_nms_inside_a_dynamic_size_graph(tmp_path: Path) -> None:
     """Decode + NMS at a size other than the traced one: the same detections as eager."""
     cfg = CFGS / "tiny-yolo-all.cfg"
@@ -154,9 +168,10 @@ def test_models_that_cannot_follow_the_size_are_refused(name: str, layer: str, t
 
 def test_other_formats_refuse_dynamic_size_and_cli(tmp_path: Path, capsys) -> None:
     cfg = CFGS / "tiny-train.cfg"
-    for to in ("torchscript", "pt2"):
-        with pytest.raises(DarkcfgError, match="ONNX only"):
+    for to in ("torchscript", "weights"):
+        with pytest.raises(DarkcfgError, match="ONNX and pt2 only"):
             export(cfg, None, to, tmp_path / f"m.{to}", dynamic_size=True)
+    assert not list(tmp_path.iterdir())
     out = tmp_path / "m.onnx"
     assert cli_main(["convert", str(cfg), "--no-weights", "--to", "onnx", "--dynamic-size", "--no-optimize",
                      "--out", str(out)]) == 0

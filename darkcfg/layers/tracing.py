@@ -26,7 +26,14 @@ def traced_sizes() -> bool:
 
     The default export keeps height and width as trace-time constants (a lean graph OpenCV
     imports); a dynamic-size export must compute them from the input instead."""
-    return _DYNAMIC_HW[0] and torch.jit.is_tracing()
+    return _DYNAMIC_HW[0] and (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _hint(n: Any) -> int:
+    """The example value of a size while ``torch.export`` traces with symbolic sizes, read without
+    installing a guard (which would specialise the size): only for what the size rule keeps constant."""
+    node = getattr(n, "node", None)
+    return int(node.hint) if node is not None and getattr(node, "hint", None) is not None else int(n)
 
 
 class dynamic_hw:
@@ -44,6 +51,8 @@ class dynamic_hw:
 def static_hw(x: Tensor) -> Tuple[int, int]:
     """(H, W) of an N x C x H x W tensor as Python ints, without recording them in a trace."""
     if not torch.jit.is_tracing():
+        if _DYNAMIC_HW[0] and torch.compiler.is_compiling():  # torch.export of a dynamic-size model
+            return _hint(x.shape[2]), _hint(x.shape[3])
         return int(x.shape[2]), int(x.shape[3])
     state = torch._C._get_tracing_state()
     _set_tracing_state(None)
@@ -71,6 +80,9 @@ def static_dims(x: Tensor) -> List[int]:
     Channels and, in an exported graph, height and width are constants; the batch stays traced.
     In a dynamic-size export (:func:`traced_sizes`) height and width stay traced too."""
     if not torch.jit.is_tracing():
+        if _DYNAMIC_HW[0] and torch.compiler.is_compiling() and x.dim() == 4:
+            symbolic: List[Any] = [_hint(x.shape[1]), x.shape[2], x.shape[3]]
+            return symbolic
         return [int(v) for v in x.shape[1:]]
     state = torch._C._get_tracing_state()
     _set_tracing_state(None)
