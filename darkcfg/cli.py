@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dynamic-size", action="store_true",
                     help="(onnx, pt2) dynamic height/width too, exact at the sizes the graph allows (e.g. multiples "
                     "of 32; written in the metadata, shown by `darkcfg info`); refused for models whose layers "
-                    "need one size. OpenCV 4.14's ONNX importer does not load it: use onnxruntime, or a fixed-size export")
+                    "need one size. OpenCV 4.14's ONNX importer does not load it: use onnxruntime, or a "
+                    "fixed-size export")
     sp.add_argument("--thresh", type=unit_float, default=0.25, help="with --nms: keep probabilities above this")
     sp.add_argument("--nms-thresh", type=unit_float, default=0.45, help="with --nms: IoU threshold")
     sp.add_argument("--max-det", type=positive_int, default=100, help="with --nms: rows of the detections tensor")

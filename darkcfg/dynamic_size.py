@@ -200,13 +200,12 @@ def _baked(spec: LayerSpec) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if spec.kind in ("maxpool", "local_avgpool") and not getattr(a, "maxpool_depth", 0):
         out.append(("padding", pool_pads_hw(h, w, a.size, a.stride_x, a.stride_y, a.padding)))
-    sx = getattr(a, "stride_x", None)
-    sy = getattr(a, "stride_y", None)
-    if sx is None:
-        stride = getattr(a, "stride", 1)
-        if spec.kind == "upsample":
-            stride = -stride if isinstance(stride, int) and stride < 0 else 1  # only a sum-pool downsamples
-        sx = sy = stride if isinstance(stride, int) and stride > 0 else 1
+    stride = getattr(a, "stride", 1)
+    if spec.kind == "upsample":
+        stride = -stride if isinstance(stride, int) and stride < 0 else 1  # only a sum-pool downsamples
+    stride = stride if isinstance(stride, int) and stride > 0 else 1
+    sx: int = getattr(a, "stride_x", None) or stride
+    sy: int = getattr(a, "stride_y", None) or stride
     if sx > 1 or sy > 1:
         out.append(("input size residues", (h % sy, w % sx)))
     return out

@@ -188,7 +188,11 @@ def _onnx_axes(model: Darknet, names: Sequence[str], decode: bool, nms: bool, dy
         axes[names[0]] = {**batch, 1: "candidates"}
     else:
         for name, (dyn_h, dyn_w) in zip(names, spatial_axes(model, rule)):
-            axes[name] = {**batch, **({2: f"{name}_height"} if dyn_h else {}), **({3: f"{name}_width"} if dyn_w else {})}
+            axes[name] = dict(batch)
+            if dyn_h:
+                axes[name][2] = f"{name}_height"
+            if dyn_w:
+                axes[name][3] = f"{name}_width"
     return axes
 
 

@@ -85,6 +85,10 @@ class YoloDecoder(_HeadDecoder):
     def forward(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         """Decode one head; ``size`` (the traced input width and height) in a dynamic-size export."""
         hd = self.head
+        gw: "int | Tensor"
+        gh: "int | Tensor"
+        net_w: "int | Tensor"
+        net_h: "int | Tensor"
         if size is not None:  # (N, h, w, n, E) and a grid computed from the traced shape
             rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2)
             cols, rows, gw, gh = _traced_grid(out)
@@ -131,6 +135,10 @@ class RegionDecoder(_HeadDecoder):
     def forward(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         """Decode the head; ``size`` (the traced input width and height) in a dynamic-size export."""
         hd = self.head
+        gw: "int | Tensor"
+        gh: "int | Tensor"
+        net_w: "int | Tensor"
+        net_h: "int | Tensor"
         if size is not None:  # records [h][w][n][size], grid from the traced shape
             rec = out.flatten(1).reshape(-1, out.shape[2], out.shape[3], self.n, self.size)
             cols, rows, gw, gh = _traced_grid(out)

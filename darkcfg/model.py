@@ -75,8 +75,9 @@ class Darknet(nn.Module):
     # --------------------------------------------------------------- forward
     def _run(self, x: Tensor, keep_all: bool = True) -> List[Tensor]:
         net = self.graph.net
-        if not torch.jit.is_tracing() and not traced_sizes() and (x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height
-                                           or x.shape[3] != net.width):
+        # (a dynamic-size torch.export must not compare the symbolic size with the cfg's: that would fix it)
+        if not torch.jit.is_tracing() and not traced_sizes() and (
+                x.dim() != 4 or x.shape[1] != net.channels or x.shape[2] != net.height or x.shape[3] != net.width):
             from .train.resize import check_input_size
 
             check_input_size(self, x)  # another size the graph takes (as resize_network), or DarkcfgError
