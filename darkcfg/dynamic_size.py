@@ -170,23 +170,24 @@ def _compare(graph: Graph, size: tuple[int, int]) -> tuple[Optional[Graph], Opti
     except CfgError as exc:
         return None, f"at {w} x {h}: {exc}"
     for old, new in zip(graph.layers, other.layers):
-        why = _layer_differs(old, new, graph, other)
+        why = _layer_differs(old, new, graph, other, f"at {w} x {h}")
         if why:
-            return other, f"{old.where}: {why} at {w} x {h}"
+            return other, f"{old.where}: {why}"
     return other, None
 
 
-def _layer_differs(old: LayerSpec, new: LayerSpec, g_old: Graph, g_new: Graph) -> str:
+def _layer_differs(old: LayerSpec, new: LayerSpec, g_old: Graph, g_new: Graph, where: str) -> str:
+    """Why layer ``new`` (of the graph built ``where``) would not run as the traced ``old`` does ("" if it would)."""
     if [b.count for b in old.blocks] != [b.count for b in new.blocks]:
-        return f"has {new.weight_floats} parameters (not {old.weight_floats} as at the traced size)"
+        return f"has {old.weight_floats} parameters at the traced size but {new.weight_floats} {where}"
     if old.is_flat != new.is_flat or (old.is_flat and old.outputs != new.outputs):
-        return "is a flat vector whose length depends on the input size"
+        return f"is a flat vector whose length changes with the input size ({old.outputs}, {new.outputs} {where})"
     for a, b in zip(_baked(old), _baked(new)):
         if a != b:
-            return f"has {b[0]} {b[1]} (traced: {a[1]})"
+            return f"has {b[0]} {b[1]} {where} but {a[1]} at the traced size"
     same_old = _equal_inputs(old, g_old)
     if same_old is not None and same_old != _equal_inputs(new, g_new):
-        return "reads inputs whose shapes agree at one size and not at the other"
+        return f"reads inputs whose shapes {'agree' if same_old else 'differ'} at the traced size but not {where}"
     return ""
 
 

@@ -166,6 +166,17 @@ def test_models_that_cannot_follow_the_size_are_refused(name: str, layer: str, t
     assert not out.exists()
 
 
+def test_connected_on_a_feature_map_is_refused(tmp_path: Path) -> None:
+    """No step keeps a [connected] layer's input length: the generic check names the layer and the numbers."""
+    cfg = tmp_path / "fc.cfg"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=3\n\n[convolutional]\nfilters=4\nsize=3\nstride=2\n"
+                   "pad=1\nactivation=leaky\n\n[connected]\noutput=5\nactivation=linear\n")
+    params = 4 * 8 * 8 * 5 + 5  # a 4 x 8 x 8 input fully connected to 5 outputs, plus biases
+    with pytest.raises(DarkcfgError, match=rf"fc\.cfg:13: \[connected\] \(layer 1\): has {params} parameters at "
+                                           r"the traced size but \d+ at \d+ x \d+; .*--dynamic-size"):
+        export(cfg, None, "onnx", tmp_path / "m.onnx", dynamic_size=True)
+
+
 def test_other_formats_refuse_dynamic_size_and_cli(tmp_path: Path, capsys) -> None:
     cfg = CFGS / "tiny-train.cfg"
     for to in ("torchscript", "weights"):
