@@ -4,7 +4,9 @@ The decoding is :func:`darkcfg.detect.decode` (Darknet's ``get_network_boxes``) 
 input: every candidate of every head, in Darknet's emission order (head, cell row-major, anchor),
 as ``x1, y1, x2, y2`` in network-input pixels, objectness, and the per-class probabilities
 (``obj * cls``, ungated: the caller picks the threshold).  Everything shape-dependent is a Python
-constant taken from the graph (grid sizes, anchors), so exporters record no shape arithmetic.
+constant taken from the graph (grid sizes, anchors), so exporters record no shape arithmetic;
+in a dynamic-size export (``--dynamic-size``) the grid and the network size are computed from the
+traced tensors instead.
 Differences from the eager decoder: ``exp`` is float32 (Darknet: double, rounded to float; about
 1 ulp) and there is no letterbox correction (boxes are in network-input pixels; undo the
 letterbox with the metadata's input size).
