@@ -60,40 +60,70 @@ static inline float dk_exp(float x) {
     return p * scale;
 }
 
-static void mish_range(const float *x, float *y, int64_t n) {
+static inline float mish1(float v) {
+    float e = dk_exp(v < 20.0f ? v : 20.0f);
+    e = v > -88.0f ? e : 0.0f;                         /* expf underflows to 0 there too */
+    float m = e * (e + 2.0f);
+    return v * (m / (m + 2.0f));                       /* ratio first: no overflow for huge x */
+}
+
+static void mish_f32(const void *src, void *dst, int64_t n) {
+    const float *x = (const float *)src;
+    float *y = (float *)dst;
+    for (int64_t i = 0; i < n; i++) y[i] = mish1(x[i]);
+}
+
+/* bf16 in and out, float inside; rounding to nearest even and NaN as torch converts them */
+static void mish_bf16(const void *src, void *dst, int64_t n) {
+    const uint16_t *x = (const uint16_t *)src;
+    uint16_t *y = (uint16_t *)dst;
     for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        float e = dk_exp(v < 20.0f ? v : 20.0f);
-        e = v > -88.0f ? e : 0.0f;                     /* expf underflows to 0 there too */
-        float m = e * (e + 2.0f);
-        y[i] = v * (m / (m + 2.0f));                   /* ratio first: no overflow for huge x */
+        uint32_t in = (uint32_t)x[i] << 16;
+        float v, r;
+        memcpy(&v, &in, sizeof v);
+        r = mish1(v);
+        uint32_t u;
+        memcpy(&u, &r, sizeof u);
+        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        y[i] = (uint16_t)(r != r ? 0x7FC0u : rounded);
     }
 }
 
-typedef struct { const float *x; float *y; int64_t n; } dk_job;
+typedef void (*dk_range)(const void *, void *, int64_t);
+typedef struct { dk_range fn; const char *x; char *y; int64_t n; } dk_job;
 
 static void *dk_run(void *arg) {
     dk_job *j = (dk_job *)arg;
-    mish_range(j->x, j->y, j->n);
+    j->fn(j->x, j->y, j->n);
     return 0;
 }
 
-void darkcfg_mish(const float *x, float *y, int64_t n, int threads) {
+static void dk_parallel(dk_range fn, const void *src, void *dst, int64_t n, int size, int threads) {
+    const char *x = (const char *)src;
+    char *y = (char *)dst;
     if (threads > 64) threads = 64;
-    if (threads < 2 || n < 65536) { mish_range(x, y, n); return; }
+    if (threads < 2 || n < 65536) { fn(x, y, n); return; }
     pthread_t tid[64];
     dk_job jobs[64];
     int started[64] = {0};
-    int64_t chunk = ((n + threads - 1) / threads + 15) / 16 * 16;  /* whole vectors per thread */
+    int64_t chunk = ((n + threads - 1) / threads + 31) / 32 * 32;  /* whole vectors per thread */
     for (int t = 1; t < threads && chunk * t < n; t++) {
         int64_t lo = chunk * t, hi = lo + chunk < n ? lo + chunk : n;
-        jobs[t].x = x + lo; jobs[t].y = y + lo; jobs[t].n = hi - lo;
+        jobs[t].fn = fn; jobs[t].x = x + lo * size; jobs[t].y = y + lo * size; jobs[t].n = hi - lo;
         started[t] = pthread_create(&tid[t], 0, dk_run, &jobs[t]) == 0;
-        if (!started[t]) mish_range(x + lo, y + lo, hi - lo);
+        if (!started[t]) fn(jobs[t].x, jobs[t].y, jobs[t].n);
     }
-    mish_range(x, y, chunk < n ? chunk : n);
+    fn(x, y, chunk < n ? chunk : n);
     for (int t = 1; t < threads; t++)
         if (started[t]) pthread_join(tid[t], 0);
+}
+
+void darkcfg_mish(const float *x, float *y, int64_t n, int threads) {
+    dk_parallel(mish_f32, x, y, n, 4, threads);
+}
+
+void darkcfg_mish_bf16(const uint16_t *x, uint16_t *y, int64_t n, int threads) {
+    dk_parallel(mish_bf16, x, y, n, 2, threads);
 }
 """
 
@@ -137,7 +167,8 @@ def _build(cc: str) -> Path:
 
 
 def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
-    """``f(x) -> mish(x)`` for dense CPU float32 tensors, or None where it cannot be built."""
+    """``f(x) -> mish(x)`` for dense CPU float32 or bfloat16 tensors (:func:`applies`), or None
+    where it cannot be built.  bf16 is computed in float and rounded once, as torch rounds."""
     global _kernel
     if _kernel is not False:
         return _kernel or None  # type: ignore[return-value]
@@ -149,15 +180,17 @@ def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
         if os.environ.get("DARKCFG_NATIVE", "1") == "0" or cc is None or not platform.system() == "Linux":
             return None
         try:
-            fn = ctypes.CDLL(str(_build(cc))).darkcfg_mish
+            lib = ctypes.CDLL(str(_build(cc)))
+            kernels = {torch.float32: lib.darkcfg_mish, torch.bfloat16: lib.darkcfg_mish_bf16}
         except (OSError, subprocess.SubprocessError, AttributeError):
             return None
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-        fn.restype = None
+        for fn in kernels.values():
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+            fn.restype = None
 
         def mish(x: Tensor) -> Tensor:
             y = torch.empty_like(x)
-            fn(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
+            kernels[x.dtype](x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
             return y
 
         _kernel = mish
@@ -165,6 +198,6 @@ def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
 
 
 def applies(x: Tensor) -> bool:
-    """Dense (any memory format), CPU, float32, outside autograd: the kernel's domain."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+    """Dense (any memory format), CPU, float32 or bfloat16, outside autograd: the kernel's domain."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not x.requires_grad
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)))

@@ -155,9 +155,23 @@ def test_native_mish_matches_darknet_formula(kernel) -> None:
     assert torch.isnan(kernel(torch.tensor([math.nan]))).all()
 
 
+def test_native_mish_bf16_is_the_float_result_rounded_once(kernel) -> None:
+    """bf16 in, bf16 out: mish computed in float and rounded as torch rounds (nearest even)."""
+    x = (torch.randn(200_000) * 6).bfloat16()
+    x = torch.cat([x, torch.tensor([math.nan, math.inf, -math.inf, 0.0, 25.0, -100.0]).bfloat16()])
+    y = kernel(x)
+    assert y.dtype == torch.bfloat16
+    expected = kernel(x.float()).bfloat16()
+    assert torch.equal(y[:-6], expected[:-6])
+    body, ref = y[:-6].float(), _reference_mish(x[:-6].float())
+    assert float(((body - ref).abs() / ref.abs().clamp_min(1e-2)).max()) <= 2 ** -8  # half a bf16 ulp, relative
+    assert torch.isnan(y[-6]) and y[-5] == math.inf and y[-2] == 25.0
+
+
 def test_native_mish_keeps_layout_and_threads(kernel) -> None:
     x = torch.randn(2, 16, 40, 40).to(memory_format=torch.channels_last)  # > 65536: split over threads
-    assert native.applies(x) and not native.applies(x[:, :8]) and not native.applies(x.double())
+    assert native.applies(x) and native.applies(x.bfloat16()) and not native.applies(x[:, :8])
+    assert not native.applies(x.double())
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
