@@ -1,5 +1,5 @@
 """``darkcfg.load(cfg, weights)`` builds without the random initialisation the file overwrites
-(:mod:`darkcfg.fast_build`) and copies each block once into its tensor (``fresh``); ``optimize()``
+(:mod:`darkcfg.fast_build`) and reads each block straight into its tensor (``fresh``); ``optimize()``
 folds BN in place.  These check that the fast paths give exactly what the slow ones give."""
 
 from __future__ import annotations
@@ -96,3 +96,36 @@ def test_fuse_in_place_is_darknet_float64_fold(tmp_path: Path) -> None:
     model.optimize()
     assert conv.bn is None
     assert torch.equal(conv.conv.weight, expect_w) and torch.equal(conv.conv.bias, expect_b)
+
+
+def test_fresh_file_load_reads_into_the_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load(cfg, path)`` reads each block straight into its tensor: no whole-file buffer, and
+    the same located errors as the staged path (NaN/Inf, left-over floats, a short file)."""
+    from darkcfg import weights as W
+
+    cfg = ROOT / "cfgs" / "tiny-yolo-all.cfg"
+    graph = build_graph(read_cfg(cfg))
+    path = tmp_path / "w.weights"
+    data = bytearray(synthetic_weights(graph, seed=4))
+    path.write_bytes(bytes(data))
+    slow = _slow_load(cfg, path)
+
+    def no_buffer(*args: object) -> None:
+        raise AssertionError("the fresh path must not stage the whole file")
+
+    monkeypatch.setattr(W, "_aligned_buffer", no_buffer)
+    fast = darkcfg.load(cfg, path)
+    for k, v in slow.state_dict().items():
+        assert torch.equal(fast.state_dict()[k], v), k
+    nan = bytearray(data)
+    nan[20 + 4 * 5:20 + 4 * 6] = np.float32(math.nan).tobytes()  # inside layer 0's first block
+    path.write_bytes(bytes(nan))
+    with pytest.raises(WeightsError, match=r"layer 0 \[convolutional\].*NaN"):
+        darkcfg.load(cfg, path)
+    path.write_bytes(bytes(data) + b"\0" * 8)
+    with pytest.raises(WeightsError, match="2 floats are left over"):
+        darkcfg.load(cfg, path)
+    monkeypatch.undo()  # a short file goes through the staged path, whose error names the layer
+    path.write_bytes(bytes(data[:-8]))
+    with pytest.raises(WeightsError, match="file ends inside layer"):
+        darkcfg.load(cfg, path)
