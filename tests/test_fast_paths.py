@@ -91,6 +91,26 @@ def test_fast_path_steps_aside_for_autograd_tracing_and_state(tmp_path: Path) ->
 
 
 @needs_onednn
+def test_optimized_model_deep_copies_and_saves(tmp_path: Path) -> None:
+    """The packed weights (opaque oneDNN tensors) never travel: copies re-pack on first use."""
+    import copy
+
+    eager, fast = _pair(_cfg(tmp_path, "leaky"))
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        ref = fast(x)[0]
+        clone = copy.deepcopy(fast)
+        assert clone.layers[0].onednn.conv is clone.layers[0].conv  # the plan follows the copied conv
+        buf = io.BytesIO()
+        torch.save(fast, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for m in (clone, loaded):
+            assert torch.equal(m(x)[0], ref)
+            assert m.layers[0].onednn._packed is not None
+
+
+@needs_onednn
 def test_weight_change_after_optimize_is_seen(tmp_path: Path) -> None:
     """Packed weights are keyed on the weight tensor and its version: an edit re-packs."""
     eager, fast = _pair(_cfg(tmp_path, "leaky"))

@@ -60,6 +60,11 @@ class FusedConv:
         self._packed: Optional[Tensor] = None
         self._packed_key: Optional[Tuple[int, int, torch.dtype]] = None
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles (``copy.deepcopy``, ``torch.save(model)``) leave the packed weight
+        behind: an opaque oneDNN tensor has no storage to copy; the copy re-packs on first use."""
+        return {**self.__dict__, "_packed": None, "_packed_key": None}
+
     def applies(self, x: Tensor) -> bool:
         """Whether this call can take the fused path (inference on CPU, matching float dtype)."""
         w = self.conv.weight
