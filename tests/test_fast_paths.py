@@ -27,6 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN fused conv")
 
 
+@pytest.fixture(autouse=True)
+def _small_maps_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests use small maps; the size floor itself is tested on its own below."""
+    monkeypatch.setattr(onednn, "MIN_INPUT_ELEMENTS", 0)
+
+
 def _cfg(tmp_path: Path, activation: str, groups: int = 1) -> Path:
     path = tmp_path / f"{activation}.cfg"
     path.write_text("[net]\nwidth=24\nheight=20\nchannels=3\n"
@@ -88,6 +94,20 @@ def test_fast_path_steps_aside_for_autograd_tracing_and_state(tmp_path: Path) ->
     traced = torch.jit.trace(fast, x.detach(), check_trace=False)
     assert "mkldnn" not in str(traced.inlined_graph)  # exporters see plain aten ops
     assert all(not t.is_mkldnn for t in fast.state_dict().values())  # packed weights never saved
+
+
+@needs_onednn
+def test_tiny_maps_take_the_eager_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below MIN_INPUT_ELEMENTS the fused op's fixed cost outweighs its saving: eager conv."""
+    monkeypatch.setattr(onednn, "MIN_INPUT_ELEMENTS", 8 * 20 * 24 + 1)  # above every layer's input
+    eager, fast = _pair(_cfg(tmp_path, "leaky"))
+    with torch.no_grad():
+        x = torch.rand(1, 3, 20, 24)
+        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+    assert all(layer.onednn._packed is None for layer in fast.layers)
+    with torch.no_grad():
+        fast(torch.rand(2, 3, 20, 24))  # twice the values: layer 1's 7680 inputs take the fused path
+    assert [layer.onednn._packed is not None for layer in fast.layers] == [False, True, False]
 
 
 @needs_onednn
