@@ -208,6 +208,20 @@ def test_native_mish_bf16_is_the_float_result_rounded_once(kernel) -> None:
     assert torch.isnan(y[-6]) and y[-5] == math.inf and y[-2] == 25.0
 
 
+def test_native_bn_fold_is_darknets_float64_product(kernel) -> None:
+    """``w[r] = float32(float64(w[r]) * k[r])`` bit for bit, rows split over threads."""
+    w = torch.randn(37, 19, 3, 3) * 3
+    k = torch.rand(37, dtype=torch.float64) * 4 + 1e-3
+    expected = (w.double() * k.view(-1, 1, 1, 1)).float()
+    big = torch.randn(600, 64, 3, 3)  # > 262144 values: the threaded branch
+    k_big = torch.rand(600, dtype=torch.float64) + 0.5
+    expected_big = (big.double() * k_big.view(-1, 1, 1, 1)).float()
+    assert native.scale_rows_f64(w, k) and torch.equal(w, expected)
+    assert native.scale_rows_f64(big, k_big) and torch.equal(big, expected_big)
+    assert not native.scale_rows_f64(w.transpose(0, 1), k)  # only contiguous weights
+    assert not native.scale_rows_f64(w, k.float())  # the gains must be float64
+
+
 def test_native_mish_keeps_layout_and_threads(kernel) -> None:
     x = torch.randn(2, 16, 40, 40).to(memory_format=torch.channels_last)  # > 65536: split over threads
     assert native.applies(x) and native.applies(x.bfloat16()) and not native.applies(x[:, :8])
