@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,11 @@ def test_fast_path_steps_aside_for_autograd_tracing_and_state(tmp_path: Path) ->
     out = fast(x)[0]
     out.sum().backward()  # eager path: differentiable
     assert x.grad is not None and all(layer.onednn._packed is None for layer in fast.layers)
-    traced = torch.jit.trace(fast, x.detach(), check_trace=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # the fast path adds no trace warnings
+        warnings.filterwarnings("ignore", message=".*list at the output of the tracer.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        traced = torch.jit.trace(fast, x.detach(), check_trace=False)
     assert "mkldnn" not in str(traced.inlined_graph)  # exporters see plain aten ops
     assert all(not t.is_mkldnn for t in fast.state_dict().values())  # packed weights never saved
 

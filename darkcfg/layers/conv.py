@@ -147,7 +147,8 @@ class ConvLayer(WeightedLayer):
         x = xs[0]
         if self.xnor:
             return self._xnor(x)
-        if self.onednn_ready and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+        if (self.onednn_ready and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling()):
             fused = self._onednn_forward(x)
             if fused is not None:
                 return fused
