@@ -146,6 +146,26 @@ def test_real_model_at_two_sizes(shared: Path, tmp_path: Path) -> None:
         assert _max_rel_error(got, _eager(cfg, weights, (w, h), True, x)) <= 1e-4, (w, h)
 
 
+REAL = ["yolo-fastest-voc", "yoloface-50k", "yolo-mobilenetv2-tiny-voc", "MobileNetV2-YOLOv3-Nano-coco"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_public_domain_models_at_two_sizes(name: str, shared: Path, tmp_path: Path) -> None:
+    """The real detectors of ../shared/darknet/real, raw heads, at two valid sizes other than the traced one."""
+    cfg, weights = shared / "darknet" / "real" / f"{name}.cfg", shared / "darknet" / "real" / f"{name}.weights"
+    if not weights.is_file():
+        pytest.skip(f"{weights} not present")
+    out = _export(cfg, weights, tmp_path / "m.onnx", optimize=None)
+    rule = size_rule(darkcfg.load(cfg))
+    assert read_metadata(out)["dynamic_size"] == rule.as_metadata()
+    session = ort.InferenceSession(str(out))
+    for w, h in _two_sizes(rule):
+        check_size(read_metadata(out)["dynamic_size"], w, h)
+        x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(w))
+        got = session.run(None, {"images": x.numpy()})
+        assert _max_rel_error(got, _eager(cfg, weights, (w, h), False, x)) <= 1e-4, (name, w, h)
+
+
 def test_invalid_size_is_named_with_the_rule(tmp_path: Path) -> None:
     cfg = CFGS / "tiny-yolo-all.cfg"
     out = export(cfg, None, "onnx", tmp_path / "m.onnx", dynamic_size=True, optimize=False)
