@@ -661,6 +661,11 @@ _LEVEL_RANGE = 120  # levels are clamped to +-this
 _CELL_RANGE = 1 << 30  # grid cell indices are clamped to [0, this] (monotone: neighbours stay neighbours)
 
 
+#: Up to this many boxes the pairs come from one metric matrix (4 MiB of booleans at most): the
+#: size-bucket search below costs ~20 ms of fixed overhead, 3x a Yolo-Fastest forward.
+DENSE_PAIRS_MAX = 2048
+
+
 def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float) -> tuple[Tensor, Tensor]:
     """Every unordered pair (i, j) of ``boxes`` (CPU) whose metric exceeds ``nms_thresh`` >= 0.
 
@@ -680,6 +685,10 @@ def _overlapping_pairs(boxes: Tensor, nms_thresh: float, kind: str, beta: float)
     if usable.numel() < 2:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty
+    if usable.numel() <= DENSE_PAIRS_MAX:  # few boxes: one matrix beats the search's fixed cost
+        over = torch.triu(_suppression_metric(boxes[usable], kind, beta) > nms_thresh, diagonal=1)
+        first, second = torch.nonzero(over, as_tuple=True)
+        return usable[first], usable[second]
     flat = boxes[usable]
     wide = flat.double()
     t = max(float(nms_thresh), 0.0)
