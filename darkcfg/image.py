@@ -251,6 +251,39 @@ def _resize_columns(src: np.ndarray, out_w: int, cols: np.ndarray) -> np.ndarray
     return out.astype(np.float32, copy=False)
 
 
+def _resize_window_hwc(src: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """:func:`_resize_window` (whole output) of an ``H x W x C`` array, returned as a C x H x W view.
+
+    The same float32 operations in the same order on every value, so the result is bit-identical;
+    only the memory walk differs: a decoded image is H x W x C, so whole pixels are gathered along
+    its rows and the arithmetic runs on rows of ``W*C`` values (long inner loops), instead of
+    single bytes gathered through a channel-first view of it.
+    """
+    h_in, w_in, c = src.shape
+    cols, rows = np.arange(out_w), np.arange(out_h)
+    iy, dy = _sample_positions(h_in, out_h, rows)
+    iy1 = np.minimum(iy + 1, h_in - 1)
+    add = (rows != out_h - 1) if (h_in > 1 and out_h > 1) else np.zeros(len(rows), dtype=bool)
+    needed = np.unique(np.concatenate([iy, iy1[add]]))
+    part = np.take(src, needed, axis=0)
+    one = np.float32(1.0)
+    if w_in == 1:
+        tmp = np.repeat(_as_float(part[:, :1, :]), out_w, axis=1).reshape(len(needed), out_w * c)
+    else:
+        ix, dx = _sample_positions(w_in, out_w, cols)
+        ix1 = np.minimum(ix + 1, w_in - 1)
+        keep, take = np.repeat(one - dx, c), np.repeat(dx, c)  # per value of a row of W*C
+        # np.take: 2x faster than fancy indexing for this gather of whole pixels
+        tmp = keep * _as_float(np.take(part, ix, axis=1).reshape(len(needed), -1)) \
+            + take * _as_float(np.take(part, ix1, axis=1).reshape(len(needed), -1))
+        tmp[:, (out_w - 1) * c:] = _as_float(part[:, w_in - 1, :])
+    pos, pos1 = np.searchsorted(needed, iy), np.searchsorted(needed, iy1)
+    out = (one - dy)[:, None] * np.take(tmp, pos, axis=0)
+    if add.any():
+        out[add] += dy[add][:, None] * np.take(tmp, pos1[add], axis=0)
+    return out.astype(np.float32, copy=False).reshape(out_h, out_w, c).transpose(2, 0, 1)
+
+
 def _resize_window(src: np.ndarray, out_w: int, out_h: int, cols: Optional[np.ndarray] = None,
                    rows: Optional[np.ndarray] = None) -> np.ndarray:
     """darknet ``resize_image`` evaluated only at output ``rows`` x ``cols`` (default: all).
@@ -264,6 +297,8 @@ def _resize_window(src: np.ndarray, out_w: int, out_h: int, cols: Optional[np.nd
     float only after both gathers, so memory is O(output), whatever the input size. Every output
     value is computed by the same float32 operations as the full two-pass resize.
     """
+    if cols is None and rows is None and src.transpose(1, 2, 0).flags.c_contiguous:
+        return _resize_window_hwc(src.transpose(1, 2, 0), out_w, out_h)  # a decoded image's view
     _, h_in, w_in = src.shape
     cols = np.arange(out_w) if cols is None else np.asarray(cols, dtype=np.int64)
     rows = np.arange(out_h) if rows is None else np.asarray(rows, dtype=np.int64)

@@ -285,3 +285,18 @@ def test_image_from_array_rejects_bad_input() -> None:
         image_from_array(np.zeros((2, 3, 3), np.int64))
     with pytest.raises(ImageError):
         image_from_array(np.zeros((0, 3, 3), np.uint8))
+
+
+@pytest.mark.parametrize("h,w,out_w,out_h", [(576, 768, 320, 320), (576, 768, 416, 312), (512, 512, 448, 448),
+                                             (1, 50, 10, 7), (40, 1, 13, 9), (3, 3, 1, 1), (7, 9, 7, 9),
+                                             (300, 200, 608, 608), (100, 100, 1, 50), (1, 1, 4, 4)])
+def test_resize_of_a_decoded_image_is_the_channel_first_resize(h: int, w: int, out_w: int, out_h: int) -> None:
+    """A decoded H x W x 3 image is resized in its own layout (image._resize_window_hwc): bit for bit
+    the values of the channel-first resize (the last-row quirk of 512 -> 448 included)."""
+    from darkcfg.image import _resize_window
+
+    img = np.random.default_rng(h * 1000 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fast = _resize_window(img.transpose(2, 0, 1), out_w, out_h)
+    reference = _resize_window(np.ascontiguousarray(img.transpose(2, 0, 1)), out_w, out_h)
+    assert fast.shape == reference.shape == (3, out_h, out_w)
+    assert np.array_equal(fast, reference)
