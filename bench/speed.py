@@ -59,10 +59,11 @@ class Row:
     cfg: str  # relative to shared/darknet
     size: int
     batch: int
+    compile: bool = False  # also time optimize(compile=True) (small models: the compile is seconds)
 
 
 ROWS = [
-    Row("yolo-fastest-1.1-320-b1", "yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1.cfg", 320, 1),
+    Row("yolo-fastest-1.1-320-b1", "yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1.cfg", 320, 1, True),
     Row("yolov4-tiny-416-b1", "cfg/yolov4-tiny.cfg", 416, 1),
     Row("yolov4-tiny-416-b4", "cfg/yolov4-tiny.cfg", 416, 4),
     Row("csresnext50-panet-spp-512-b1", "cfg/csresnext50-panet-spp.cfg", 512, 1),
@@ -109,6 +110,15 @@ def contenders(cfg: Path, weights: Path, row: Row, x: torch.Tensor, threads: int
         return go
 
     fns["darkcfg optimize() fp32"] = run_torch(model, x)
+    if row.compile:
+        try:
+            compiled = darkcfg.load(cfg, weights, size=size).optimize(compile=True)
+            fns["darkcfg optimize(compile=True) fp32"] = run_torch(compiled, x)
+            notes["darkcfg optimize(compile=True) fp32"] = (
+                f"{row.key}: compiled in {compiled.compile_seconds:.1f} s (torch.compile; a warm on-disk cache "
+                "makes later processes much faster)")
+        except Exception as exc:  # noqa: BLE001 -- no C++ compiler, etc.: reported, not fatal
+            notes["darkcfg optimize(compile=True) fp32"] = f"unavailable: {str(exc).strip().splitlines()[-1]}"
     if not bf16:
         notes["darkcfg optimize() bf16"] = "skipped: this CPU has no avx512_bf16/amx_bf16"
     else:
