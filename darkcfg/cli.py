@@ -173,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-fuse", action="store_true", help="keep batch norm unfused")
     sp.add_argument("--decode", action="store_true", help="end in decoded boxes N x K x (4+1+C): x1, y1, x2, y2 "
                     "in network-input pixels, objectness, class probabilities")
-    sp.add_argument("--nms", action="store_true", help="(onnx) also NMS: padded detections N x max-det x 6 "
-                    "(x1, y1, x2, y2, prob, class) and count N")
+    sp.add_argument("--nms", action="store_true", help="(onnx, torchscript) also NMS: padded detections "
+                    "N x max-det x 6 (x1, y1, x2, y2, prob, class) and count N; ONNX: standard IoU "
+                    "NonMaxSuppression, TorchScript: the cfg's own NMS kind (DIoU ones too) as a scripted loop")
     sp.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
                     help="dynamic batch axis (default on; height/width stay fixed unless --dynamic-size)")
     sp.add_argument("--dynamic-size", action="store_true",

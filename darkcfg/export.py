@@ -52,7 +52,8 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
            dynamic_size: bool = False) -> Path:
     """Write ``cfg`` (+ ``weights``) as ``to`` in {"pt2", "torchscript", "onnx", "weights"}; returns the path.
 
-    ``decode``: end in boxes (N, K, 4+1+C); ``nms`` (implies decode, ONNX only): end in
+    ``decode``: end in boxes (N, K, 4+1+C); ``nms`` (implies decode; ONNX: standard NonMaxSuppression,
+    TorchScript: Darknet's NMS kind exactly, as a scripted loop; not pt2): end in
     ``detections`` (N, max_det, 6) and ``count`` (N,), keeping probabilities > ``thresh`` and
     suppressing IoU > ``nms_thresh`` per class.  ``dynamic``: dynamic batch axis.  ``optimize``
     (ONNX): fold the remaining shape arithmetic and constants with onnxscript's optimizer
@@ -66,9 +67,10 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     if suffix is None:
         raise DarkcfgError(f"unknown export format {to!r} (pt2, torchscript, onnx or weights)")
     out = Path(out) if out else cfg.with_name(cfg.stem + suffix)
-    if nms and to != "onnx":
-        raise DarkcfgError("--nms is available for ONNX only (standard NonMaxSuppression); for pt2/torchscript "
-                           "export with --decode and run darkcfg.detect.nms or torchvision.ops.batched_nms on it")
+    if nms and to == "pt2":
+        raise DarkcfgError("--nms is available for ONNX (standard NonMaxSuppression) and TorchScript (Darknet's "
+                           "NMS as a scripted loop); for pt2 export with --decode and run darkcfg.detect.nms or "
+                           "torchvision.ops.batched_nms on it")
     if not 0 <= thresh <= 1 or not 0 <= nms_thresh <= 1 or max_det < 1 or batch < 1:
         raise DarkcfgError("thresh and nms thresh must be in [0, 1], max_det and batch at least 1")
     if dynamic_size and to not in ("onnx", "pt2"):
@@ -87,7 +89,7 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
     if fuse:
         model.fuse()
     model.eval()
-    wrapped, output_names, post = _wrap(model, decode, nms, thresh, nms_thresh, max_det)
+    wrapped, output_names, post = _wrap(model, decode, nms, thresh, nms_thresh, max_det, to == "torchscript")
     meta = build_metadata(model, _names(model, names), output_names, post)
     axes = _onnx_axes(model, output_names, decode, nms, dynamic, rule) if to == "onnx" else None
     if rule is not None:
@@ -120,7 +122,7 @@ def export(cfg: "str | os.PathLike", weights: "str | os.PathLike | None", to: st
 
 
 def _wrap(model: Darknet, decode: bool, nms: bool, thresh: float, nms_thresh: float,
-          max_det: int) -> tuple[nn.Module, list[str], Optional[dict]]:
+          max_det: int, scripted_nms: bool = False) -> tuple[nn.Module, list[str], Optional[dict]]:
     """The module to export, its output names and the metadata's ``postprocess`` entry."""
     if not decode:
         return _TupleOutputs(model).eval(), [f"output_{i}" for i in range(len(model.output_layers))], None
@@ -130,16 +132,18 @@ def _wrap(model: Darknet, decode: bool, nms: bool, thresh: float, nms_thresh: fl
     indices, heads = heads_from_graph(model.graph)
     specs = [model.graph.layers[i] for i in indices]
     net = model.graph.net
-    wrapped = DecodeModel(model, heads, specs, net.width, net.height, nms, thresh, nms_thresh, max_det).eval()
+    wrapped = DecodeModel(model, heads, specs, net.width, net.height, nms, thresh, nms_thresh, max_det,
+                          scripted_nms).eval()
     post: dict = {"boxes": "N x K x (4+1+C): x1, y1, x2, y2 (network-input pixels), objectness, class probabilities",
                   "nms_kind": wrapped.nms_kind}
     if nms:
         post.update({"thresh": thresh, "nms_thresh": nms_thresh, "max_det": max_det,
                      "detections": "N x max_det x 6: x1, y1, x2, y2, prob, class (zero-padded, best first)",
                      "count": "N: valid rows of detections",
-                     "nms": "ONNX NonMaxSuppression (IoU, per class)" + (
-                         f"; the cfg asks for {wrapped.nms_kind}, which ONNX cannot express: IoU NMS is used"
-                         if wrapped.nms_kind in ("diounms", "greedynms") else "")})
+                     "nms": (f"Darknet's {wrapped.nms_kind} NMS per class, as a scripted loop (exact)"
+                             if scripted_nms else "ONNX NonMaxSuppression (IoU, per class)" + (
+                                 f"; the cfg asks for {wrapped.nms_kind}, which ONNX cannot express: IoU NMS is used"
+                                 if wrapped.nms_kind in ("diounms", "greedynms") else ""))})
         return wrapped, ["detections", "count"], post
     return wrapped, ["boxes"], post
 

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .detect import Head, RegionHead, YoloHead, head_classes, nms_params
+from .detect import GREEDY_DIOU_EXPONENT, Head, RegionHead, YoloHead, head_classes, nms_params
 from .errors import DarkcfgError
 from .graph import LayerSpec
 from .layers.tracing import traced_sizes, untraced
@@ -222,6 +222,64 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, s
     return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
 
 
+@torch.jit.script
+def script_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, score: float,
+               beta: float) -> Tensor:
+    """Darknet's per-class greedy NMS as TorchScript (what a ``--to torchscript --nms`` file runs).
+
+    Same result layout as ONNX ``NonMaxSuppression``: (M, 3) rows of (image, class, box index)
+    for ``boxes`` (N, K, 4 corners) and ``scores`` (N, C, K).  Candidates are ``score > score``,
+    sorted by score (stable), and each kept box suppresses the later ones whose metric exceeds
+    ``iou``: IoU for ``beta < 0``, else Darknet's DIoU ``IoU - (d^2/c^2)^beta`` (box.c
+    ``box_diounms``; ``greedynms`` is beta 0.6), the power taken in double as C's ``pow``.
+    A scripted loop, so unlike ONNX's operator it can express the DIoU kinds exactly.
+    """
+    selected: List[Tensor] = []
+    for b in range(boxes.size(0)):
+        for c in range(scores.size(1)):
+            s = scores[b, c]
+            cand = torch.nonzero(s > score).flatten()
+            if cand.numel() == 0:
+                continue
+            order = cand[torch.sort(s[cand], descending=True, stable=True)[1]]
+            x = boxes[b, order]
+            left, top, right, bottom = x[:, 0], x[:, 1], x[:, 2], x[:, 3]
+            ow = torch.minimum(right[:, None], right[None, :]) - torch.maximum(left[:, None], left[None, :])
+            oh = torch.minimum(bottom[:, None], bottom[None, :]) - torch.maximum(top[:, None], top[None, :])
+            inter = torch.where((ow < 0) | (oh < 0), torch.zeros_like(ow), ow * oh)
+            area = (right - left) * (bottom - top)
+            union = area[:, None] + area[None, :] - inter
+            ok = (inter != 0) & (union != 0)
+            metric = torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+            if beta >= 0:
+                cw = torch.maximum(right[:, None], right[None, :]) - torch.minimum(left[:, None], left[None, :])
+                ch = torch.maximum(bottom[:, None], bottom[None, :]) - torch.minimum(top[:, None], top[None, :])
+                c2 = cw * cw + ch * ch
+                cx, cy = (left + right) / 2, (top + bottom) / 2
+                dx, dy = cx[:, None] - cx[None, :], cy[:, None] - cy[None, :]
+                d2 = dx * dx + dy * dy
+                safe = torch.where(c2 == 0, torch.ones_like(c2), c2)
+                term = torch.pow((d2 / safe).double(), beta).float()
+                metric = torch.where(c2 == 0, metric, metric - term)
+            over = metric > iou
+            alive = torch.ones(order.numel(), dtype=torch.bool)
+            kept = 0
+            for i in range(order.numel()):
+                if bool(alive[i]):
+                    if kept >= max_per_class:
+                        alive[i:] = False
+                        break
+                    kept += 1
+                    # (an augmented ``&=`` on a slice is silently dropped by TorchScript)
+                    alive[i + 1:] = alive[i + 1:] & ~over[i, i + 1:]
+            keep = order[alive]
+            col = torch.full_like(keep, b)
+            selected.append(torch.stack([col, torch.full_like(keep, c), keep], 1))
+    if len(selected) == 0:
+        return torch.zeros((0, 3), dtype=torch.int64)
+    return torch.cat(selected, 0)
+
+
 def _iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of corner box ``a`` (4,) with each of ``b`` (M, 4)."""
     ow = (torch.minimum(a[2], b[:, 2]) - torch.maximum(a[0], b[:, 0])).clamp(min=0)
@@ -240,12 +298,16 @@ class DecodeModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, heads: Sequence[Head], specs: Sequence[LayerSpec], net_w: int, net_h: int,
-                 nms: bool = False, thresh: float = 0.25, nms_thresh: float = 0.45, max_det: int = 100):
+                 nms: bool = False, thresh: float = 0.25, nms_thresh: float = 0.45, max_det: int = 100,
+                 scripted_nms: bool = False):
         super().__init__()
         self.model = model
         self.decoders = make_decoders(heads, specs, net_w, net_h)
         self.nms, self.thresh, self.nms_thresh, self.max_det = nms, thresh, nms_thresh, max_det
-        self.nms_kind = nms_params(heads)[0]
+        self.nms_kind, beta = nms_params(heads)
+        # scripted_nms (TorchScript files): Darknet's own NMS kind, DIoU ones included (script_nms)
+        self.scripted_nms = scripted_nms
+        self.diou_beta = {"diounms": beta, "greedynms": GREEDY_DIOU_EXPONENT}.get(self.nms_kind, -1.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outs = self.model(x)
@@ -258,7 +320,10 @@ class DecodeModel(nn.Module):
     def _nms(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
         corners, probs = boxes[..., :4], boxes[..., 5:]
         scores = probs.transpose(1, 2).contiguous()  # (N, C, K)
-        sel = _OnnxNms.apply(corners, scores, self.max_det, self.nms_thresh, self.thresh)
+        if self.scripted_nms:
+            sel = script_nms(corners, scores, self.max_det, self.nms_thresh, self.thresh, self.diou_beta)
+        else:
+            sel = _OnnxNms.apply(corners, scores, self.max_det, self.nms_thresh, self.thresh)
         b, c, i = sel[:, 0], sel[:, 1], sel[:, 2]
         score = scores[b, c, i]
         order = torch.argsort(score, descending=True)

@@ -97,6 +97,60 @@ def test_decode_and_nms_in_graph_equal_detect(shared: Path, name: str, tmp_path:
         assert np.allclose(gb, wb, atol=0.05)
 
 
+@pytest.mark.parametrize("name", REAL)
+def test_torchscript_nms_is_darknets_and_equals_detect(shared: Path, name: str, tmp_path: Path) -> None:
+    """``--to torchscript --nms``: Darknet's own NMS kind (greedynms for yolo-fastest-voc, which
+    ONNX's operator cannot express) as a scripted loop: the same detections as ``Darknet.detect``."""
+    cfg, weights = _real(shared, name)
+    model = darkcfg.load(cfg, weights)
+    img = _net_image(shared, model)
+    x = preprocess(img, model.width, model.height)
+    expected = model.detect(img[:, :, ::-1].copy(), thresh=0.25, nms=0.45)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = export(cfg, weights, "torchscript", tmp_path / "n.torchscript.pt", nms=True)
+        program = torch.jit.load(str(out))
+    meta = read_metadata(out)
+    assert meta["outputs"] == ["detections", "count"] and "scripted loop" in meta["postprocess"]["nms"]
+    with torch.no_grad():
+        dets, count = program(torch.cat([x, x]))
+    assert count.tolist() == [len(expected)] * 2 and len(expected) > 0
+    assert torch.equal(dets[0], dets[1]) and torch.all(dets[0, int(count[0]):] == 0)
+    w, h = model.width, model.height
+    got = sorted((int(r[5]), round(float(r[4]), 4), tuple(np.clip(r[:4].numpy(), 0, [w - 1, h - 1, w - 1, h - 1])
+                                                          .round(2))) for r in dets[0, :int(count[0])])
+    want = sorted((d.class_id, round(d.prob, 4), tuple(np.round(d.box, 2))) for d in expected)
+    assert [g[0] for g in got] == [g[0] for g in want]
+    for (gc, gp, gb), (wc, wp, wb) in zip(got, want):
+        assert abs(gp - wp) <= 1e-3 and np.allclose(gb, wb, atol=0.05)
+
+
+@pytest.mark.parametrize("kind,beta", [("default", -1.0), ("greedynms", 0.6), ("diounms", 2.0)])
+def test_script_nms_equals_darknet_nms(kind: str, beta: float) -> None:
+    """The scripted NMS keeps exactly what :func:`darkcfg.detect.nms` keeps, for each NMS kind."""
+    from darkcfg.detect import Detections, nms
+    from darkcfg.export_heads import script_nms
+
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        n = 60
+        xy = torch.rand(1, n, 2, generator=gen) * 100
+        corners = torch.cat([xy, xy + torch.rand(1, n, 2, generator=gen) * 40 + 1], 2)
+        if trial % 4 == 0:
+            corners = torch.round(corners / 8) * 8  # duplicates and ties
+        scores = torch.rand(1, 3, n, generator=gen)
+        probs = scores[0].T.clone()
+        probs[probs <= 0.25] = 0
+        centre = torch.cat([(corners[0, :, :2] + corners[0, :, 2:]) / 2, corners[0, :, 2:] - corners[0, :, :2]], 1)
+        dets = Detections(centre, torch.ones(n), probs, torch.zeros(n, dtype=torch.int64))
+        want = nms(dets, 0.45, kind, beta if beta >= 0 else 0.6).probs
+        beta_used = {"greedynms": 0.6, "diounms": beta}.get(kind, -1.0)
+        got = torch.zeros_like(probs)
+        for _, c, i in script_nms(corners, scores, 100, 0.45, 0.25, beta_used).tolist():
+            got[i, c] = probs[i, c]
+        assert torch.equal(got, want), (kind, trial)
+
+
 def test_metadata_round_trip_and_info(shared: Path, tmp_path: Path, capsys) -> None:
     cfg, weights = _real(shared, REAL[0])
     out = _export(cfg, weights, tmp_path / "m.onnx", decode=True)
@@ -122,7 +176,7 @@ def test_torchscript_and_pt2_carry_metadata(tmp_path: Path) -> None:
         out = export(cfg, None, to, tmp_path / name, decode=True)
         meta = read_metadata(out)
         assert meta["cfg_name"] == cfg.name and meta["outputs"] == ["boxes"]
-    with pytest.raises(darkcfg.DarkcfgError, match="ONNX only"):
+    with pytest.raises(darkcfg.DarkcfgError, match="for pt2 export with --decode"):
         export(cfg, None, "pt2", tmp_path / "x.pt2", nms=True)
 
 
