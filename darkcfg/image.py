@@ -230,63 +230,34 @@ def _as_float(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
-def _resize_columns(src: np.ndarray, out_w: int, cols: np.ndarray) -> np.ndarray:
-    """Pass 1 of resize_image, along x, at output columns ``cols``: a ``C x H x len(cols)`` float32 buffer.
+def _resize_columns(rows_hwc: np.ndarray, out_w: int, cols: np.ndarray) -> np.ndarray:
+    """Pass 1 of resize_image, along x, at output columns ``cols`` of the source rows ``rows_hwc``
+    (``n x W x C``): an ``n x (len(cols)*C)`` float32 buffer, pixel after pixel.
 
     The last output column (or every column when the source has width 1) is a plain copy of the
     last source column; the others blend columns i and i+1 as ``(1-d)*a + d*b`` in float32.
-    ``src`` may be uint8 (converted after the gather, so only ``len(cols)`` columns ever become
-    float) or float32.
+    ``rows_hwc`` may be uint8 (converted after the gather, so only ``len(cols)`` columns ever
+    become float) or float32.  Whole pixels are gathered with ``np.take`` (2x faster than fancy
+    indexing) and the arithmetic runs on rows of ``len(cols)*C`` values (long inner loops).
     """
-    c, h, w_in = src.shape
+    n, w_in, c = rows_hwc.shape
     if w_in == 1:
-        return np.repeat(_as_float(src[:, :, :1]), len(cols), axis=2)
+        return np.repeat(_as_float(rows_hwc[:, :1, :]), len(cols), axis=1).reshape(n, -1)
     i, d = _sample_positions(w_in, out_w, cols)
     i1 = np.minimum(i + 1, w_in - 1)
     one = np.float32(1.0)
-    out = (one - d) * _as_float(src[:, :, i]) + d * _as_float(src[:, :, i1])
+    out = np.repeat(one - d, c) * _as_float(np.take(rows_hwc, i, axis=1).reshape(n, -1)) \
+        + np.repeat(d, c) * _as_float(np.take(rows_hwc, i1, axis=1).reshape(n, -1))
     last = cols == out_w - 1
     if last.any():
-        out[:, :, last] = _as_float(src[:, :, w_in - 1:w_in])
+        out.reshape(n, len(cols), c)[:, last, :] = _as_float(rows_hwc[:, w_in - 1:w_in, :])
     return out.astype(np.float32, copy=False)
-
-
-def _resize_window_hwc(src: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """:func:`_resize_window` (whole output) of an ``H x W x C`` array, returned as a C x H x W view.
-
-    The same float32 operations in the same order on every value, so the result is bit-identical;
-    only the memory walk differs: a decoded image is H x W x C, so whole pixels are gathered along
-    its rows and the arithmetic runs on rows of ``W*C`` values (long inner loops), instead of
-    single bytes gathered through a channel-first view of it.
-    """
-    h_in, w_in, c = src.shape
-    cols, rows = np.arange(out_w), np.arange(out_h)
-    iy, dy = _sample_positions(h_in, out_h, rows)
-    iy1 = np.minimum(iy + 1, h_in - 1)
-    add = (rows != out_h - 1) if (h_in > 1 and out_h > 1) else np.zeros(len(rows), dtype=bool)
-    needed = np.unique(np.concatenate([iy, iy1[add]]))
-    part = np.take(src, needed, axis=0)
-    one = np.float32(1.0)
-    if w_in == 1:
-        tmp = np.repeat(_as_float(part[:, :1, :]), out_w, axis=1).reshape(len(needed), out_w * c)
-    else:
-        ix, dx = _sample_positions(w_in, out_w, cols)
-        ix1 = np.minimum(ix + 1, w_in - 1)
-        keep, take = np.repeat(one - dx, c), np.repeat(dx, c)  # per value of a row of W*C
-        # np.take: 2x faster than fancy indexing for this gather of whole pixels
-        tmp = keep * _as_float(np.take(part, ix, axis=1).reshape(len(needed), -1)) \
-            + take * _as_float(np.take(part, ix1, axis=1).reshape(len(needed), -1))
-        tmp[:, (out_w - 1) * c:] = _as_float(part[:, w_in - 1, :])
-    pos, pos1 = np.searchsorted(needed, iy), np.searchsorted(needed, iy1)
-    out = (one - dy)[:, None] * np.take(tmp, pos, axis=0)
-    if add.any():
-        out[add] += dy[add][:, None] * np.take(tmp, pos1[add], axis=0)
-    return out.astype(np.float32, copy=False).reshape(out_h, out_w, c).transpose(2, 0, 1)
 
 
 def _resize_window(src: np.ndarray, out_w: int, out_h: int, cols: Optional[np.ndarray] = None,
                    rows: Optional[np.ndarray] = None) -> np.ndarray:
-    """darknet ``resize_image`` evaluated only at output ``rows`` x ``cols`` (default: all).
+    """darknet ``resize_image`` of a ``C x H x W`` array evaluated only at output ``rows`` x
+    ``cols`` (default: all); a ``C x len(rows) x len(cols)`` float32 result (a transposed view).
 
     Pass 2 (along y): every row gets ``(1-d)*tmp[i]``; all rows except the last one (and none when
     the source has height 1) then get ``+ d*tmp[i+1]`` as a separate float32 add (darknet stores
@@ -295,24 +266,25 @@ def _resize_window(src: np.ndarray, out_w: int, out_h: int, cols: Optional[np.nd
 
     Pass 1 is computed only for the source rows pass 2 reads, and uint8 sources are converted to
     float only after both gathers, so memory is O(output), whatever the input size. Every output
-    value is computed by the same float32 operations as the full two-pass resize.
+    value is computed by the same float32 operations as the full two-pass resize.  The work runs
+    on the source's H x W x C view: a decoded image (the usual source) is H x W x 3 in memory,
+    and its ``C x H x W`` view (:func:`_chw_view`) is just that transposed.
     """
-    if cols is None and rows is None and src.transpose(1, 2, 0).flags.c_contiguous:
-        return _resize_window_hwc(src.transpose(1, 2, 0), out_w, out_h)  # a decoded image's view
-    _, h_in, w_in = src.shape
+    hwc = src.transpose(1, 2, 0)
+    h_in, _, c = hwc.shape
     cols = np.arange(out_w) if cols is None else np.asarray(cols, dtype=np.int64)
     rows = np.arange(out_h) if rows is None else np.asarray(rows, dtype=np.int64)
     iy, dy = _sample_positions(h_in, out_h, rows)
     iy1 = np.minimum(iy + 1, h_in - 1)
     add = (rows != out_h - 1) if (h_in > 1 and out_h > 1) else np.zeros(len(rows), dtype=bool)
     needed = np.unique(np.concatenate([iy, iy1[add]]))
-    tmp = _resize_columns(src[:, needed, :], out_w, cols)
+    tmp = _resize_columns(np.take(hwc, needed, axis=0), out_w, cols)
     pos, pos1 = np.searchsorted(needed, iy), np.searchsorted(needed, iy1)
     one = np.float32(1.0)
-    out = (one - dy)[None, :, None] * tmp[:, pos, :]
+    out = (one - dy)[:, None] * np.take(tmp, pos, axis=0)
     if add.any():
-        out[:, add, :] += dy[add][None, :, None] * tmp[:, pos1[add], :]
-    return out.astype(np.float32, copy=False)
+        out[add] += dy[add][:, None] * np.take(tmp, pos1[add], axis=0)
+    return out.astype(np.float32, copy=False).reshape(len(rows), len(cols), c).transpose(2, 0, 1)
 
 
 def darknet_resize(chw_float: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
@@ -335,7 +307,7 @@ def darknet_resize(chw_float: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     _, h_in, w_in = src.shape
     if (w_in, h_in) == (out_w, out_h):
         return src.copy()
-    return _resize_window(src, out_w, out_h)
+    return np.ascontiguousarray(_resize_window(src, out_w, out_h))
 
 
 def _resize_any(src: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
