@@ -75,6 +75,16 @@ class _HeadDecoder(nn.Module):
         self.register_buffer("aw", a[:, 0].repeat(h * w), persistent=False)
         self.register_buffer("ah", a[:, 1].repeat(h * w), persistent=False)
         self.h, self.w, self.n = h, w, n
+        self.net_w, self.net_h = 0, 0  # set by each decoder
+
+    def _geometry(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]]) -> tuple:
+        """(cols, rows, grid w, grid h, net w, net h, anchor w, anchor h) for decoding ``out``:
+        the constants of the built size, or, in a dynamic-size export (``size`` = the traced input
+        width and height), a grid computed from ``out``'s traced shape and one anchor per slot."""
+        if size is None:
+            return self.cols, self.rows, self.w, self.h, self.net_w, self.net_h, self.aw, self.ah
+        cols, rows, gw, gh = _traced_grid(out)
+        return cols, rows, gw, gh, size[0], size[1], self.aw[:self.n], self.ah[:self.n]
 
 
 class YoloDecoder(_HeadDecoder):
@@ -87,20 +97,10 @@ class YoloDecoder(_HeadDecoder):
     def forward(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         """Decode one head; ``size`` (the traced input width and height) in a dynamic-size export."""
         hd = self.head
-        gw: "int | Tensor"
-        gh: "int | Tensor"
-        net_w: "int | Tensor"
-        net_h: "int | Tensor"
-        if size is not None:  # (N, h, w, n, E) and a grid computed from the traced shape
-            rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2)
-            cols, rows, gw, gh = _traced_grid(out)
-            net_w, net_h = size
-            aw, ah = self.aw[:self.n], self.ah[:self.n]
-        else:
-            rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2).flatten(1, 3)  # (N, h*w*n, E)
-            cols, rows, gw, gh = self.cols, self.rows, self.w, self.h
-            net_w, net_h = self.net_w, self.net_h
-            aw, ah = self.aw, self.ah
+        rec = out.unflatten(1, (self.n, hd.entries)).permute(0, 3, 4, 1, 2)  # (N, h, w, n, E)
+        if size is None:
+            rec = rec.flatten(1, 3)  # (N, h*w*n, E)
+        cols, rows, gw, gh, net_w, net_h, aw, ah = self._geometry(out, size)
         if hd.gaussian:
             tx, ty, tw, th, obj, cls = rec[..., 0], rec[..., 2], rec[..., 4], rec[..., 6], rec[..., 8], rec[..., 9:]
         else:
@@ -137,20 +137,11 @@ class RegionDecoder(_HeadDecoder):
     def forward(self, out: Tensor, size: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         """Decode the head; ``size`` (the traced input width and height) in a dynamic-size export."""
         hd = self.head
-        gw: "int | Tensor"
-        gh: "int | Tensor"
-        net_w: "int | Tensor"
-        net_h: "int | Tensor"
-        if size is not None:  # records [h][w][n][size], grid from the traced shape
+        if size is not None:  # records [h][w][n][size]
             rec = out.flatten(1).reshape(-1, out.shape[2], out.shape[3], self.n, self.size)
-            cols, rows, gw, gh = _traced_grid(out)
-            net_w, net_h = size
-            aw, ah = self.aw[:self.n], self.ah[:self.n]
         else:
             rec = out.flatten(1).unflatten(1, (self.h * self.w * self.n, self.size))
-            cols, rows, gw, gh = self.cols, self.rows, self.w, self.h
-            net_w, net_h = self.net_w, self.net_h
-            aw, ah = self.aw, self.ah
+        cols, rows, gw, gh, net_w, net_h, aw, ah = self._geometry(out, size)
         x = (cols + torch.sigmoid(rec[..., 0])) / gw
         y = (rows + torch.sigmoid(rec[..., 1])) / gh
         bw = torch.exp(rec[..., 2]) * aw / gw
@@ -185,41 +176,6 @@ def make_decoders(heads: Sequence[Head], specs: Sequence[LayerSpec], net_w: int,
             raise DarkcfgError(f"{spec.where}: --decode supports [yolo], [Gaussian_yolo] and tree-less [region] "
                                f"heads, not this [{spec.kind}]{' with a tree' if spec.kind == 'region' else ''}")
     return nn.ModuleList(decoders)
-
-
-class _OnnxNms(torch.autograd.Function):
-    """ONNX ``NonMaxSuppression`` when exported; an equivalent greedy per-class loop when run eagerly."""
-
-    @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou: float,  # type: ignore[override]
-                score: float) -> Tensor:
-        with untraced():  # its trace is the symbolic NonMaxSuppression
-            return _greedy_nms(boxes, scores, max_per_class, iou, score)
-
-    @staticmethod
-    def symbolic(g, boxes, scores, max_per_class, iou, score):  # type: ignore[no-untyped-def]
-        return g.op("NonMaxSuppression", boxes, scores,
-                    g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
-                    g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
-                    g.op("Constant", value_t=torch.tensor([score], dtype=torch.float32)), center_point_box_i=0)
-
-
-def _greedy_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, score: float) -> Tensor:
-    """NonMaxSuppression's result computed eagerly: (M, 3) rows of (image, class, box index)."""
-    selected = []
-    for b in range(boxes.shape[0]):
-        for c in range(scores.shape[1]):
-            s = scores[b, c]
-            cand = torch.nonzero(s > score).flatten()
-            cand = cand[torch.sort(s[cand], descending=True, stable=True).indices]
-            kept: List[int] = []
-            for i in cand.tolist():
-                if len(kept) >= max_per_class:
-                    break
-                if not kept or float(_iou(boxes[b, i], boxes[b, kept]).max()) <= iou:
-                    kept.append(i)
-            selected += [[b, c, i] for i in kept]
-    return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
 
 
 @torch.jit.script
@@ -280,13 +236,21 @@ def script_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, sc
     return torch.cat(selected, 0)
 
 
-def _iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of corner box ``a`` (4,) with each of ``b`` (M, 4)."""
-    ow = (torch.minimum(a[2], b[:, 2]) - torch.maximum(a[0], b[:, 0])).clamp(min=0)
-    oh = (torch.minimum(a[3], b[:, 3]) - torch.maximum(a[1], b[:, 1])).clamp(min=0)
-    inter = ow * oh
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+class _OnnxNms(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` when exported; an equivalent greedy per-class loop when run eagerly."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou: float,  # type: ignore[override]
+                score: float) -> Tensor:
+        with untraced():  # its trace is the symbolic NonMaxSuppression; eagerly the same greedy IoU pass
+            return script_nms(boxes, scores, max_per_class, iou, score, -1.0)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class, iou, score):  # type: ignore[no-untyped-def]
+        return g.op("NonMaxSuppression", boxes, scores,
+                    g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
+                    g.op("Constant", value_t=torch.tensor([score], dtype=torch.float32)), center_point_box_i=0)
 
 
 class DecodeModel(nn.Module):
