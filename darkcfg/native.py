@@ -95,82 +95,77 @@ static void mish_bf16(const void *src, void *dst, int64_t n) {
     }
 }
 
-typedef void (*dk_range)(const void *, void *, int64_t);
-typedef struct { dk_range fn; const char *x; char *y; int64_t n; } dk_job;
+/* One launcher for both kernels: [0, n) split into `threads` ranges (multiples of `align`),
+   the first run here, the others on pthreads (no second OpenMP runtime beside torch's) */
+typedef void (*dk_part)(void *ctx, int64_t lo, int64_t hi);
+typedef struct { dk_part fn; void *ctx; int64_t lo, hi; } dk_job;
 
 static void *dk_run(void *arg) {
     dk_job *j = (dk_job *)arg;
-    j->fn(j->x, j->y, j->n);
+    j->fn(j->ctx, j->lo, j->hi);
     return 0;
 }
 
-static void dk_parallel(dk_range fn, const void *src, void *dst, int64_t n, int size, int threads) {
-    const char *x = (const char *)src;
-    char *y = (char *)dst;
+static void dk_split(dk_part fn, void *ctx, int64_t n, int64_t align, int threads, int64_t work) {
     if (threads > 64) threads = 64;
-    if (threads < 2 || n < 65536) { fn(x, y, n); return; }
+    if (threads < 2 || n < 2 || work < 65536) { fn(ctx, 0, n); return; }
     pthread_t tid[64];
     dk_job jobs[64];
     int started[64] = {0};
-    int64_t chunk = ((n + threads - 1) / threads + 31) / 32 * 32;  /* whole vectors per thread */
+    int64_t chunk = ((n + threads - 1) / threads + align - 1) / align * align;
     for (int t = 1; t < threads && chunk * t < n; t++) {
         int64_t lo = chunk * t, hi = lo + chunk < n ? lo + chunk : n;
-        jobs[t].fn = fn; jobs[t].x = x + lo * size; jobs[t].y = y + lo * size; jobs[t].n = hi - lo;
+        jobs[t].fn = fn; jobs[t].ctx = ctx; jobs[t].lo = lo; jobs[t].hi = hi;
         started[t] = pthread_create(&tid[t], 0, dk_run, &jobs[t]) == 0;
-        if (!started[t]) fn(jobs[t].x, jobs[t].y, jobs[t].n);
+        if (!started[t]) fn(ctx, lo, hi);
     }
-    fn(x, y, chunk < n ? chunk : n);
+    fn(ctx, 0, chunk < n ? chunk : n);
     for (int t = 1; t < threads; t++)
         if (started[t]) pthread_join(tid[t], 0);
 }
 
-/* Darknet's BN fold: w[r][i] = (float)((double)w[r][i] * k[r]), rows split over threads */
-typedef struct { float *w; const double *k; int64_t rows, len; } dk_fold_job;
+typedef struct { const void *x; void *y; } dk_pair;
 
-static void fold_rows(float *w, const double *k, int64_t rows, int64_t len) {
-    for (int64_t r = 0; r < rows; r++) {
-        double g = k[r];
-        float *row = w + r * len;
-        for (int64_t i = 0; i < len; i++) row[i] = (float)((double)row[i] * g);
-    }
+static void mish_f32_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_pair *p = (dk_pair *)ctx;
+    mish_f32((const float *)p->x + lo, (float *)p->y + lo, hi - lo);
 }
 
-static void *dk_fold_run(void *arg) {
-    dk_fold_job *j = (dk_fold_job *)arg;
-    fold_rows(j->w, j->k, j->rows, j->len);
-    return 0;
-}
-
-void darkcfg_scale_rows(float *w, const double *k, int64_t rows, int64_t len, int threads) {
-    if (threads > 64) threads = 64;
-    if (threads > rows) threads = (int)rows;
-    if (threads < 2 || rows * len < 262144) { fold_rows(w, k, rows, len); return; }
-    pthread_t tid[64];
-    dk_fold_job jobs[64];
-    int started[64] = {0};
-    for (int t = 1; t < threads; t++) {
-        int64_t lo = rows * t / threads, hi = rows * (t + 1) / threads;
-        jobs[t].w = w + lo * len; jobs[t].k = k + lo; jobs[t].rows = hi - lo; jobs[t].len = len;
-        started[t] = pthread_create(&tid[t], 0, dk_fold_run, &jobs[t]) == 0;
-        if (!started[t]) fold_rows(jobs[t].w, jobs[t].k, jobs[t].rows, len);
-    }
-    fold_rows(w, k, rows / threads, len);
-    for (int t = 1; t < threads; t++)
-        if (started[t]) pthread_join(tid[t], 0);
+static void mish_bf16_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_pair *p = (dk_pair *)ctx;
+    mish_bf16((const uint16_t *)p->x + lo, (uint16_t *)p->y + lo, hi - lo);
 }
 
 void darkcfg_mish(const float *x, float *y, int64_t n, int threads) {
-    dk_parallel(mish_f32, x, y, n, 4, threads);
+    dk_pair p = {x, y};
+    dk_split(mish_f32_part, &p, n, 32, threads, n);
 }
 
 void darkcfg_mish_bf16(const uint16_t *x, uint16_t *y, int64_t n, int threads) {
-    dk_parallel(mish_bf16, x, y, n, 2, threads);
+    dk_pair p = {x, y};
+    dk_split(mish_bf16_part, &p, n, 32, threads, n);
+}
+
+/* Darknet's BN fold: w[r][i] = (float)((double)w[r][i] * k[r]), rows split over threads */
+typedef struct { float *w; const double *k; int64_t len; } dk_fold;
+
+static void fold_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_fold *f = (dk_fold *)ctx;
+    for (int64_t r = lo; r < hi; r++) {
+        double g = f->k[r];
+        float *row = f->w + r * f->len;
+        for (int64_t i = 0; i < f->len; i++) row[i] = (float)((double)row[i] * g);
+    }
+}
+
+void darkcfg_scale_rows(float *w, const double *k, int64_t rows, int64_t len, int threads) {
+    dk_fold f = {w, k, len};
+    dk_split(fold_part, &f, rows, 1, threads, rows * len / 4);
 }
 """
 
 _lock = threading.Lock()
-_kernel: "Optional[Callable[[Tensor], Tensor]] | bool" = False  # False: not tried yet
-_library: Optional[ctypes.CDLL] = None
+_library: "Optional[ctypes.CDLL] | bool" = False  # False: not tried yet; None: unavailable here
 
 
 def _compiler() -> Optional[str]:
@@ -208,40 +203,43 @@ def _build(cc: str) -> Path:
     return lib
 
 
+def _native() -> Optional[ctypes.CDLL]:
+    """The compiled library (built on first use, then loaded from the cache), or None where it
+    cannot be: not Linux, no C compiler, a failed build, or ``DARKCFG_NATIVE=0``."""
+    global _library
+    with _lock:
+        if _library is False:
+            _library = None
+            cc = _compiler()
+            if os.environ.get("DARKCFG_NATIVE", "1") != "0" and cc is not None and platform.system() == "Linux":
+                try:
+                    lib = ctypes.CDLL(str(_build(cc)))
+                    for name in ("darkcfg_mish", "darkcfg_mish_bf16"):
+                        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+                        getattr(lib, name).restype = None
+                    lib.darkcfg_scale_rows.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                                       ctypes.c_int64, ctypes.c_int]
+                    lib.darkcfg_scale_rows.restype = None
+                    _library = lib
+                except (OSError, subprocess.SubprocessError, AttributeError):
+                    pass
+        return _library if isinstance(_library, ctypes.CDLL) else None
+
+
 def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
     """``f(x) -> mish(x)`` for dense CPU float32 or bfloat16 tensors (:func:`applies`), or None
-    where it cannot be built.  bf16 is computed in float and rounded once, as torch rounds."""
-    global _kernel
-    if _kernel is not False:
-        return _kernel or None  # type: ignore[return-value]
-    with _lock:
-        if _kernel is not False:
-            return _kernel or None  # type: ignore[return-value]
-        _kernel = None
-        cc = _compiler()
-        if os.environ.get("DARKCFG_NATIVE", "1") == "0" or cc is None or not platform.system() == "Linux":
-            return None
-        try:
-            lib = ctypes.CDLL(str(_build(cc)))
-            kernels = {torch.float32: lib.darkcfg_mish, torch.bfloat16: lib.darkcfg_mish_bf16}
-            fold = lib.darkcfg_scale_rows
-        except (OSError, subprocess.SubprocessError, AttributeError):
-            return None
-        for fn in kernels.values():
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-            fn.restype = None
-        fold.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-        fold.restype = None
-        global _library
-        _library = lib
+    where the library is unavailable.  bf16 is computed in float and rounded once, as torch rounds."""
+    lib = _native()
+    if lib is None:
+        return None
+    kernels = {torch.float32: lib.darkcfg_mish, torch.bfloat16: lib.darkcfg_mish_bf16}
 
-        def mish(x: Tensor) -> Tensor:
-            y = torch.empty_like(x)
-            kernels[x.dtype](x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
-            return y
+    def mish(x: Tensor) -> Tensor:
+        y = torch.empty_like(x)
+        kernels[x.dtype](x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
+        return y
 
-        _kernel = mish
-        return mish
+    return mish
 
 
 def applies(x: Tensor) -> bool:
@@ -256,11 +254,12 @@ def scale_rows_f64(w: Tensor, k: Tensor) -> bool:
 
     Returns False (nothing done) where the native library is unavailable.
     """
-    if mish_kernel() is None or _library is None:
+    lib = _native()
+    if lib is None:
         return False
     if not (w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() and k.dtype == torch.float64
             and k.device.type == "cpu" and k.is_contiguous() and k.numel() == w.shape[0]):
         return False
-    _library.darkcfg_scale_rows(w.data_ptr(), k.data_ptr(), w.shape[0], w[0].numel() if w.shape[0] else 0,
-                                torch.get_num_threads())
+    lib.darkcfg_scale_rows(w.data_ptr(), k.data_ptr(), w.shape[0], w[0].numel() if w.shape[0] else 0,
+                           torch.get_num_threads())
     return True

@@ -182,7 +182,7 @@ def _reference_mish(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DARKCFG_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.setattr(native, "_library", False)
     k = native.mish_kernel()
     if k is None:
         pytest.skip("no C compiler here: the native mish is optional (the eager formula runs)")
@@ -246,7 +246,7 @@ def test_native_mish_is_built_once_into_the_cache(kernel, tmp_path: Path, monkey
     assert len(libs) == 1
     leftovers = [p for p in libs[0].parent.iterdir() if p != libs[0]]
     assert not leftovers  # the temporary build folder is gone
-    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.setattr(native, "_library", False)
     monkeypatch.setattr(native.subprocess, "run", _no_compiler)  # a second process must not rebuild
     assert native.mish_kernel() is not None
 
@@ -257,10 +257,10 @@ def _no_compiler(*args: object, **kwargs: object) -> None:
 
 def test_no_compiler_or_opt_out_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKCFG_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.setattr(native, "_library", False)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     assert native.mish_kernel() is None
-    monkeypatch.setattr(native, "_kernel", False)
+    monkeypatch.setattr(native, "_library", False)
     monkeypatch.delenv("CC")
     monkeypatch.setenv("DARKCFG_NATIVE", "0")
     assert native.mish_kernel() is None
