@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from . import functional as DF
 from .activations import Activation
 from .registry import BuildContext, WeightedLayer, builder
 from .tracing import as_map, static_hw, traced_sizes, untraced
+
+if TYPE_CHECKING:
+    from .onednn import FusedConv
 
 
 class DarknetBatchNorm(nn.Module):
@@ -111,7 +114,7 @@ class ConvLayer(WeightedLayer):
         self.stride_x, self.stride_y = sx, sy
         self.flipped = flipped
         self.onednn_ready = False  # set by enable_onednn (Darknet.optimize): see layers/onednn.py
-        self.onednn: object = None
+        self.onednn: Optional["FusedConv"] = None
 
     def enable_onednn(self) -> bool:
         """Run conv + bias + activation as one oneDNN primitive at inference (after :meth:`fuse`).
@@ -130,10 +133,10 @@ class ConvLayer(WeightedLayer):
     @torch.jit.unused
     def _onednn_forward(self, x: Tensor) -> Optional[Tensor]:
         plan = self.onednn
-        if plan is None or not plan.applies(x):  # type: ignore[attr-defined]
+        if plan is None or not plan.applies(x):
             return None
-        y = plan(x)  # type: ignore[operator]
-        if y is None or plan.fused_activation:  # type: ignore[attr-defined]
+        y = plan(x)
+        if y is None or plan.fused_activation:
             return y
         if self.act.kind == "mish":
             from .. import native
