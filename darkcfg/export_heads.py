@@ -23,7 +23,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .detect import GREEDY_DIOU_EXPONENT, Head, RegionHead, YoloHead, head_classes, nms_params
+from .detect import (GREEDY_DIOU_EXPONENT, Head, RegionHead, YoloHead, _shift_yolo_point, head_classes,
+                     nms_params)
 from .errors import DarkcfgError
 from .graph import LayerSpec
 from .layers.tracing import traced_sizes, untraced
@@ -114,10 +115,7 @@ class YoloDecoder(_HeadDecoder):
             bw = torch.exp(tw) * aw / net_w
             bh = torch.exp(th) * ah / net_h
         if hd.gaussian:
-            if hd.yolo_point == "left_top":
-                x, y = x + bw / 2, y + bh / 2
-            elif hd.yolo_point == "right_bottom":
-                x, y = x - bw / 2, y - bh / 2
+            x, y = _shift_yolo_point(x, y, bw, bh, hd.yolo_point)
             uc = (rec[..., 1] + rec[..., 3] + rec[..., 5] + rec[..., 7]) / 4.0
             probs = obj.unsqueeze(-1) * cls * (1.0 - uc).unsqueeze(-1)
         else:
