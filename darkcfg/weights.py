@@ -187,13 +187,9 @@ def _read_source(source: WeightsSource, needed_floats: "Callable[[Header], int]"
         _check_body(len(data) - header.size, header, "<weights stream>")
         return data, header, (len(data) - header.size) // 4, "<weights stream>"
     name = _path_of(source)  # type: ignore[arg-type]
-    f, size = open_regular(name, "weights file", WeightsError)
+    f, size, head, header = _open_weights(name)
     with f:
-        head = f.read(20)
-        header = parse_header(head, name)
-        body_bytes = size - header.size
-        _check_body(body_bytes, header, name)
-        floats = body_bytes // 4
+        floats = (size - header.size) // 4
         need = needed_floats(header)
         if strict_size and floats > need:
             return memoryview(b""), header, floats, name  # the caller reports the left-over floats
@@ -204,6 +200,20 @@ def _read_source(source: WeightsSource, needed_floats: "Callable[[Header], int]"
         if nbytes > have:
             read_into(f, memoryview(data)[have:], name, WeightsError)
     return data, header, floats, name
+
+
+def _open_weights(name: str) -> tuple[BinaryIO, int, bytes, Header]:
+    """(open file, its size, its first 20 bytes, the header they hold) of a regular weights file
+    whose body is a whole number of floats; the file is closed again on any error."""
+    f, size = open_regular(name, "weights file", WeightsError)
+    try:
+        head = f.read(20)
+        header = parse_header(head, name)
+        _check_body(size - header.size, header, name)
+    except BaseException:
+        f.close()
+        raise
+    return f, size, head, header
 
 
 def _aligned_buffer(nbytes: int, header_size: int) -> memoryview:
@@ -332,11 +342,8 @@ def _load_fresh_file(model: "Darknet", name: str, upto: Optional[int], strict: b
     """
     if sys.byteorder != "little":
         return None
-    f, size = open_regular(name, "weights file", WeightsError)
+    f, size, head, header = _open_weights(name)
     with f:
-        head = f.read(20)
-        header = parse_header(head, name)
-        _check_body(size - header.size, header, name)
         slots = list(iter_slots(model, header, upto))
         total, file_floats = sum(slot.count for slot in slots), (size - header.size) // 4
         if file_floats < total:
