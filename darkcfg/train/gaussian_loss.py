@@ -16,7 +16,7 @@ from typing import List, Tuple
 import numpy as np
 
 from .boxes import Box, box_iou, box_iou_kind, dx_box_iou
-from .yolo_loss import FLT_MAX, YoloLossConfig, _anchor_shape_box, _clip, _fix, iou_grid
+from .yolo_loss import FLT_MAX, YoloLossConfig, _anchor_shape_box, _best_anchor, _clip, _fix, iou_grid
 
 _SIGMA_CONST = 0.3
 _EPSI = 1e-9
@@ -151,11 +151,7 @@ def gaussian_yolo_delta(out: np.ndarray, truths: List[np.ndarray], cfg: YoloLoss
             i = min(max(int(fx * np.float32(W)), 0), W - 1)
             j = min(max(int(fy * np.float32(H)), 0), H - 1)
             shift: Box = (0.0, 0.0, truth[2], truth[3])
-            best, best_n = 0.0, 0
-            for m, anchor in enumerate(cfg.anchors):
-                iou = box_iou(_anchor_shape_box(anchor, net_w, net_h), shift)
-                if iou > best:
-                    best, best_n = iou, m
+            best_n = _best_anchor(cfg.anchors, shift, net_w, net_h)
             hits = [best_n] if best_n in cfg.mask else []
             if cfg.iou_thresh < 1.0:
                 hits += [m for m in range(len(cfg.anchors)) if m in cfg.mask and m != best_n and box_iou_kind(

@@ -190,6 +190,16 @@ class _Image:
 def _anchor_shape_box(anchor: Tuple[float, float], net_w: int, net_h: int) -> Box:
     return (0.0, 0.0, anchor[0] / net_w, anchor[1] / net_h)
 
+def _best_anchor(anchors: Tuple[Tuple[float, float], ...], shift: Box, net_w: int, net_h: int) -> int:
+    """The anchor whose shape (centred at the origin) has the highest IoU with ``shift`` (the
+    truth's w, h at the origin); the first one on ties and 0 when none overlaps, as Darknet's loop."""
+    best, best_n = 0.0, 0
+    for m, anchor in enumerate(anchors):
+        iou = box_iou(_anchor_shape_box(anchor, net_w, net_h), shift)
+        if iou > best:
+            best, best_n = iou, m
+    return best_n
+
 
 def yolo_delta(out: np.ndarray, truths: List[np.ndarray], cfg: YoloLossConfig, net_w: int,
                net_h: int) -> Tuple[np.ndarray, float]:
@@ -232,11 +242,7 @@ def yolo_delta(out: np.ndarray, truths: List[np.ndarray], cfg: YoloLossConfig, n
             i = min(max(int(np.float32(t[0]) * np.float32(W)), 0), W - 1)  # float32 product, as C
             j = min(max(int(np.float32(t[1]) * np.float32(H)), 0), H - 1)
             shift: Box = (0.0, 0.0, truth[2], truth[3])
-            best, best_n = 0.0, 0
-            for m, anchor in enumerate(cfg.anchors):
-                iou = box_iou(_anchor_shape_box(anchor, net_w, net_h), shift)
-                if iou > best:
-                    best, best_n = iou, m
+            best_n = _best_anchor(cfg.anchors, shift, net_w, net_h)
             anchors_hit = []
             if best_n in cfg.mask:
                 anchors_hit.append(best_n)
