@@ -105,8 +105,12 @@ def case_inputs(mw: ModuleType, shared: Path, case_dir: Path, meta: dict) -> tup
 
 
 def run_case(case_dir: Path, shared: Path, mw: Optional[ModuleType] = None, device: str = "cpu",
-             rtol: Optional[float] = None) -> CaseResult:
-    """Run one case; ``rtol`` defaults to 1e-4 on CPU, the README's 1e-3/2e-3 elsewhere."""
+             rtol: Optional[float] = None, optimized: bool = False) -> CaseResult:
+    """Run one case; ``rtol`` defaults to 1e-4 on CPU, the README's 1e-3/2e-3 elsewhere.
+
+    ``optimized``: the model after :meth:`Darknet.optimize` (BN folded, NHWC, the fused and
+    direct CPU kernels), so the fast paths answer to Darknet itself, not only to the eager path.
+    """
     case_dir = Path(case_dir)
     t0 = time.perf_counter()
     meta = json.loads((case_dir / "meta.json").read_text())
@@ -122,6 +126,8 @@ def run_case(case_dir: Path, shared: Path, mw: Optional[ModuleType] = None, devi
     atol = meta.get("compare", {}).get("atol", 1e-5)
     model = load(shared / meta["cfg"], weights, size=(meta["width"], meta["height"]), device=device)
     del weights
+    if optimized:
+        model.optimize()
     with torch.no_grad():
         outs = model.layer_outputs(torch.from_numpy(x)[None].to(device))
     ref = np.load(case_dir / "expected.npz")
@@ -181,6 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rtol", type=float, default=None,
                    help=f"relative tolerance (default {CPU_RTOL:g} on CPU; {README_RTOL:g}, {REAL_RTOL:g} for real "
                         "weights, on other devices)")
+    p.add_argument("--optimized", action="store_true",
+                   help="run each model after optimize() (BN folded, NHWC, fused and direct CPU kernels)")
     p.add_argument("--json", action="store_true", help="one JSON object per case")
     p.add_argument("names", nargs="*", help="case names (a trailing * matches a prefix)")
     args = p.parse_args(argv)
@@ -193,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     passed = total = 0
     for case in find_cases(cases_dir, args.names):
         try:
-            r = run_case(case, shared, mw, args.device, args.rtol)
+            r = run_case(case, shared, mw, args.device, args.rtol, args.optimized)
         except Exception as exc:  # report and go on: one broken case must not hide the others
             r = CaseResult(case=case.name, failures=[f"{type(exc).__name__}: {exc}"])
         total += 1

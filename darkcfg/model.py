@@ -170,8 +170,10 @@ class Darknet(nn.Module):
         (``fullgraph``, static shapes: one compile per input shape, none per layer), compiled
         here on a batch of 1 at the net's size; ``compile_seconds`` records how long that took.
 
-        Without ``compile``, CPU inference runs each conv + bias + activation as one oneDNN
-        primitive with weights packed once (:mod:`darkcfg.layers.onednn`), mish as one native
+        Without ``compile``, CPU inference runs each conv + bias + activation as one primitive:
+        a direct NHWC kernel for the small depthwise and 1x1 convs of depthwise-heavy nets
+        (:mod:`darkcfg.layers.direct_conv`), else oneDNN's fused conv with weights packed once
+        (:mod:`darkcfg.layers.onednn`); mish runs as one native
         pass where a C compiler is available (:mod:`darkcfg.native`), and glibc is told to keep
         freed tensor memory for reuse (:mod:`darkcfg.allocator`; ``DARKCFG_MALLOC_TUNING=0``
         turns that off).  Autograd, tracing, scripting and other devices take the eager path.

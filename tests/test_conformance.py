@@ -49,3 +49,33 @@ def test_report_entry_point(shared: Path, capsys) -> None:
         assert line.rstrip().endswith("PASS"), line
         assert re.search(r"layers=\s*\d+", line), line
     assert lines[-1] == "2/2 cases pass"
+
+
+# The fast paths of optimize() answer to Darknet itself too: every depthwise-heavy case (NHWC, the
+# direct kernels of layers/direct_conv.py) and dense ones covering the fused oneDNN conv with
+# leaky/mish/swish, the native mish, xnor and SAM.  (`darkcfg conformance --optimized` runs all.)
+OPTIMIZED_CASES = sorted({c.name for c in CASES if c.name.startswith("real-")} | {
+    "csp-mobilenet-v2", "csp-csmobilenet-v2", "cfg-efficientnet_b0", "cfg-efficientnet-lite3", "csp-enetb0",
+    "cfg-enet-coco", "cfg-yolov4", "cfg-yolov4-tiny", "csp-csresnext50-panet-spp", "cfg-yolov4-csp-swish",
+    "cfg-yolov3-tiny_xnor", "cfg-yolov4-sam-mish-csp-reorg-bfm", "cfg-yolov7-tiny", "legacy-csp-resnext50"})
+
+
+@pytest.mark.parametrize("name", OPTIMIZED_CASES if CASES else ["no-shared"])
+def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pytest.MonkeyPatch) -> None:
+    from darkcfg.layers.direct_conv import DirectConv
+
+    direct_calls = []
+    original = DirectConv.__call__
+
+    def counted(self: DirectConv, x):  # type: ignore[no-untyped-def]
+        y = original(self, x)
+        direct_calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(DirectConv, "__call__", counted)
+    result = conformance.run_case(CASES_DIR / name, shared, make_weights, optimized=True)
+    assert result.passed, f"{name} optimized: " + "\n  ".join(result.failures)
+    if "fastest" in name or "mobilenet" in name.lower():
+        from darkcfg import native
+
+        assert native.library() is None or sum(direct_calls) > 0, f"{name}: the direct kernels did not run"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import darkcfg
 from darkcfg import native
-from darkcfg.layers import onednn
+from darkcfg.layers import direct_conv, onednn
 from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.weights import synthetic_weights
@@ -30,8 +30,10 @@ needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch bui
 
 @pytest.fixture(autouse=True)
 def _small_maps_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests use small maps; the size floor itself is tested on its own below."""
+    """These tests use small maps; the size floor itself is tested on its own below.  The direct
+    NHWC kernels (which would take some of these layers first) have their own tests/test_direct_conv.py."""
     monkeypatch.setattr(onednn, "MIN_INPUT_ELEMENTS", 0)
+    monkeypatch.setattr(direct_conv, "MAX_MACS", -1)
 
 
 def _cfg(tmp_path: Path, activation: str, groups: int = 1) -> Path:
@@ -241,8 +243,8 @@ def test_native_mish_keeps_layout_and_threads(kernel) -> None:
     assert float((y - _reference_mish(x)).abs().max()) < 1e-5
 
 
-def test_native_mish_is_built_once_into_the_cache(kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    libs = list((tmp_path / "home" / "kernels").glob("*/libdarkcfg_mish.so"))
+def test_native_library_is_built_once_into_the_cache(kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    libs = list((tmp_path / "home" / "kernels").glob("*/libdarkcfg_kernels.so"))
     assert len(libs) == 1
     leftovers = [p for p in libs[0].parent.iterdir() if p != libs[0]]
     assert not leftovers  # the temporary build folder is gone

@@ -16,6 +16,7 @@ from .registry import BuildContext, WeightedLayer, builder
 from .tracing import as_map, static_hw, traced_sizes, untraced
 
 if TYPE_CHECKING:
+    from .direct_conv import DirectConv
     from .onednn import FusedConv
 
 
@@ -115,23 +116,34 @@ class ConvLayer(WeightedLayer):
         self.flipped = flipped
         self.onednn_ready = False  # set by enable_onednn (Darknet.optimize): see layers/onednn.py
         self.onednn: Optional["FusedConv"] = None
+        self.direct: Optional["DirectConv"] = None  # small NHWC layers: see layers/direct_conv.py
 
     def enable_onednn(self) -> bool:
-        """Run conv + bias + activation as one oneDNN primitive at inference (after :meth:`fuse`).
+        """Run conv + bias + activation as one primitive at inference (after :meth:`fuse`): the
+        direct NHWC kernel for small depthwise/1x1 calls (:mod:`.direct_conv`), else oneDNN's
+        fused conv (:mod:`.onednn`).
 
         Not for xnor (its own arithmetic), antialiased (a blur follows the activation) or
         unfused BN layers; per-pixel activations stay separate.  Returns whether it was enabled.
         """
+        from .direct_conv import DirectConv
         from .onednn import FusedConv, available
 
-        if self.xnor or self.antialiasing or self.bn is not None or not available():
+        if self.xnor or self.antialiasing or self.bn is not None:
             return False
-        self.onednn = FusedConv(self.conv, self.act.kind)
-        self.onednn_ready = True
-        return True
+        direct = DirectConv(self.conv, self.act.kind)
+        self.direct = direct if direct.usable else None
+        if available():
+            self.onednn = FusedConv(self.conv, self.act.kind)
+        self.onednn_ready = self.onednn is not None or self.direct is not None
+        return self.onednn_ready
 
     @torch.jit.unused
     def _onednn_forward(self, x: Tensor) -> Optional[Tensor]:
+        if self.direct is not None:
+            y = self.direct(x)
+            if y is not None:
+                return y
         plan = self.onednn
         if plan is None or not plan.applies(x):
             return None

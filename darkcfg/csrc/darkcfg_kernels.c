@@ -1,0 +1,300 @@
+/* darkcfg's native CPU kernels (optional; compiled on first use by darkcfg/native.py, which says why).
+ *
+ * 1. the thread launcher the kernels share (pthreads: no second OpenMP runtime beside torch's);
+ * 2. one-pass mish, fp32 and bf16;
+ * 3. Darknet's float64 BN fold;
+ * 4. direct NHWC convolutions for the small layers of Yolo-Fastest / MobileNet-style nets
+ *    (darkcfg/layers/direct_conv.py says when they run).
+ *
+ * Plain C99 plus GCC/Clang vector extensions (8 floats = one AVX register; -march=native picks
+ * the instructions), no intrinsics, so it builds on any CPU these compilers target.
+ */
+
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float dk_exp(float x) {
+    /* x <= 20 here; below -87.3 the result underflows to 0 (as expf does, to within a denormal) */
+    x = x < -87.3f ? -87.3f : x;
+    float t = x * 1.44269504088896341f;
+    float k = (t + 12582912.0f) - 12582912.0f;          /* round to nearest, |t| < 2^22 */
+    float r = x - k * 0.693145751953125f;               /* ln2 split in two (Cody-Waite) */
+    r = r - k * 1.428606765330187045e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float mish1(float v) {
+    float e = dk_exp(v < 20.0f ? v : 20.0f);
+    e = v > -88.0f ? e : 0.0f;                         /* expf underflows to 0 there too */
+    float m = e * (e + 2.0f);
+    return v * (m / (m + 2.0f));                       /* ratio first: no overflow for huge x */
+}
+
+static void mish_f32(const void *src, void *dst, int64_t n) {
+    const float *x = (const float *)src;
+    float *y = (float *)dst;
+    for (int64_t i = 0; i < n; i++) y[i] = mish1(x[i]);
+}
+
+/* bf16 in and out, float inside; rounding to nearest even and NaN as torch converts them */
+static void mish_bf16(const void *src, void *dst, int64_t n) {
+    const uint16_t *x = (const uint16_t *)src;
+    uint16_t *y = (uint16_t *)dst;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t in = (uint32_t)x[i] << 16;
+        float v, r;
+        memcpy(&v, &in, sizeof v);
+        r = mish1(v);
+        uint32_t u;
+        memcpy(&u, &r, sizeof u);
+        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        y[i] = (uint16_t)(r != r ? 0x7FC0u : rounded);
+    }
+}
+
+/* One launcher for both kernels: [0, n) split into `threads` ranges (multiples of `align`),
+   the first run here, the others on pthreads (no second OpenMP runtime beside torch's) */
+typedef void (*dk_part)(void *ctx, int64_t lo, int64_t hi);
+typedef struct { dk_part fn; void *ctx; int64_t lo, hi; } dk_job;
+
+static void *dk_run(void *arg) {
+    dk_job *j = (dk_job *)arg;
+    j->fn(j->ctx, j->lo, j->hi);
+    return 0;
+}
+
+static void dk_split(dk_part fn, void *ctx, int64_t n, int64_t align, int threads, int64_t work) {
+    if (threads > 64) threads = 64;
+    if (threads < 2 || n < 2 || work < 65536) { fn(ctx, 0, n); return; }
+    pthread_t tid[64];
+    dk_job jobs[64];
+    int started[64] = {0};
+    int64_t chunk = ((n + threads - 1) / threads + align - 1) / align * align;
+    for (int t = 1; t < threads && chunk * t < n; t++) {
+        int64_t lo = chunk * t, hi = lo + chunk < n ? lo + chunk : n;
+        jobs[t].fn = fn; jobs[t].ctx = ctx; jobs[t].lo = lo; jobs[t].hi = hi;
+        started[t] = pthread_create(&tid[t], 0, dk_run, &jobs[t]) == 0;
+        if (!started[t]) fn(ctx, lo, hi);
+    }
+    fn(ctx, 0, chunk < n ? chunk : n);
+    for (int t = 1; t < threads; t++)
+        if (started[t]) pthread_join(tid[t], 0);
+}
+
+typedef struct { const void *x; void *y; } dk_pair;
+
+static void mish_f32_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_pair *p = (dk_pair *)ctx;
+    mish_f32((const float *)p->x + lo, (float *)p->y + lo, hi - lo);
+}
+
+static void mish_bf16_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_pair *p = (dk_pair *)ctx;
+    mish_bf16((const uint16_t *)p->x + lo, (uint16_t *)p->y + lo, hi - lo);
+}
+
+void darkcfg_mish(const float *x, float *y, int64_t n, int threads) {
+    dk_pair p = {x, y};
+    dk_split(mish_f32_part, &p, n, 32, threads, n);
+}
+
+void darkcfg_mish_bf16(const uint16_t *x, uint16_t *y, int64_t n, int threads) {
+    dk_pair p = {x, y};
+    dk_split(mish_bf16_part, &p, n, 32, threads, n);
+}
+
+/* Darknet's BN fold: w[r][i] = (float)((double)w[r][i] * k[r]), rows split over threads */
+typedef struct { float *w; const double *k; int64_t len; } dk_fold;
+
+static void fold_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_fold *f = (dk_fold *)ctx;
+    for (int64_t r = lo; r < hi; r++) {
+        double g = f->k[r];
+        float *row = f->w + r * f->len;
+        for (int64_t i = 0; i < f->len; i++) row[i] = (float)((double)row[i] * g);
+    }
+}
+
+void darkcfg_scale_rows(float *w, const double *k, int64_t rows, int64_t len, int threads) {
+    dk_fold f = {w, k, len};
+    dk_split(fold_part, &f, rows, 1, threads, rows * len / 4);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Direct NHWC convolutions, fused with bias and activation (act 0 linear, 1 leaky 0.1, 2 relu).
+ * Why: oneDNN (and torch's conv) cost ~40-100 us a call for these layers whatever their size --
+ * Yolo-Fastest's depthwise 3x3 on 224x10x10 took 82 us, this kernel 23 us -- and the
+ * layers of such nets are mostly that small.  Channels are the vector lanes (NHWC), so every
+ * load is contiguous; sums are split over 4 pixels (depthwise) or 6 pixels x 16 channels
+ * (1x1) so the FMA latency is hidden.  Summation order differs from oneDNN's: float rounding
+ * only (the conformance tests bound it).
+ * ------------------------------------------------------------------------------------------- */
+static inline float dk_act(float v, int act) {   /* Darknet's activate(): x > 0 ? x : 0.1 x (leaky) / 0 (relu) */
+    if (act == 1) return v > 0.0f ? v : 0.1f * v;
+    if (act == 2) return v > 0.0f ? v : 0.0f;
+    return v;
+}
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+static inline v8 ld(const float *p) { return *(const v8u *)p; }
+static inline void st(float *p, v8 v) { *(v8u *)p = v; }
+static inline v8 splat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
+typedef int32_t v8i __attribute__((vector_size(32)));
+static inline v8 vact(v8 v, int act) {   /* Darknet's x > 0 ? x : a*x, a = 0.1 (leaky) or 0 (relu) */
+    if (act == 0) return v;
+    v8i pos = v > splat(0.0f);
+    v8 neg = act == 1 ? v * splat(0.1f) : splat(0.0f);
+    return (v8)(((v8i)v & pos) | ((v8i)neg & ~pos));
+}
+
+/* ---- depthwise k x k, NHWC, weights [kh][kw][C], bias [C] ---- */
+typedef struct {
+    const float *x, *w, *b; float *y;
+    int64_t H, W, C, OH, OW; int kh, kw, sy, sx, py, px, act;
+} dk_dw;
+
+/* One output row, channels [c0, c0 + 8): the kernel's weights stay in registers along the row.
+   K > 0: a K x K kernel known at compile time (the interior skips the border tests). */
+static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const float *xn, float *orow, int64_t iy0,
+                                                          int ky0, int ky1, int64_t c0, const int K) {
+    const int64_t C = d->C, W = d->W;
+    const int kw = K ? K : d->kw;
+    v8 wv[25];
+    if (K)
+        for (int i = 0; i < K * K; i++) wv[i] = ld(d->w + i * C + c0);
+    const v8 bias = ld(d->b + c0);
+    const int64_t step = d->sx * C;
+    for (int64_t ox = 0; ox < d->OW; ox++) {
+        int64_t ix0 = ox * d->sx - d->px;
+        const float *xo = xn + (iy0 * W + ix0) * C + c0;
+        v8 a = bias;
+        if (K && ix0 >= 0 && ox + 3 < d->OW && ix0 + 3 * d->sx + K <= W) {
+            /* four pixels at once: four independent sums hide the FMA latency */
+            v8 a1 = bias, a2 = bias, a3 = bias;
+            for (int ky = ky0; ky < ky1; ky++)
+                for (int kx = 0; kx < K; kx++) {
+                    const float *p = xo + (ky * W + kx) * C;
+                    v8 w = wv[ky * K + kx];
+                    a += ld(p) * w; a1 += ld(p + step) * w; a2 += ld(p + 2 * step) * w; a3 += ld(p + 3 * step) * w;
+                }
+            float *o = orow + ox * C + c0;
+            st(o, vact(a, d->act)); st(o + C, vact(a1, d->act)); st(o + 2 * C, vact(a2, d->act)); st(o + 3 * C, vact(a3, d->act));
+            ox += 3;
+            continue;
+        }
+        if (K && ix0 >= 0 && ix0 + K <= W) {
+            for (int ky = ky0; ky < ky1; ky++)
+                for (int kx = 0; kx < K; kx++) a += ld(xo + (ky * W + kx) * C) * wv[ky * K + kx];
+        } else {
+            int kx0 = ix0 < 0 ? (int)-ix0 : 0, kx1 = ix0 + kw > W ? (int)(W - ix0) : kw;
+            for (int ky = ky0; ky < ky1; ky++)
+                for (int kx = kx0; kx < kx1; kx++) a += ld(xo + (ky * W + kx) * C) * ld(d->w + (ky * kw + kx) * C + c0);
+        }
+        st(orow + ox * C + c0, vact(a, d->act));
+    }
+}
+
+static void dw_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_dw *d = (const dk_dw *)ctx;
+    const int64_t C = d->C, W = d->W, H = d->H, C8 = C / 8 * 8;
+    for (int64_t row = lo; row < hi; row++) {
+        int64_t n = row / d->OH, oy = row % d->OH;
+        const float *xn = d->x + n * H * W * C;
+        float *orow = d->y + row * d->OW * C;
+        int64_t iy0 = oy * d->sy - d->py;
+        int ky0 = iy0 < 0 ? (int)-iy0 : 0, ky1 = iy0 + d->kh > H ? (int)(H - iy0) : d->kh;
+        for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+            if (d->kh == 3 && d->kw == 3) dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 3);
+            else if (d->kh == 5 && d->kw == 5) dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 5);
+            else dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 0);
+        }
+        for (int64_t c = C8; c < C; c++)
+            for (int64_t ox = 0; ox < d->OW; ox++) {
+                int64_t ix0 = ox * d->sx - d->px;
+                int kx0 = ix0 < 0 ? (int)-ix0 : 0, kx1 = ix0 + d->kw > W ? (int)(W - ix0) : d->kw;
+                float a = d->b[c];
+                for (int ky = ky0; ky < ky1; ky++)
+                    for (int kx = kx0; kx < kx1; kx++)
+                        a += xn[((iy0 + ky) * W + ix0 + kx) * C + c] * d->w[(ky * d->kw + kx) * C + c];
+                orow[ox * C + c] = dk_act(a, d->act);
+            }
+    }
+}
+
+/* g: N, H, W, C, OH, OW, kh, kw, sy, sx, py, px, act, threads (one array: a call from Python
+   converts 5 arguments, not 18) */
+void darkcfg_dw_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
+    dk_dw d = {x, w, b, y, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8], (int)g[9], (int)g[10],
+               (int)g[11], (int)g[12]};
+    dk_split(dw_part, &d, g[0] * g[4], 1, (int)g[13], g[0] * g[4] * g[5] * g[3] * g[6] * g[7] / 4);
+}
+
+/* ---- 1x1 stride 1, NHWC: y[p][co] = b[co] + sum_ci x[p][ci] w[ci][co]; w is [Ci][CoP], b [CoP], CoP % 16 == 0 ---- */
+typedef struct { const float *x, *w, *b; float *y; int64_t Ci, Co, CoP; int act; } dk_pw;
+
+static inline void pw_store(float *out, v8 v, int m, int act) {
+    v = vact(v, act);
+    if (m >= 8) { st(out, v); return; }
+    float t[8]; st(t, v);
+    for (int j = 0; j < m; j++) out[j] = t[j];
+}
+
+#define PR 6
+static void pw_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_pw *d = (const dk_pw *)ctx;
+    const int64_t Ci = d->Ci, Co = d->Co, CoP = d->CoP;
+    for (int64_t c0 = 0; c0 < Co; c0 += 16) {
+        const float *wc = d->w + c0;
+        v8 b0 = ld(d->b + c0), b1 = ld(d->b + c0 + 8);
+        int m0 = Co - c0 >= 8 ? 8 : (int)(Co - c0), m1 = Co - c0 - 8 >= 8 ? 8 : (int)(Co - c0 - 8);
+        int64_t p = lo;
+        for (; p + PR <= hi; p += PR) {
+            const float *xp = d->x + p * Ci;
+            v8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1;
+            v8 a30 = b0, a31 = b1, a40 = b0, a41 = b1, a50 = b0, a51 = b1;
+            for (int64_t ci = 0; ci < Ci; ci++) {
+                v8 w0 = ld(wc + ci * CoP), w1 = ld(wc + ci * CoP + 8);
+                v8 x0 = splat(xp[ci]), x1 = splat(xp[Ci + ci]), x2 = splat(xp[2 * Ci + ci]);
+                a00 += x0 * w0; a01 += x0 * w1; a10 += x1 * w0; a11 += x1 * w1; a20 += x2 * w0; a21 += x2 * w1;
+                v8 x3 = splat(xp[3 * Ci + ci]), x4 = splat(xp[4 * Ci + ci]), x5 = splat(xp[5 * Ci + ci]);
+                a30 += x3 * w0; a31 += x3 * w1; a40 += x4 * w0; a41 += x4 * w1; a50 += x5 * w0; a51 += x5 * w1;
+            }
+            float *o = d->y + p * Co + c0;
+            pw_store(o, a00, m0, d->act); if (m1 > 0) pw_store(o + 8, a01, m1, d->act); o += Co;
+            pw_store(o, a10, m0, d->act); if (m1 > 0) pw_store(o + 8, a11, m1, d->act); o += Co;
+            pw_store(o, a20, m0, d->act); if (m1 > 0) pw_store(o + 8, a21, m1, d->act); o += Co;
+            pw_store(o, a30, m0, d->act); if (m1 > 0) pw_store(o + 8, a31, m1, d->act); o += Co;
+            pw_store(o, a40, m0, d->act); if (m1 > 0) pw_store(o + 8, a41, m1, d->act); o += Co;
+            pw_store(o, a50, m0, d->act); if (m1 > 0) pw_store(o + 8, a51, m1, d->act);
+        }
+        for (; p < hi; p++) {
+            const float *xp = d->x + p * Ci;
+            v8 a0 = b0, a1 = b1;
+            for (int64_t ci = 0; ci < Ci; ci++) {
+                v8 xv = splat(xp[ci]);
+                a0 += xv * ld(wc + ci * CoP); a1 += xv * ld(wc + ci * CoP + 8);
+            }
+            float *o = d->y + p * Co + c0;
+            pw_store(o, a0, m0, d->act); if (m1 > 0) pw_store(o + 8, a1, m1, d->act);
+        }
+    }
+}
+
+/* g: P (pixels, N*H*W), Ci, Co, CoP, act, threads */
+void darkcfg_pw_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
+    dk_pw d = {x, w, b, y, g[1], g[2], g[3], (int)g[4]};
+    dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2] / 8);
+}

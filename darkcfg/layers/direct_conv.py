@@ -1,0 +1,148 @@
+"""Direct NHWC convolutions for the small layers of depthwise-heavy nets (CPU inference).
+
+Why: Yolo-Fastest and the MobileNet-style YOLOs are ~85 convolutions of a few MFLOPs each
+(depthwise k x k, and 1x1 with 4..256 channels).  oneDNN and ``F.conv2d`` spend ~40-100 us of
+fixed cost on each call whatever its size, so these nets ran at ~5-15 GFLOP/s per layer; the
+vectorised C kernels of ``csrc/darkcfg_kernels.c`` (:mod:`darkcfg.native`) have no such cost.
+
+When a conv takes this path (:meth:`DirectConv.applies`): CPU float32 NHWC input (the layout
+:meth:`Darknet.optimize` picks for such nets) outside autograd and tracing, a depthwise conv
+(``groups == channels``, no dilation) or a 1x1 stride-1 dense conv of at most 256 x 256
+channels, an activation the kernel fuses (linear, leaky, relu), and at most
+:data:`MAX_MACS` multiply-adds in the call.  The kernels run on one thread: on a layer this
+small, splitting it costs more than it saves (torch's OpenMP workers are still spinning on the
+other cores), and larger calls (bigger batches or inputs) go to oneDNN, which threads them.
+Float sums run in another order than oneDNN's: rounding only (tests/test_fast_paths.py bounds it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import native
+
+#: Activation -> the kernel's code (the ones it computes exactly as Darknet's ``activate``).
+ACTIVATIONS = {"linear": 0, "leaky": 1, "relu": 2}
+
+#: Calls above this many multiply-adds go to oneDNN (threaded); below it the single-threaded
+#: kernel wins on 2 cores (Yolo-Fastest @320: batch 1 15.5 -> 11.0 ms; batch 4 unchanged).
+MAX_MACS = 4_000_000
+
+#: 1x1 convs up to this many input x output channels (bigger ones are GEMMs oneDNN does better).
+MAX_POINTWISE_WEIGHTS = 256 * 256
+
+
+class DirectConv:
+    """One conv layer's direct-kernel plan: kind, geometry, and the weights re-laid out once.
+
+    Plain object (not a module): the re-laid weights and the per-input-shape geometry are
+    caches, never state; the weights are rebuilt when the layer's weight or bias changes (a new
+    tensor or an in-place edit, seen through ``_version``).
+    """
+
+    def __init__(self, conv: torch.nn.Conv2d, activation: str):
+        self.conv = conv
+        self.act = ACTIVATIONS.get(activation, -1)
+        out_c, in_per_group, kh, kw = conv.weight.shape
+        self.kind = ""
+        if (conv.groups > 1 and conv.groups == out_c == conv.in_channels and in_per_group == 1
+                and tuple(conv.dilation) == (1, 1)):
+            self.kind = "depthwise"
+        elif (conv.groups == 1 and (kh, kw) == (1, 1) and tuple(conv.stride) == (1, 1)
+              and tuple(conv.padding) == (0, 0) and out_c * in_per_group <= MAX_POINTWISE_WEIGHTS):
+            self.kind = "pointwise"
+        self.macs_per_output_pixel = kh * kw * in_per_group * out_c
+        self._packed: Optional[Tuple[Tensor, Tensor]] = None
+        self._key: Optional[tuple] = None
+        self._source: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)  # the tensors packed
+        self._kernel: Optional[Callable[..., None]] = None  # the library's function, found at the first call
+        self._shapes: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
+
+    @property
+    def usable(self) -> bool:
+        """Whether the layer has a kernel at all (kind and activation); :meth:`applies` decides per call."""
+        return bool(self.kind) and self.act >= 0
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the caches behind (rebuilt on first use)."""
+        return {**self.__dict__, "_packed": None, "_key": None, "_source": (None, None), "_shapes": {},
+                "_kernel": None}
+
+    def applies(self, x: Tensor) -> bool:
+        """Whether this call can take the kernel (see the module docstring)."""
+        return self._geometry(x) is not None
+
+    def _geometry(self, x: Tensor) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+        """(output shape, the kernel's int64 geometry array) for this call, or None where the
+        kernel does not apply.  Shape-only answers are cached per input shape."""
+        w = self.conv.weight
+        if (x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu" or torch.jit.is_tracing()
+                or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        shape = tuple(x.shape)
+        if shape not in self._shapes:
+            self._shapes[shape] = self._plan_shape(shape)
+        return self._shapes[shape]
+
+    def _plan_shape(self, shape: Tuple[int, ...]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+        conv = self.conv
+        if not self.usable or len(shape) != 4 or shape[1] != conv.in_channels:
+            return None
+        n, c, h, width = shape
+        if self.kind == "depthwise":
+            kh, kw = conv.kernel_size
+            sy, sx = conv.stride
+            py, px = (int(p) for p in conv.padding)
+            oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
+            geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 1]
+        else:
+            oh, ow = h, width
+            geometry = [n * h * width, c, conv.out_channels, (conv.out_channels + 15) // 16 * 16, self.act, 1]
+        macs = n * oh * ow * self.macs_per_output_pixel
+        if min(oh, ow) <= 0 or macs > MAX_MACS:
+            return None
+        return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
+
+    def _weights(self) -> Tuple[Tensor, Tensor]:
+        """(weights, bias) in the kernel's layout: depthwise [kh][kw][C]; 1x1 [Ci][Co rounded up
+        to 16] with zeros beyond Co (the kernel reads whole 16-channel strips)."""
+        w, b = self.conv.weight, self.conv.bias
+        key = (w._version, None if b is None else b._version)
+        if self._packed is None or self._key != key or self._source[0] is not w or self._source[1] is not b:
+            w = w.detach()
+            out_c = w.shape[0]
+            bias = torch.zeros(out_c) if b is None else b.detach().float()
+            if self.kind == "depthwise":
+                packed = w.reshape(out_c, w.shape[2], w.shape[3]).permute(1, 2, 0).contiguous()
+                self._packed = (packed, bias.contiguous())
+            else:
+                padded = (out_c + 15) // 16 * 16
+                packed = torch.zeros(w.shape[1], padded)
+                packed[:, :out_c] = w.reshape(out_c, -1).t()
+                padded_bias = torch.zeros(padded)
+                padded_bias[:out_c] = bias
+                self._packed = (packed, padded_bias)
+            self._key, self._source = key, (self.conv.weight, b)
+        return self._packed
+
+    def __call__(self, x: Tensor) -> Optional[Tensor]:
+        """``act(conv(x) + b)`` in NHWC, or None where the kernel does not apply to ``x`` or the
+        native library is unavailable (the caller then takes oneDNN or the eager conv)."""
+        plan = self._geometry(x)
+        if plan is None:
+            return None
+        kernel = self._kernel
+        if kernel is None:
+            lib = native.library()
+            if lib is None:
+                return None
+            kernel = self._kernel = lib.darkcfg_dw_nhwc if self.kind == "depthwise" else lib.darkcfg_pw_nhwc
+        out_shape, geometry = plan
+        w, b = self._weights()
+        y = torch.empty(out_shape, memory_format=torch.channels_last)
+        kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
+        return y

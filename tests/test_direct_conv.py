@@ -1,0 +1,194 @@
+"""The direct NHWC convolution kernels (darkcfg/layers/direct_conv.py, csrc/darkcfg_kernels.c):
+equal to ``F.conv2d`` + Darknet's activation over a sweep of geometries (borders, strides,
+padding wider than the kernel, channel counts off the 8-lane vector width), taken by
+``optimize()`` on depthwise nets, and stepping aside wherever they do not apply."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import darkcfg
+from darkcfg import native
+from darkcfg.layers import direct_conv
+from darkcfg.layers.activations import ACTIVATIONS
+from darkcfg.layers.conv import ConvLayer
+from darkcfg.layers.direct_conv import DirectConv
+from darkcfg.weights import synthetic_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _library() -> None:
+    if native.library() is None:
+        pytest.skip("no C compiler here: the direct kernels are optional (oneDNN / eager run instead)")
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _reference(conv: torch.nn.Conv2d, activation: str, x: torch.Tensor) -> torch.Tensor:
+    y = F.conv2d(x.contiguous().double(), conv.weight.double(), conv.bias.double(), conv.stride, conv.padding,
+                 1, conv.groups)
+    return ACTIVATIONS[activation](y).float()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+# channels, size, stride, padding, input (h, w), batch
+DEPTHWISE = [
+    (8, 3, 1, 1, (17, 23), 1), (13, 3, 1, 1, (9, 9), 2), (40, 3, 2, 1, (20, 21), 1), (3, 3, 2, 0, (7, 8), 1),
+    (32, 5, 1, 2, (10, 12), 1), (19, 5, 2, 2, (11, 6), 2), (8, 1, 1, 0, (5, 7), 1), (16, 7, 1, 3, (9, 10), 1),
+    (24, 3, 1, 3, (6, 5), 1), (2, 3, 1, 1, (4, 4), 1), (64, 3, 1, 1, (2, 2), 1), (9, 2, 2, 0, (8, 9), 1),
+    (16, 3, 3, 1, (13, 14), 1),
+]
+
+
+@pytest.mark.parametrize("activation", sorted(direct_conv.ACTIVATIONS))
+@pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: "c{}k{}s{}p{}_{}x{}b{}".format(*c[:4], *c[4], c[5]))
+def test_depthwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
+    channels, size, stride, pad, (h, w), batch = case
+    torch.manual_seed(channels * 100 + size * 10 + stride)
+    conv = torch.nn.Conv2d(channels, channels, size, stride, pad, groups=channels)
+    plan = DirectConv(conv, activation)
+    x = _nhwc(torch.randn(batch, channels, h, w))
+    with torch.no_grad():
+        y = plan(x)
+        ref = _reference(conv, activation, x)
+    assert plan.kind == "depthwise" and y is not None
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < 1e-6
+
+
+# in channels, out channels, input (h, w), batch
+POINTWISE = [(8, 4, (16, 16), 1), (4, 24, (9, 11), 2), (1, 1, (3, 3), 1), (33, 17, (7, 5), 1), (16, 48, (6, 6), 3),
+             (224, 48, (10, 10), 1), (3, 255, (5, 4), 1), (256, 256, (2, 3), 1), (7, 16, (1, 1), 1)]
+
+
+@pytest.mark.parametrize("activation", sorted(direct_conv.ACTIVATIONS))
+@pytest.mark.parametrize("case", POINTWISE, ids=lambda c: "{}to{}_{}x{}b{}".format(c[0], c[1], *c[2], c[3]))
+def test_pointwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
+    cin, cout, (h, w), batch = case
+    torch.manual_seed(cin * 1000 + cout)
+    conv = torch.nn.Conv2d(cin, cout, 1)
+    plan = DirectConv(conv, activation)
+    x = _nhwc(torch.randn(batch, cin, h, w))
+    with torch.no_grad():
+        y = plan(x)
+        ref = _reference(conv, activation, x)
+    assert plan.kind == "pointwise" and y is not None
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < 1e-6
+
+
+def test_leaky_is_darknets_on_both_sides_of_zero() -> None:
+    """x > 0 ? x : 0.1 * x, bit for bit (a 1x1 identity conv isolates the activation)."""
+    conv = torch.nn.Conv2d(8, 8, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(8).view(8, 8, 1, 1))
+        conv.bias.zero_()
+        x = _nhwc(torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, -7.0, 1.0]).view(1, 8, 1, 1).repeat(1, 1, 3, 5))
+        y = DirectConv(conv, "leaky")(x)
+    assert y is not None and torch.equal(y, torch.where(x > 0, x, 0.1 * x))
+
+
+def test_what_the_kernels_do_not_take() -> None:
+    dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+    x = _nhwc(torch.randn(1, 8, 6, 6))
+    assert DirectConv(dw, "mish").usable is False  # activation not fused: oneDNN + the mish kernel instead
+    assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 1, groups=2), "leaky").usable is False  # grouped, not depthwise
+    assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=8), "leaky").usable is False
+    assert DirectConv(torch.nn.Conv2d(8, 16, 3, 1, 1), "leaky").usable is False  # dense 3x3: oneDNN
+    assert DirectConv(torch.nn.Conv2d(8, 16, 1, 2), "leaky").usable is False  # strided 1x1
+    assert DirectConv(torch.nn.Conv2d(512, 256, 1), "leaky").usable is False  # a real GEMM: oneDNN
+    plan = DirectConv(dw, "leaky")
+    assert not plan.applies(x)  # grad enabled and a trainable weight: the eager conv, differentiable
+    with torch.no_grad():
+        assert plan.applies(x)
+        assert not plan.applies(x.contiguous())  # NCHW
+        assert not plan.applies(x.double()) and not plan.applies(_nhwc(torch.randn(1, 4, 6, 6)))
+        assert plan(x.contiguous()) is None
+        big = _nhwc(torch.randn(1, 8, 600, 600))  # 8 * 9 * 360000 multiply-adds > MAX_MACS: oneDNN threads it
+        assert not plan.applies(big)
+        assert plan.applies(x)  # the per-shape answers are cached separately
+
+
+def _depthwise_cfg(tmp_path: Path) -> Path:
+    """A tiny Yolo-Fastest-like block: 1x1 expand, depthwise 3x3 (s1, s2) and 5x5, 1x1 project,
+    a residual, mish (not fused by the kernels) and a head."""
+    path = tmp_path / "dw.cfg"
+    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride={s}\npad=1\ngroups={g}\nactivation={a}\n"
+    path.write_text("[net]\nwidth=40\nheight=32\nchannels=3\n"
+                    + conv.format(f=8, k=3, s=2, g=1, a="leaky")
+                    + conv.format(f=24, k=1, s=1, g=1, a="leaky")
+                    + conv.format(f=24, k=3, s=1, g=24, a="leaky")
+                    + conv.format(f=8, k=1, s=1, g=1, a="linear")
+                    + "[shortcut]\nfrom=-4\nactivation=linear\n"
+                    + conv.format(f=16, k=1, s=1, g=1, a="relu")
+                    + conv.format(f=16, k=3, s=2, g=16, a="leaky")
+                    + conv.format(f=16, k=5, s=1, g=16, a="mish")
+                    + conv.format(f=16, k=5, s=1, g=16, a="linear")
+                    + "[convolutional]\nfilters=21\nsize=1\nstride=1\npad=1\nactivation=linear\n"
+                    + "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\n")
+    return path
+
+
+def test_optimize_takes_the_kernels_on_depthwise_nets_and_equals_eager(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _depthwise_cfg(tmp_path)
+    models = []
+    for _ in range(2):
+        m = darkcfg.load(cfg)
+        m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=3)))
+        models.append(m)
+    eager, fast = models[0].fuse(), models[1].optimize()
+    assert fast.channels_last  # depthwise-heavy: NHWC, the layout the kernels need
+    convs = [layer for layer in fast.layers if isinstance(layer, ConvLayer)]
+    assert [layer.direct is not None for layer in convs] == [False, True, True, True, True, True, False, True, True]
+    calls = []
+    original = DirectConv.__call__
+
+    def counted(self: DirectConv, x: torch.Tensor) -> object:
+        y = original(self, x)
+        calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(DirectConv, "__call__", counted)
+    x = torch.rand(2, 3, 32, 40)
+    with torch.no_grad():
+        outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)
+    assert sum(calls) == 7  # every usable layer ran the kernel
+    for i, (a, b) in enumerate(zip(outs_fast, outs_eager)):
+        assert _rel(a, b) < 1e-5, f"layer {i}"
+    # an edited weight is seen (re-laid out), a copy drops the caches and rebuilds them
+    with torch.no_grad():
+        for m in (fast, eager):
+            m.layers[2].conv.weight.mul_(0.5)
+            m.layers[3].conv.weight = torch.nn.Parameter(m.layers[3].conv.weight * 2)
+        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+        clone = copy.deepcopy(fast)
+        assert clone.layers[2].direct._packed is None and clone.layers[2].direct.conv is clone.layers[2].conv
+        assert torch.equal(clone(x)[0], fast(x)[0])
+
+
+def test_without_the_library_onednn_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _depthwise_cfg(tmp_path)
+    m = darkcfg.load(cfg)
+    m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=3)))
+    eager = copy.deepcopy(m).fuse()
+    fast = m.optimize()
+    monkeypatch.setattr(native, "library", lambda: None)
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+    assert all(layer.direct is None or layer.direct._packed is None for layer in fast.layers
+               if isinstance(layer, ConvLayer))
