@@ -21,8 +21,11 @@ The source is compiled with the system C compiler (``cc``, ``-O3 -march=native``
 a second) into the user cache (``$DARKCFG_HOME/kernels/<hash>/``, atomically: a temporary
 file renamed into place), keyed by source, compiler and CPU flags, so each machine builds it
 once.  No compiler, a failed build or ``DARKCFG_NATIVE=0``: :func:`library` is None, the
-eager formulas and oneDNN run; nothing fails.  Threads: the kernel splits large tensors over
-``torch.get_num_threads()`` pthreads (no second OpenMP runtime next to torch's).
+eager formulas and oneDNN run; nothing fails.  Threads: where torch runs on GNU OpenMP (the
+Linux wheels) the library is built with ``-fopenmp`` and its ``libgomp.so.1`` resolves to the
+copy torch loaded, so the kernels split work over torch's own thread team (a fork/join costs
+microseconds; no second pool competes for the cores); elsewhere large tensors are split over
+pthreads started per call.  :func:`uses_openmp` says which.
 """
 
 from __future__ import annotations
@@ -68,11 +71,25 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build(cc: str) -> Path:
+def _torch_uses_gnu_openmp() -> bool:
+    """True when torch's intra-op threads are GNU OpenMP's (libgomp loaded in this process): a
+    library built with ``-fopenmp`` then joins torch's thread team instead of adding a second one."""
+    try:
+        if "OpenMP" not in torch.__config__.parallel_info():
+            return False
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return any("libgomp" in line for line in f)
+    except (OSError, RuntimeError):
+        return False
+
+
+def _build(cc: str, openmp: bool) -> Path:
     """The compiled library's path, building it into the cache first if needed."""
     from .zoo import cache_home
 
     flags = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math"]
+    if openmp:
+        flags.append("-fopenmp")
     source = _source()
     key = hashlib.sha256("\0".join([source, cc, " ".join(flags), platform.machine(), _cpu_flags()]).encode())
     folder = cache_home() / "kernels" / key.hexdigest()[:16]
@@ -89,6 +106,16 @@ def _build(cc: str) -> Path:
     return lib
 
 
+def _load(cc: str) -> ctypes.CDLL:
+    """Build (OpenMP where torch uses GNU OpenMP; plain if that build or load fails) and load."""
+    if _torch_uses_gnu_openmp():
+        try:
+            return ctypes.CDLL(str(_build(cc, openmp=True)))
+        except (OSError, subprocess.SubprocessError):
+            pass  # e.g. a compiler without libgomp: the pthread build below
+    return ctypes.CDLL(str(_build(cc, openmp=False)))
+
+
 def library() -> Optional[ctypes.CDLL]:
     """The compiled library (built on first use, then loaded from the cache), or None where it
     cannot be: not Linux, no C compiler, a failed build, or ``DARKCFG_NATIVE=0``."""
@@ -99,7 +126,7 @@ def library() -> Optional[ctypes.CDLL]:
             cc = _compiler()
             if os.environ.get("DARKCFG_NATIVE", "1") != "0" and cc is not None and platform.system() == "Linux":
                 try:
-                    lib = ctypes.CDLL(str(_build(cc)))
+                    lib = _load(cc)
                     for name in ("darkcfg_mish", "darkcfg_mish_bf16"):
                         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
                         getattr(lib, name).restype = None
@@ -110,6 +137,8 @@ def library() -> Optional[ctypes.CDLL]:
                     for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc"):  # x, w, b, y, geometry
                         getattr(lib, name).argtypes = [ptr] * 5
                         getattr(lib, name).restype = None
+                    lib.darkcfg_openmp.argtypes = []
+                    lib.darkcfg_openmp.restype = ctypes.c_int
                     _library = lib
                 except (OSError, subprocess.SubprocessError, AttributeError):
                     pass
@@ -153,3 +182,9 @@ def scale_rows_f64(w: Tensor, k: Tensor) -> bool:
     lib.darkcfg_scale_rows(w.data_ptr(), k.data_ptr(), w.shape[0], w[0].numel() if w.shape[0] else 0,
                            torch.get_num_threads())
     return True
+
+
+def uses_openmp() -> bool:
+    """Whether the loaded library shares torch's OpenMP thread team (False: pthreads, or no library)."""
+    lib = library()
+    return bool(lib is not None and lib.darkcfg_openmp())

@@ -192,3 +192,38 @@ def test_without_the_library_onednn_runs(tmp_path: Path, monkeypatch: pytest.Mon
         assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
     assert all(layer.direct is None or layer.direct._packed is None for layer in fast.layers
                if isinstance(layer, ConvLayer))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_thread_split_covers_every_row_and_changes_no_bit(threads: int) -> None:
+    """Rows (depthwise) and 6-pixel blocks (1x1) split over the threads: odd counts, remainders."""
+    before = torch.get_num_threads()
+    cases = [(torch.nn.Conv2d(24, 24, 3, 2, 1, groups=24), (3, 24, 37, 41)),
+             (torch.nn.Conv2d(40, 40, 5, 1, 2, groups=40), (1, 40, 33, 29)),
+             (torch.nn.Conv2d(20, 37, 1), (2, 20, 31, 23))]
+    try:
+        for conv, shape in cases:
+            plan = DirectConv(conv, "leaky")
+            x = _nhwc(torch.randn(*shape))
+            with torch.no_grad():
+                torch.set_num_threads(1)
+                one = plan(x)
+                torch.set_num_threads(threads)
+                many = plan(x)
+                ref = _reference(conv, "leaky", x)
+            assert one is not None and many is not None
+            assert torch.equal(one, many) and _rel(many, ref) < 1e-6
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kernels_share_torchs_openmp_team() -> None:
+    """Where torch runs on GNU OpenMP the library joins its team: one libgomp in the process."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch build does not use OpenMP")
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        gomp = {line.split()[-1] for line in f if "libgomp" in line}
+    if not gomp:
+        pytest.skip("torch's OpenMP is not GNU libgomp here")
+    assert native.uses_openmp()
+    assert len(gomp) == 1, f"a second OpenMP runtime was loaded: {sorted(gomp)}"

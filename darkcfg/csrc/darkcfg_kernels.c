@@ -64,9 +64,29 @@ static void mish_bf16(const void *src, void *dst, int64_t n) {
     }
 }
 
-/* One launcher for both kernels: [0, n) split into `threads` ranges (multiples of `align`),
-   the first run here, the others on pthreads (no second OpenMP runtime beside torch's) */
+/* One launcher for every kernel: [0, n) split into `threads` ranges (multiples of `align`).
+   threads <= 0: as many as torch uses.  Built with -fopenmp (darkcfg/native.py does so where
+   torch's own parallel backend is OpenMP), the ranges run on torch's OpenMP team: the library
+   then needs libgomp.so.1, which the loader resolves to the copy torch already loaded -- one
+   thread pool, no oversubscription, a fork/join of a few microseconds.  Otherwise pthreads
+   started per call (tens of microseconds: only worth it for large tensors). */
 typedef void (*dk_part)(void *ctx, int64_t lo, int64_t hi);
+
+#ifdef _OPENMP
+#include <omp.h>
+
+static void dk_split(dk_part fn, void *ctx, int64_t n, int64_t align, int threads, int64_t work) {
+    if (threads <= 0) threads = omp_get_max_threads();
+    if (threads > 64) threads = 64;
+    if (threads < 2 || n < 2 || work < 65536 || omp_in_parallel()) { fn(ctx, 0, n); return; }
+    int64_t chunk = ((n + threads - 1) / threads + align - 1) / align * align;
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t lo = chunk * omp_get_thread_num(), hi = lo + chunk < n ? lo + chunk : n;
+        if (lo < hi) fn(ctx, lo, hi);
+    }
+}
+#else
 typedef struct { dk_part fn; void *ctx; int64_t lo, hi; } dk_job;
 
 static void *dk_run(void *arg) {
@@ -77,7 +97,7 @@ static void *dk_run(void *arg) {
 
 static void dk_split(dk_part fn, void *ctx, int64_t n, int64_t align, int threads, int64_t work) {
     if (threads > 64) threads = 64;
-    if (threads < 2 || n < 2 || work < 65536) { fn(ctx, 0, n); return; }
+    if (threads < 2 || n < 2 || work < 65536) { fn(ctx, 0, n); return; }  /* also threads <= 0: one */
     pthread_t tid[64];
     dk_job jobs[64];
     int started[64] = {0};
@@ -91,6 +111,16 @@ static void dk_split(dk_part fn, void *ctx, int64_t n, int64_t align, int thread
     fn(ctx, 0, chunk < n ? chunk : n);
     for (int t = 1; t < threads; t++)
         if (started[t]) pthread_join(tid[t], 0);
+}
+#endif
+
+/* 1 when built with OpenMP (the kernels share torch's thread team), else 0. */
+int darkcfg_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 typedef struct { const void *x; void *y; } dk_pair;
@@ -234,12 +264,12 @@ static void dw_part(void *ctx, int64_t lo, int64_t hi) {
     }
 }
 
-/* g: N, H, W, C, OH, OW, kh, kw, sy, sx, py, px, act, threads (one array: a call from Python
+/* g: N, H, W, C, OH, OW, kh, kw, sy, sx, py, px, act, threads (<= 0: torch's) (one array: a call from Python
    converts 5 arguments, not 18) */
 void darkcfg_dw_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
     dk_dw d = {x, w, b, y, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8], (int)g[9], (int)g[10],
                (int)g[11], (int)g[12]};
-    dk_split(dw_part, &d, g[0] * g[4], 1, (int)g[13], g[0] * g[4] * g[5] * g[3] * g[6] * g[7] / 4);
+    dk_split(dw_part, &d, g[0] * g[4], 1, (int)g[13], g[0] * g[4] * g[5] * g[3] * g[6] * g[7]);
 }
 
 /* ---- 1x1 stride 1, NHWC: y[p][co] = b[co] + sum_ci x[p][ci] w[ci][co]; w is [Ci][CoP], b [CoP], CoP % 16 == 0 ---- */
@@ -293,8 +323,8 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
     }
 }
 
-/* g: P (pixels, N*H*W), Ci, Co, CoP, act, threads */
+/* g: P (pixels, N*H*W), Ci, Co, CoP, act, threads (<= 0: torch's) */
 void darkcfg_pw_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
     dk_pw d = {x, w, b, y, g[1], g[2], g[3], (int)g[4]};
-    dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2] / 8);
+    dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
 }

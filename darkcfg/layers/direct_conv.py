@@ -9,10 +9,11 @@ When a conv takes this path (:meth:`DirectConv.applies`): CPU float32 NHWC input
 :meth:`Darknet.optimize` picks for such nets) outside autograd and tracing, a depthwise conv
 (``groups == channels``, no dilation) or a 1x1 stride-1 dense conv of at most 256 x 256
 channels, an activation the kernel fuses (linear, leaky, relu), and at most
-:data:`MAX_MACS` multiply-adds in the call.  The kernels run on one thread: on a layer this
-small, splitting it costs more than it saves (torch's OpenMP workers are still spinning on the
-other cores), and larger calls (bigger batches or inputs) go to oneDNN, which threads them.
-Float sums run in another order than oneDNN's: rounding only (tests/test_fast_paths.py bounds it).
+:data:`MAX_MACS` multiply-adds in the call.  The kernels split their rows over torch's own
+OpenMP team where torch uses GNU OpenMP (:func:`darkcfg.native.uses_openmp`), else run on the
+calling thread.  Float sums run in another order than oneDNN's: rounding only
+(tests/test_direct_conv.py bounds it; tests/test_conformance.py runs optimized models against
+Darknet's own outputs).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from .. import native
 #: Activation -> the kernel's code (the ones it computes exactly as Darknet's ``activate``).
 ACTIVATIONS = {"linear": 0, "leaky": 1, "relu": 2}
 
-#: Calls above this many multiply-adds go to oneDNN (threaded); below it the single-threaded
-#: kernel wins on 2 cores (Yolo-Fastest @320: batch 1 15.5 -> 11.0 ms; batch 4 unchanged).
-MAX_MACS = 4_000_000
+#: Calls above this many multiply-adds go to oneDNN, whose blocked GEMMs win on big layers
+#: (Yolo-Fastest 1.1 @320, 2 threads: batch 1 15.5 -> 9.3 ms, batch 4 31 -> 27 ms with this cap).
+MAX_MACS = 16_000_000
 
 #: 1x1 convs up to this many input x output channels (bigger ones are GEMMs oneDNN does better).
 MAX_POINTWISE_WEIGHTS = 256 * 256
@@ -78,15 +79,18 @@ class DirectConv:
     def _geometry(self, x: Tensor) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
         """(output shape, the kernel's int64 geometry array) for this call, or None where the
         kernel does not apply.  Shape-only answers are cached per input shape."""
-        w = self.conv.weight
-        if (x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu" or torch.jit.is_tracing()
+        # (this runs for every small layer of every frame: the cheapest checks, no nn.Module lookups)
+        w = self.conv._parameters["weight"]
+        if (x.dtype != torch.float32 or not x.is_cpu or w is None or w.dtype != torch.float32
+                or torch._C._get_tracing_state() is not None
                 or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
                 or not x.is_contiguous(memory_format=torch.channels_last)):
             return None
-        shape = tuple(x.shape)
-        if shape not in self._shapes:
-            self._shapes[shape] = self._plan_shape(shape)
-        return self._shapes[shape]
+        shape = x.shape
+        plan = self._shapes.get(shape, False)
+        if plan is False:
+            plan = self._shapes[tuple(shape)] = self._plan_shape(tuple(shape))
+        return plan  # type: ignore[return-value]
 
     def _plan_shape(self, shape: Tuple[int, ...]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
         conv = self.conv
@@ -98,10 +102,10 @@ class DirectConv:
             sy, sx = conv.stride
             py, px = (int(p) for p in conv.padding)
             oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
-            geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 1]
+            geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 0]
         else:
             oh, ow = h, width
-            geometry = [n * h * width, c, conv.out_channels, (conv.out_channels + 15) // 16 * 16, self.act, 1]
+            geometry = [n * h * width, c, conv.out_channels, (conv.out_channels + 15) // 16 * 16, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
         if min(oh, ow) <= 0 or macs > MAX_MACS:
             return None
@@ -110,7 +114,8 @@ class DirectConv:
     def _weights(self) -> Tuple[Tensor, Tensor]:
         """(weights, bias) in the kernel's layout: depthwise [kh][kw][C]; 1x1 [Ci][Co rounded up
         to 16] with zeros beyond Co (the kernel reads whole 16-channel strips)."""
-        w, b = self.conv.weight, self.conv.bias
+        params = self.conv._parameters
+        w, b = params["weight"], params.get("bias")
         key = (w._version, None if b is None else b._version)
         if self._packed is None or self._key != key or self._source[0] is not w or self._source[1] is not b:
             w = w.detach()
