@@ -44,6 +44,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
+def _check_kernel(conv: torch.nn.Conv2d, activation: str, shape: tuple, kind: str) -> None:
+    """The kernel's output on an NHWC input: NHWC, and the float64 reference to float rounding."""
+    plan = DirectConv(conv, activation)
+    x = _nhwc(torch.randn(*shape))
+    with torch.no_grad():
+        y = plan(x)
+        ref = _reference(conv, activation, x)
+    assert plan.kind == kind and y is not None
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < 1e-6
+
+
 # channels, size, stride, padding, input (h, w), batch
 DEPTHWISE = [
     (8, 3, 1, 1, (17, 23), 1), (13, 3, 1, 1, (9, 9), 2), (40, 3, 2, 1, (20, 21), 1), (3, 3, 2, 0, (7, 8), 1),
@@ -59,14 +71,7 @@ def test_depthwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
     channels, size, stride, pad, (h, w), batch = case
     torch.manual_seed(channels * 100 + size * 10 + stride)
     conv = torch.nn.Conv2d(channels, channels, size, stride, pad, groups=channels)
-    plan = DirectConv(conv, activation)
-    x = _nhwc(torch.randn(batch, channels, h, w))
-    with torch.no_grad():
-        y = plan(x)
-        ref = _reference(conv, activation, x)
-    assert plan.kind == "depthwise" and y is not None
-    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
-    assert _rel(y, ref) < 1e-6
+    _check_kernel(conv, activation, (batch, channels, h, w), "depthwise")
 
 
 # in channels, out channels, input (h, w), batch
@@ -79,15 +84,7 @@ POINTWISE = [(8, 4, (16, 16), 1), (4, 24, (9, 11), 2), (1, 1, (3, 3), 1), (33, 1
 def test_pointwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
     cin, cout, (h, w), batch = case
     torch.manual_seed(cin * 1000 + cout)
-    conv = torch.nn.Conv2d(cin, cout, 1)
-    plan = DirectConv(conv, activation)
-    x = _nhwc(torch.randn(batch, cin, h, w))
-    with torch.no_grad():
-        y = plan(x)
-        ref = _reference(conv, activation, x)
-    assert plan.kind == "pointwise" and y is not None
-    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
-    assert _rel(y, ref) < 1e-6
+    _check_kernel(torch.nn.Conv2d(cin, cout, 1), activation, (batch, cin, h, w), "pointwise")
 
 
 def test_leaky_is_darknets_on_both_sides_of_zero() -> None:

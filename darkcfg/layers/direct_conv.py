@@ -115,10 +115,11 @@ class DirectConv:
         """(weights, bias) in the kernel's layout: depthwise [kh][kw][C]; 1x1 [Ci][Co rounded up
         to 16] with zeros beyond Co (the kernel reads whole 16-channel strips)."""
         params = self.conv._parameters
-        w, b = params["weight"], params.get("bias")
-        key = (w._version, None if b is None else b._version)
-        if self._packed is None or self._key != key or self._source[0] is not w or self._source[1] is not b:
-            w = w.detach()
+        weight, b = params["weight"], params.get("bias")
+        assert weight is not None  # a conv always has one (mypy: _parameters values are Optional)
+        key = (weight._version, None if b is None else b._version)
+        if self._packed is None or self._key != key or self._source[0] is not weight or self._source[1] is not b:
+            w = weight.detach()
             out_c = w.shape[0]
             bias = torch.zeros(out_c) if b is None else b.detach().float()
             if self.kind == "depthwise":
@@ -131,7 +132,7 @@ class DirectConv:
                 padded_bias = torch.zeros(padded)
                 padded_bias[:out_c] = bias
                 self._packed = (packed, padded_bias)
-            self._key, self._source = key, (self.conv.weight, b)
+            self._key, self._source = key, (weight, b)
         return self._packed
 
     def __call__(self, x: Tensor) -> Optional[Tensor]:
