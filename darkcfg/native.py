@@ -1,6 +1,7 @@
 """darkcfg's small CPU kernels, compiled on first use from ``csrc/darkcfg_kernels.c`` (optional):
 a one-pass mish for inference, Darknet's float64 BN fold for ``fuse()``, and direct NHWC
-convolutions for small layers (used by :mod:`darkcfg.layers.direct_conv`, which says why).
+convolutions and max pools for small layers (used by :mod:`darkcfg.layers.direct_conv`, which
+says why).
 
 Why: mish is most of the activation work of the CSP/YOLOv4 family and PyTorch has no fast
 kernel for it: ``F.mish`` is not vectorised and the best eager formula
@@ -137,6 +138,8 @@ def library() -> Optional[ctypes.CDLL]:
                     for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc"):  # x, w, b, y, geometry
                         getattr(lib, name).argtypes = [ptr] * 5
                         getattr(lib, name).restype = None
+                    lib.darkcfg_maxpool_nhwc.argtypes = [ptr] * 3  # x, y, geometry
+                    lib.darkcfg_maxpool_nhwc.restype = None
                     lib.darkcfg_openmp.argtypes = []
                     lib.darkcfg_openmp.restype = ctypes.c_int
                     _library = lib

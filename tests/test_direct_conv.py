@@ -130,6 +130,7 @@ def _depthwise_cfg(tmp_path: Path) -> Path:
                     + conv.format(f=24, k=3, s=1, g=24, a="leaky")
                     + conv.format(f=8, k=1, s=1, g=1, a="linear")
                     + "[shortcut]\nfrom=-4\nactivation=linear\n"
+                    + "[maxpool]\nsize=5\nstride=1\n"
                     + conv.format(f=16, k=1, s=1, g=1, a="relu")
                     + conv.format(f=16, k=3, s=2, g=16, a="leaky")
                     + conv.format(f=16, k=5, s=1, g=16, a="mish")
@@ -224,3 +225,42 @@ def test_kernels_share_torchs_openmp_team() -> None:
         pytest.skip("torch's OpenMP is not GNU libgomp here")
     assert native.uses_openmp()
     assert len(gomp) == 1, f"a second OpenMP runtime was loaded: {sorted(gomp)}"
+
+
+# channels, h, w, size, stride x, stride y, total padding, batch
+POOLS = [(48, 10, 10, 9, 1, 1, 8, 1), (48, 10, 10, 5, 1, 1, 4, 1), (13, 10, 9, 13, 1, 1, 12, 2), (64, 16, 16, 2, 2, 2, 0, 1),
+         (32, 15, 17, 2, 2, 2, 1, 1), (20, 26, 26, 2, 1, 1, 1, 1), (9, 7, 5, 3, 2, 2, 0, 1), (16, 2, 2, 3, 2, 2, 1, 1),
+         (8, 5, 6, 3, 3, 2, 2, 1), (3, 3, 3, 3, 2, 2, 0, 1)]
+
+
+@pytest.mark.parametrize("case", POOLS, ids=lambda c: "c{}_{}x{}k{}s{}x{}p{}b{}".format(*c))
+def test_maxpool_kernel_equals_darknet_maxpool(case: tuple) -> None:
+    """Bit-identical to the torch path, -inf inputs (Darknet's -FLT_MAX start) included."""
+    from darkcfg.layers import functional as DF
+
+    c, h, w, size, sx, sy, pad, batch = case
+    torch.manual_seed(c * 31 + size)
+    x = torch.randn(batch, c, h, w)
+    x.view(-1)[::7] = float("-inf")
+    x = _nhwc(x)
+    with torch.no_grad():
+        y = direct_conv.maxpool_nhwc(x, size, sx, sy, pad)
+        ref = DF.darknet_maxpool(x.contiguous(), size, sx, sy, pad)
+    assert y is not None and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, ref)
+
+
+def test_maxpool_kernel_is_darknets_comparison_and_steps_aside() -> None:
+    """``val > max ? val : max`` from -FLT_MAX: a NaN never wins (torch.maximum would spread it)."""
+    x = _nhwc(torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")]]).view(1, 1, 2, 2).repeat(1, 8, 1, 1))
+    with torch.no_grad():
+        y = direct_conv.maxpool_nhwc(x, 2, 2, 2, 0)
+        all_nan = direct_conv.maxpool_nhwc(_nhwc(torch.full((1, 8, 2, 2), float("nan"))), 2, 2, 2, 0)
+        assert y is not None and all_nan is not None
+        assert torch.equal(y, torch.ones(1, 8, 1, 1))
+        assert bool((all_nan == -3.4028234663852886e38).all())
+        assert direct_conv.maxpool_nhwc(x.contiguous(), 2, 2, 2, 0) is None  # NCHW: the torch path
+        assert direct_conv.maxpool_nhwc(x.double(), 2, 2, 2, 0) is None
+        big = _nhwc(torch.zeros(1, 512, 19, 19))
+        assert direct_conv.maxpool_nhwc(big, 13, 1, 1, 12) is None  # 31M taps: separable torch maxima
+    assert direct_conv.maxpool_nhwc(x.clone().requires_grad_(True), 2, 2, 2, 0) is None

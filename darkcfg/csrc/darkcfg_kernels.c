@@ -328,3 +328,58 @@ void darkcfg_pw_nhwc(const float *x, const float *w, const float *b, float *y, c
     dk_pw d = {x, w, b, y, g[1], g[2], g[3], (int)g[4]};
     dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Darknet's [maxpool] on NHWC float32 (forward_maxpool_layer): every output starts at -FLT_MAX
+ * and takes an in-bounds input only when it is greater (`val > max ? val : max`: a NaN never
+ * wins, -inf comes out as -FLT_MAX); windows start at -pad_top/-pad_left and taps outside the
+ * input are skipped.  Channels are the vector lanes.  Why: Yolo-Fastest's SPP pools on 48x10x10
+ * maps took ~150 us as strided-slice maxima in torch; this is a few microseconds.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+    const float *x; float *y;
+    int64_t H, W, C, OH, OW; int size, sy, sx, pt, pl;
+} dk_mp;
+
+static inline v8 vmax_darknet(v8 m, v8 v) {
+    v8i take = v > m;
+    return (v8)(((v8i)v & take) | ((v8i)m & ~take));
+}
+
+static void maxpool_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_mp *d = (const dk_mp *)ctx;
+    const int64_t C = d->C, W = d->W, H = d->H, C8 = C / 8 * 8;
+    for (int64_t row = lo; row < hi; row++) {
+        int64_t n = row / d->OH, oy = row % d->OH;
+        const float *xn = d->x + n * H * W * C;
+        int64_t iy0 = oy * d->sy - d->pt;
+        int ky0 = iy0 < 0 ? (int)-iy0 : 0, ky1 = iy0 + d->size > H ? (int)(H - iy0) : d->size;
+        for (int64_t ox = 0; ox < d->OW; ox++) {
+            int64_t ix0 = ox * d->sx - d->pl;
+            int kx0 = ix0 < 0 ? (int)-ix0 : 0, kx1 = ix0 + d->size > W ? (int)(W - ix0) : d->size;
+            float *out = d->y + (row * d->OW + ox) * C;
+            for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+                v8 m = splat(-3.402823466e+38f);
+                for (int ky = ky0; ky < ky1; ky++)
+                    for (int kx = kx0; kx < kx1; kx++)
+                        m = vmax_darknet(m, ld(xn + ((iy0 + ky) * W + ix0 + kx) * C + c0));
+                st(out + c0, m);
+            }
+            for (int64_t c = C8; c < C; c++) {
+                float m = -3.402823466e+38f;
+                for (int ky = ky0; ky < ky1; ky++)
+                    for (int kx = kx0; kx < kx1; kx++) {
+                        float v = xn[((iy0 + ky) * W + ix0 + kx) * C + c];
+                        m = v > m ? v : m;
+                    }
+                out[c] = m;
+            }
+        }
+    }
+}
+
+/* g: N, H, W, C, OH, OW, size, sy, sx, pad_top, pad_left, threads (<= 0: torch's) */
+void darkcfg_maxpool_nhwc(const float *x, float *y, const int64_t *g) {
+    dk_mp d = {x, y, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8], (int)g[9], (int)g[10]};
+    dk_split(maxpool_part, &d, g[0] * g[4], 1, (int)g[11], g[0] * g[4] * g[5] * g[3] * g[6] * g[6]);
+}

@@ -152,3 +152,41 @@ class DirectConv:
         y = torch.empty(out_shape, memory_format=torch.channels_last)
         kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
         return y
+
+
+#: Pools reading more than this many taps go to the separable torch path (a window of k x k
+#: taps per output loses to k + k strided maxima once k and the map are large: yolov4's 13x13 SPP).
+MAX_POOL_TAPS = 8_000_000
+
+_POOL_GEOMETRY: Dict[Tuple[int, ...], Optional[Tensor]] = {}
+
+
+def maxpool_nhwc(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int) -> Optional[Tensor]:
+    """Darknet's ``[maxpool]`` by the native kernel for a CPU float32 NHWC ``x`` at inference
+    (what :func:`darkcfg.layers.functional.darknet_maxpool` computes: total ``padding`` split
+    floor/ceil, ``-FLT_MAX`` start; a NaN input never wins, as in Darknet's ``val > max``), or
+    None where it does not apply (the torch path runs).  Yolo-Fastest's SPP pools on 48x10x10:
+    ~150 us as strided-slice maxima, a few us here."""
+    if (x.dtype != torch.float32 or not x.is_cpu or x.dim() != 4 or torch._C._get_tracing_state() is not None
+            or (torch.is_grad_enabled() and x.requires_grad)
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    lib = native.library()
+    if lib is None:
+        return None
+    from .functional import pool_pads_hw
+
+    n, c, h, w = x.shape
+    key = (n, c, h, w, size, stride_x, stride_y, padding)
+    geometry = _POOL_GEOMETRY.get(key)
+    if geometry is None:
+        left, right, top, bottom = pool_pads_hw(h, w, size, stride_x, stride_y, padding)
+        oh, ow = (h + top + bottom - size) // stride_y + 1, (w + left + right - size) // stride_x + 1
+        if min(oh, ow) <= 0 or n * oh * ow * c * size * size > MAX_POOL_TAPS:
+            return None
+        geometry = torch.tensor([n, h, w, c, oh, ow, size, stride_y, stride_x, top, left, 0], dtype=torch.int64)
+        if len(_POOL_GEOMETRY) < 256:
+            _POOL_GEOMETRY[key] = geometry
+    y = torch.empty(n, c, int(geometry[4]), int(geometry[5]), memory_format=torch.channels_last)
+    lib.darkcfg_maxpool_nhwc(x.data_ptr(), y.data_ptr(), geometry.data_ptr())
+    return y

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import List
 
+import torch
 from torch import Tensor, nn
 
 from ..graph import LayerSpec
 from . import functional as DF
+from .direct_conv import maxpool_nhwc
 from .registry import BuildContext, builder
 
 
@@ -32,6 +34,10 @@ class PaddedMaxPool(nn.Module):
             # F.max_pool2d routes the gradient to the FIRST maximal element, as Darknet's
             # backward does; the separable inference path would split it between ties.
             return DF.darknet_maxpool_train(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
+        if not torch.jit.is_scripting():  # CPU NHWC inference: the native kernel (layers/direct_conv.py)
+            y = maxpool_nhwc(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
+            if y is not None:
+                return y
         return DF.darknet_maxpool(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
 
     def extra_repr(self) -> str:
