@@ -35,9 +35,9 @@ class PaddedMaxPool(nn.Module):
             # backward does; the separable inference path would split it between ties.
             return DF.darknet_maxpool_train(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
         if not torch.jit.is_scripting():  # CPU NHWC inference: the native kernel (layers/direct_conv.py)
-            y = maxpool_nhwc(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
-            if y is not None:
-                return y
+            fast = maxpool_nhwc(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
+            if fast is not None:
+                return fast
         return DF.darknet_maxpool(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
 
     def extra_repr(self) -> str:
