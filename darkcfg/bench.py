@@ -86,8 +86,23 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
         lines.append(f"  {name:22s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
     if cv_note:
         lines.append(f"  OpenCV: {cv_note}")
+    paths = fast_paths()
+    lines.append("  optimize() fast paths: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
     return {"cfg": str(cfg), "weights": str(weights) if weights else "synthetic", "batch": batch, "width": model.width, "height": model.height, "device": device,
-            "iters": iters, "median_ms": med, "lines": lines}
+            "iters": iters, "median_ms": med, "fast_paths": paths, "lines": lines}
+
+
+def fast_paths() -> dict:
+    """Which CPU fast paths ``optimize()`` has in this process (a speed figure means little
+    without it): the native C kernels and how they thread, and oneDNN's fused conv."""
+    from . import native
+    from .layers import onednn
+
+    if native.library() is None:
+        kernels = "unavailable (no C compiler, not Linux, or DARKCFG_NATIVE=0)"
+    else:
+        kernels = "on torch's OpenMP threads" if native.uses_openmp() else "pthreads"
+    return {"native kernels": kernels, "oneDNN fused conv": "yes" if onednn.available() else "no"}
 
 
 def _opencv_contender(cfg: str, weights: Path, x: torch.Tensor, threads: int) -> tuple[Optional[Callable[[], object]], str]:

@@ -147,6 +147,11 @@ def test_bench_runs(detector_files: tuple[Path, Path], capsys: pytest.CaptureFix
     assert main(["bench", str(cfg), "--iters", "1", "--warmup", "0", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "darkcfg (fused BN)" in data["median_ms"] and data["median_ms"]["darkcfg (fused BN)"] > 0
+    from darkcfg import native
+
+    expected = "unavailable" if native.library() is None else (
+        "on torch's OpenMP threads" if native.uses_openmp() else "pthreads")
+    assert data["fast_paths"]["native kernels"].startswith(expected)
 
 
 def test_run_real_weights_prints_like_darknet(shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
