@@ -9,7 +9,7 @@ Darknet keeps ``l.output`` for every layer, so ``layer_outputs`` is free and
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,7 @@ class Darknet(nn.Module):
         self.fused = False
         self.channels_last = False
         self.layer_dtypes: Optional[List[torch.dtype]] = None  # set by optimize(dtype=...): see precision.py
+        self.shortcut_fusions: Dict[int, Tuple[int, int, int]] = {}  # set by optimize(): see shortcut_fusion.py
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
         self.seen = 0  # images trained on (the header's ``seen``); Darknet.loss adds the batch in train mode
 
@@ -86,16 +87,34 @@ class Darknet(nn.Module):
         outs: List[Tensor] = []
         empty = x.new_empty(0)
         casts: Sequence[Optional[torch.dtype]] = self.layer_dtypes or [None] * len(self.layers)
-        for layer, inputs, release, cast in zip(self.layers, self.layer_inputs, self.release_after, casts):
-            xs = [outs[j] if j >= 0 else x for j in inputs]
-            if cast is not None:
-                xs = [t.to(cast) for t in xs]
-            outs.append(layer(xs))
-            if not keep_all:
+        fusions = self.shortcut_fusions if (not keep_all and not self.training and self.layer_dtypes is None
+                                            and not torch.jit.is_tracing()) else {}
+        done = -1  # layers up to this index were computed by a fused call (shortcut_fusion.py)
+        for i, (layer, inputs, release, cast) in enumerate(zip(self.layers, self.layer_inputs, self.release_after,
+                                                               casts)):
+            if i > done:
+                xs = [outs[j] if j >= 0 else x for j in inputs]
+                if cast is not None:
+                    xs = [t.to(cast) for t in xs]
+                fused = self._fused_shortcut(i, fusions[i], xs[0], outs) if i in fusions else None
+                if fused is None:
+                    outs.append(layer(xs))
+                else:  # conv (+ dropouts) + shortcut as one kernel; nobody reads the skipped outputs
+                    done = fusions[i][0]
+                    outs.extend([empty] * (done - i))
+                    outs.append(fused)
                 del xs
+            if not keep_all:
                 for j in release:  # no later layer reads it: let its memory go now
                     outs[j] = empty
         return outs
+
+    def _fused_shortcut(self, conv: int, fusion: Tuple[int, int, int], x: Tensor, outs: List[Tensor]) -> Optional[Tensor]:
+        """Layers ``conv..shortcut`` as one direct 1x1 kernel with the residual added, or None
+        (the kernel refused this call: the layers then run one by one)."""
+        _, source, act = fusion
+        direct = self.layers[conv].direct
+        return None if direct is None else direct.with_residual(x, outs[source], act)
 
     def forward(self, x: Tensor) -> List[Tensor]:
         outs = self._run(x, keep_all=False)
@@ -187,6 +206,9 @@ class Darknet(nn.Module):
                 enable = getattr(layer, "enable_onednn", None)
                 if enable is not None:
                     enable()
+            from . import shortcut_fusion
+
+            self.shortcut_fusions = shortcut_fusion.plan(self)
         if dtype is not None and dtype != torch.float32:
             from .precision import convert
 

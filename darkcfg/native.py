@@ -138,6 +138,8 @@ def library() -> Optional[ctypes.CDLL]:
                     for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc"):  # x, w, b, y, geometry
                         getattr(lib, name).argtypes = [ptr] * 5
                         getattr(lib, name).restype = None
+                    lib.darkcfg_pw_residual_nhwc.argtypes = [ptr] * 6 + [ctypes.c_int]  # x, w, b, r, y, g, act
+                    lib.darkcfg_pw_residual_nhwc.restype = None
                     lib.darkcfg_maxpool_nhwc.argtypes = [ptr] * 3  # x, y, geometry
                     lib.darkcfg_maxpool_nhwc.restype = None
                     lib.darkcfg_openmp.argtypes = []

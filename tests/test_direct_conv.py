@@ -264,3 +264,81 @@ def test_maxpool_kernel_is_darknets_comparison_and_steps_aside() -> None:
         big = _nhwc(torch.zeros(1, 512, 19, 19))
         assert direct_conv.maxpool_nhwc(big, 13, 1, 1, 12) is None  # 31M taps: separable torch maxima
     assert direct_conv.maxpool_nhwc(x.clone().requires_grad_(True), 2, 2, 2, 0) is None
+
+
+# ------------------------------------------------------------------ [shortcut] folded into the 1x1 conv
+def _fusion_cfg(tmp_path: Path, extra_reader: bool) -> Path:
+    """expand 1x1 -> depthwise 3x3 -> project 1x1 linear -> dropout -> shortcut (an inverted
+    residual, as in Yolo-Fastest); ``extra_reader``: a route also reads the projection."""
+    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride=1\npad=1\ngroups={g}\nactivation={a}\n"
+    text = ("[net]\nwidth=24\nheight=16\nchannels=3\n"
+            + conv.format(f=8, k=3, g=1, a="leaky")
+            + conv.format(f=24, k=1, g=1, a="leaky") + conv.format(f=24, k=3, g=24, a="leaky")
+            + conv.format(f=8, k=1, g=1, a="linear")
+            + "[dropout]\nprobability=.15\n[shortcut]\nfrom=-5\nactivation=leaky\n"
+            + conv.format(f=24, k=1, g=1, a="leaky") + conv.format(f=24, k=3, g=24, a="leaky")
+            + conv.format(f=8, k=1, g=1, a="linear")
+            + "[shortcut]\nfrom=-4\nactivation=linear\n")
+    if extra_reader:
+        text += "[route]\nlayers=-2,-1\n"
+    path = tmp_path / f"fusion{int(extra_reader)}.cfg"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, extra_reader: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    m = darkcfg.load(_fusion_cfg(tmp_path, extra_reader))
+    m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
+    m.optimize()
+    # layer 3 (projection) -> 4 dropout -> 5 shortcut; 8 -> 9 shortcut (its conv is read by the route if extra_reader)
+    assert m.shortcut_fusions == ({3: (5, 0, 1)} if extra_reader else {3: (5, 0, 1), 8: (9, 5, 0)})
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        fused = m(x)
+        every = m.layer_outputs(x)  # layer_outputs never folds: every layer as Darknet computes it
+        plans, m.shortcut_fusions = m.shortcut_fusions, {}
+        plain = m(x)
+        m.shortcut_fusions = plans
+        m.train()
+        trained = m(x)  # training: dropout is live, nothing is folded
+    for a, b in zip(fused, plain):
+        assert torch.equal(a, b)  # the kernel adds the residual to the same float32 sum: no new rounding
+    assert torch.equal(fused[-1], every[-1].contiguous())
+    assert all(t.shape == s for t, s in zip(trained, [o.shape for o in plain]))
+    calls = []
+    original = DirectConv.with_residual
+    monkeypatch.setattr(DirectConv, "with_residual",
+                        lambda self, *a: calls.append(1) or original(self, *a))  # type: ignore[func-returns-value]
+    m.eval()
+    with torch.no_grad():
+        m(x)
+    assert len(calls) == len(m.shortcut_fusions)
+
+
+def test_refused_fusion_runs_the_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = darkcfg.load(_fusion_cfg(tmp_path, False))
+    m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
+    m.optimize()
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        ref = m(x)
+        monkeypatch.setattr(DirectConv, "with_residual", lambda self, *a: None)
+        assert all(torch.equal(a, b) for a, b in zip(m(x), ref))
+
+
+def test_real_models_fold_their_residuals_bit_for_bit(shared: Path) -> None:
+    """Yolo-Fastest 1.1 and MobileNetV2-YOLOv3-Nano with their real weights: the folded forward
+    equals the layer-by-layer one exactly (which tests/test_conformance.py checks against Darknet)."""
+    models = [shared / "darknet/yolo-fastest/yolo-fastest-1.1_coco/yolo-fastest-1.1",
+              shared / "darknet/real/MobileNetV2-YOLOv3-Nano-coco"]
+    for stem in models:
+        m = darkcfg.load(f"{stem}.cfg", f"{stem}.weights").optimize()
+        assert len(m.shortcut_fusions) >= 5, stem.name
+        x = torch.rand(1, 3, m.height, m.width)
+        with torch.no_grad():
+            fused = m(x)
+            plans, m.shortcut_fusions = m.shortcut_fusions, {}
+            plain = m(x)
+        assert all(torch.equal(a, b) for a, b in zip(fused, plain)), stem.name

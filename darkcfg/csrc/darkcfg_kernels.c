@@ -190,6 +190,12 @@ static inline v8 vact(v8 v, int act) {   /* Darknet's x > 0 ? x : a*x, a = 0.1 (
     return (v8)(((v8i)v & pos) | ((v8i)neg & ~pos));
 }
 
+/* The taps [t0, t1) of a k-wide window starting at i0 that fall inside [0, n). */
+static inline void dk_taps(int64_t i0, int k, int64_t n, int *t0, int *t1) {
+    *t0 = i0 < 0 ? (int)-i0 : 0;
+    *t1 = i0 + k > n ? (int)(n - i0) : k;
+}
+
 /* ---- depthwise k x k, NHWC, weights [kh][kw][C], bias [C] ---- */
 typedef struct {
     const float *x, *w, *b; float *y;
@@ -229,7 +235,8 @@ static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const 
             for (int ky = ky0; ky < ky1; ky++)
                 for (int kx = 0; kx < K; kx++) a += ld(xo + (ky * W + kx) * C) * wv[ky * K + kx];
         } else {
-            int kx0 = ix0 < 0 ? (int)-ix0 : 0, kx1 = ix0 + kw > W ? (int)(W - ix0) : kw;
+            int kx0, kx1;
+            dk_taps(ix0, kw, W, &kx0, &kx1);
             for (int ky = ky0; ky < ky1; ky++)
                 for (int kx = kx0; kx < kx1; kx++) a += ld(xo + (ky * W + kx) * C) * ld(d->w + (ky * kw + kx) * C + c0);
         }
@@ -245,7 +252,8 @@ static void dw_part(void *ctx, int64_t lo, int64_t hi) {
         const float *xn = d->x + n * H * W * C;
         float *orow = d->y + row * d->OW * C;
         int64_t iy0 = oy * d->sy - d->py;
-        int ky0 = iy0 < 0 ? (int)-iy0 : 0, ky1 = iy0 + d->kh > H ? (int)(H - iy0) : d->kh;
+        int ky0, ky1;
+        dk_taps(iy0, d->kh, H, &ky0, &ky1);
         for (int64_t c0 = 0; c0 < C8; c0 += 8) {
             if (d->kh == 3 && d->kw == 3) dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 3);
             else if (d->kh == 5 && d->kw == 5) dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 5);
@@ -254,7 +262,8 @@ static void dw_part(void *ctx, int64_t lo, int64_t hi) {
         for (int64_t c = C8; c < C; c++)
             for (int64_t ox = 0; ox < d->OW; ox++) {
                 int64_t ix0 = ox * d->sx - d->px;
-                int kx0 = ix0 < 0 ? (int)-ix0 : 0, kx1 = ix0 + d->kw > W ? (int)(W - ix0) : d->kw;
+                int kx0, kx1;
+                dk_taps(ix0, d->kw, W, &kx0, &kx1);
                 float a = d->b[c];
                 for (int ky = ky0; ky < ky1; ky++)
                     for (int kx = kx0; kx < kx1; kx++)
@@ -272,13 +281,23 @@ void darkcfg_dw_nhwc(const float *x, const float *w, const float *b, float *y, c
     dk_split(dw_part, &d, g[0] * g[4], 1, (int)g[13], g[0] * g[4] * g[5] * g[3] * g[6] * g[7]);
 }
 
-/* ---- 1x1 stride 1, NHWC: y[p][co] = b[co] + sum_ci x[p][ci] w[ci][co]; w is [Ci][CoP], b [CoP], CoP % 16 == 0 ---- */
-typedef struct { const float *x, *w, *b; float *y; int64_t Ci, Co, CoP; int act; } dk_pw;
+/* ---- 1x1 stride 1, NHWC: y[p][co] = act(b[co] + sum_ci x[p][ci] w[ci][co] (+ r[p][co]));
+   w is [Ci][CoP], b [CoP], CoP % 16 == 0.  r (may be NULL): a residual of y's shape added before
+   the activation -- a [shortcut] folded into the conv before it (Darknet: act_s(conv + from)). ---- */
+typedef struct { const float *x, *w, *b, *r; float *y; int64_t Ci, Co, CoP; int act; } dk_pw;
 
-static inline void pw_store(float *out, v8 v, int m, int act) {
-    v = vact(v, act);
-    if (m >= 8) { st(out, v); return; }
-    float t[8]; st(t, v);
+static inline void pw_store(float *out, const float *res, v8 v, int m, int act) {
+    if (m >= 8) {
+        if (res) v += ld(res);
+        st(out, vact(v, act));
+        return;
+    }
+    float t[8] = {0};
+    if (res) {
+        for (int j = 0; j < m; j++) t[j] = res[j];
+        v += ld(t);
+    }
+    st(t, vact(v, act));
     for (int j = 0; j < m; j++) out[j] = t[j];
 }
 
@@ -293,22 +312,22 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
         int64_t p = lo;
         for (; p + PR <= hi; p += PR) {
             const float *xp = d->x + p * Ci;
-            v8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1;
-            v8 a30 = b0, a31 = b1, a40 = b0, a41 = b1, a50 = b0, a51 = b1;
+            v8 a[PR][2];
+            for (int r = 0; r < PR; r++) { a[r][0] = b0; a[r][1] = b1; }
             for (int64_t ci = 0; ci < Ci; ci++) {
                 v8 w0 = ld(wc + ci * CoP), w1 = ld(wc + ci * CoP + 8);
-                v8 x0 = splat(xp[ci]), x1 = splat(xp[Ci + ci]), x2 = splat(xp[2 * Ci + ci]);
-                a00 += x0 * w0; a01 += x0 * w1; a10 += x1 * w0; a11 += x1 * w1; a20 += x2 * w0; a21 += x2 * w1;
-                v8 x3 = splat(xp[3 * Ci + ci]), x4 = splat(xp[4 * Ci + ci]), x5 = splat(xp[5 * Ci + ci]);
-                a30 += x3 * w0; a31 += x3 * w1; a40 += x4 * w0; a41 += x4 * w1; a50 += x5 * w0; a51 += x5 * w1;
+                for (int r = 0; r < PR; r++) {
+                    v8 xv = splat(xp[r * Ci + ci]);
+                    a[r][0] += xv * w0;
+                    a[r][1] += xv * w1;
+                }
             }
-            float *o = d->y + p * Co + c0;
-            pw_store(o, a00, m0, d->act); if (m1 > 0) pw_store(o + 8, a01, m1, d->act); o += Co;
-            pw_store(o, a10, m0, d->act); if (m1 > 0) pw_store(o + 8, a11, m1, d->act); o += Co;
-            pw_store(o, a20, m0, d->act); if (m1 > 0) pw_store(o + 8, a21, m1, d->act); o += Co;
-            pw_store(o, a30, m0, d->act); if (m1 > 0) pw_store(o + 8, a31, m1, d->act); o += Co;
-            pw_store(o, a40, m0, d->act); if (m1 > 0) pw_store(o + 8, a41, m1, d->act); o += Co;
-            pw_store(o, a50, m0, d->act); if (m1 > 0) pw_store(o + 8, a51, m1, d->act);
+            for (int r = 0; r < PR; r++) {
+                int64_t at = (p + r) * Co + c0;
+                const float *res = d->r ? d->r + at : 0;
+                pw_store(d->y + at, res, a[r][0], m0, d->act);
+                if (m1 > 0) pw_store(d->y + at + 8, res ? res + 8 : 0, a[r][1], m1, d->act);
+            }
         }
         for (; p < hi; p++) {
             const float *xp = d->x + p * Ci;
@@ -317,15 +336,23 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
                 v8 xv = splat(xp[ci]);
                 a0 += xv * ld(wc + ci * CoP); a1 += xv * ld(wc + ci * CoP + 8);
             }
-            float *o = d->y + p * Co + c0;
-            pw_store(o, a0, m0, d->act); if (m1 > 0) pw_store(o + 8, a1, m1, d->act);
+            int64_t at = p * Co + c0;
+            const float *res = d->r ? d->r + at : 0;
+            pw_store(d->y + at, res, a0, m0, d->act);
+            if (m1 > 0) pw_store(d->y + at + 8, res ? res + 8 : 0, a1, m1, d->act);
         }
     }
 }
 
-/* g: P (pixels, N*H*W), Ci, Co, CoP, act, threads (<= 0: torch's) */
+/* g: P (pixels, N*H*W), Ci, Co, CoP, act, threads (<= 0: torch's); r: residual or NULL */
 void darkcfg_pw_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
-    dk_pw d = {x, w, b, y, g[1], g[2], g[3], (int)g[4]};
+    dk_pw d = {x, w, b, 0, y, g[1], g[2], g[3], (int)g[4]};
+    dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
+}
+
+void darkcfg_pw_residual_nhwc(const float *x, const float *w, const float *b, const float *r, float *y,
+                              const int64_t *g, int act) {
+    dk_pw d = {x, w, b, r, y, g[1], g[2], g[3], act};
     dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
 }
 
@@ -353,10 +380,12 @@ static void maxpool_part(void *ctx, int64_t lo, int64_t hi) {
         int64_t n = row / d->OH, oy = row % d->OH;
         const float *xn = d->x + n * H * W * C;
         int64_t iy0 = oy * d->sy - d->pt;
-        int ky0 = iy0 < 0 ? (int)-iy0 : 0, ky1 = iy0 + d->size > H ? (int)(H - iy0) : d->size;
+        int ky0, ky1;
+        dk_taps(iy0, d->size, H, &ky0, &ky1);
         for (int64_t ox = 0; ox < d->OW; ox++) {
             int64_t ix0 = ox * d->sx - d->pl;
-            int kx0 = ix0 < 0 ? (int)-ix0 : 0, kx1 = ix0 + d->size > W ? (int)(W - ix0) : d->size;
+            int kx0, kx1;
+            dk_taps(ix0, d->size, W, &kx0, &kx1);
             float *out = d->y + (row * d->OW + ox) * C;
             for (int64_t c0 = 0; c0 < C8; c0 += 8) {
                 v8 m = splat(-3.402823466e+38f);

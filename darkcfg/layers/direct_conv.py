@@ -153,6 +153,29 @@ class DirectConv:
         kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
         return y
 
+    def with_residual(self, x: Tensor, residual: Tensor, act: int) -> Optional[Tensor]:
+        """``act(conv(x) + b + residual)`` for a linear 1x1 layer: a ``[shortcut]`` folded into the
+        conv before it (Darknet computes ``act_s(conv_out + from)``; the sum is formed before the
+        activation here too, in another order: rounding only).  None where it does not apply."""
+        if self.kind != "pointwise" or self.act != 0 or act < 0:
+            return None
+        plan = self._geometry(x)
+        if plan is None:
+            return None
+        out_shape, geometry = plan
+        if (tuple(residual.shape) != out_shape or residual.dtype != torch.float32 or not residual.is_cpu
+                or (torch.is_grad_enabled() and residual.requires_grad)
+                or not residual.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        lib = native.library()
+        if lib is None:
+            return None
+        w, b = self._weights()
+        y = torch.empty(out_shape, memory_format=torch.channels_last)
+        lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
+                                     geometry.data_ptr(), act)
+        return y
+
 
 #: Pools reading more than this many taps go to the separable torch path (a window of k x k
 #: taps per output loses to k + k strided maxima once k and the map are large: yolov4's 13x13 SPP).
