@@ -342,3 +342,21 @@ def test_real_models_fold_their_residuals_bit_for_bit(shared: Path) -> None:
             plans, m.shortcut_fusions = m.shortcut_fusions, {}
             plain = m(x)
         assert all(torch.equal(a, b) for a, b in zip(fused, plain)), stem.name
+
+
+def test_compile_captures_a_depthwise_net(tmp_path: Path) -> None:
+    """``optimize(compile=True)`` on an NHWC depthwise net (maxpool, shortcut, depthwise): the
+    native kernels step aside while torch.compile traces (fullgraph: any call into them would
+    break the graph), and the captured graph equals the eager kernels' outputs."""
+    import shutil
+
+    if not hasattr(torch, "compile") or shutil.which("g++") is None:
+        pytest.skip("torch.compile's inductor backend needs a C++ compiler (g++), not found here")
+    cfg = _depthwise_cfg(tmp_path)
+    data = bytearray(synthetic_weights(darkcfg.load(cfg).graph, seed=3))
+    eager = darkcfg.load(cfg, data).optimize()
+    compiled = darkcfg.load(cfg, data).optimize(compile=True)
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        for a, b in zip(compiled(x), eager(x)):
+            assert _rel(a, b) < 1e-5

@@ -34,7 +34,7 @@ class PaddedMaxPool(nn.Module):
             # F.max_pool2d routes the gradient to the FIRST maximal element, as Darknet's
             # backward does; the separable inference path would split it between ties.
             return DF.darknet_maxpool_train(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
-        if not torch.jit.is_scripting():  # CPU NHWC inference: the native kernel (layers/direct_conv.py)
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():  # CPU NHWC inference: layers/direct_conv.py
             fast = maxpool_nhwc(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
             if fast is not None:
                 return fast
