@@ -1,4 +1,4 @@
-"""Direct NHWC convolutions for the small layers of depthwise-heavy nets (CPU inference).
+"""Direct NHWC convolutions (and max pools) for the small layers of depthwise-heavy nets (CPU inference).
 
 Why: Yolo-Fastest and the MobileNet-style YOLOs are ~85 convolutions of a few MFLOPs each
 (depthwise k x k, and 1x1 with 4..256 channels).  oneDNN and ``F.conv2d`` spend ~40-100 us of
@@ -13,7 +13,9 @@ channels, an activation the kernel fuses (linear, leaky, relu), and at most
 OpenMP team where torch uses GNU OpenMP (:func:`darkcfg.native.uses_openmp`), else run on the
 calling thread.  Float sums run in another order than oneDNN's: rounding only
 (tests/test_direct_conv.py bounds it; tests/test_conformance.py runs optimized models against
-Darknet's own outputs).
+Darknet's own outputs).  :meth:`DirectConv.with_residual` serves :mod:`darkcfg.shortcut_fusion`;
+:func:`maxpool_nhwc` serves ``[maxpool]`` on the same NHWC nets.  ``torch.compile`` never sees
+any of it (the callers step aside while it traces).
 """
 
 from __future__ import annotations
