@@ -9,11 +9,12 @@ Darknet keeps ``l.output`` for every layer, so ``layer_outputs`` is free and
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import shortcut_fusion
 from .cfg import read_cfg
 from .errors import DarkcfgError
 from .graph import Graph, build_graph
@@ -56,7 +57,7 @@ class Darknet(nn.Module):
         self.fused = False
         self.channels_last = False
         self.layer_dtypes: Optional[List[torch.dtype]] = None  # set by optimize(dtype=...): see precision.py
-        self.shortcut_fusions: Dict[int, Tuple[int, int, int]] = {}  # set by optimize(): see shortcut_fusion.py
+        self.shortcut_fusions: shortcut_fusion.Fusions = {}  # set by optimize(): see shortcut_fusion.py
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
         self.seen = 0  # images trained on (the header's ``seen``); Darknet.loss adds the batch in train mode
 
@@ -96,7 +97,7 @@ class Darknet(nn.Module):
                 xs = [outs[j] if j >= 0 else x for j in inputs]
                 if cast is not None:
                     xs = [t.to(cast) for t in xs]
-                fused = self._fused_shortcut(i, fusions[i], xs[0], outs) if i in fusions else None
+                fused = shortcut_fusion.run(self, i, xs[0], outs) if i in fusions else None
                 if fused is None:
                     outs.append(layer(xs))
                 else:  # conv (+ dropouts) + shortcut as one kernel; nobody reads the skipped outputs
@@ -108,13 +109,6 @@ class Darknet(nn.Module):
                 for j in release:  # no later layer reads it: let its memory go now
                     outs[j] = empty
         return outs
-
-    def _fused_shortcut(self, conv: int, fusion: Tuple[int, int, int], x: Tensor, outs: List[Tensor]) -> Optional[Tensor]:
-        """Layers ``conv..shortcut`` as one direct 1x1 kernel with the residual added, or None
-        (the kernel refused this call: the layers then run one by one)."""
-        _, source, act = fusion
-        direct = self.layers[conv].direct
-        return None if direct is None else direct.with_residual(x, outs[source], act)
 
     def forward(self, x: Tensor) -> List[Tensor]:
         outs = self._run(x, keep_all=False)
@@ -206,8 +200,6 @@ class Darknet(nn.Module):
                 enable = getattr(layer, "enable_onednn", None)
                 if enable is not None:
                     enable()
-            from . import shortcut_fusion
-
             self.shortcut_fusions = shortcut_fusion.plan(self)
         if dtype is not None and dtype != torch.float32:
             from .precision import convert

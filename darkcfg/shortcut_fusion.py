@@ -16,7 +16,9 @@ layers one by one as usual.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+from torch import Tensor
 
 from .layers.conv import ConvLayer
 from .layers.direct_conv import ACTIVATIONS
@@ -46,17 +48,26 @@ def plan(model: "Darknet") -> Fusions:
         if len(inputs) != 2 or act < 0:
             continue
         prev, src = inputs
-        chain = [prev]
-        while isinstance(model.layers[chain[-1]], Dropout) and model.layer_inputs[chain[-1]] == [chain[-1] - 1]:
-            chain.append(chain[-1] - 1)
-        conv_index = chain[-1]
+        if prev != s - 1:
+            continue  # the chain is the layers right before the shortcut
+        conv_index = prev
+        while isinstance(model.layers[conv_index], Dropout) and model.layer_inputs[conv_index] == [conv_index - 1]:
+            conv_index -= 1
         conv = model.layers[conv_index]
-        direct = getattr(conv, "direct", None) if isinstance(conv, ConvLayer) else None
-        if direct is None or direct.kind != "pointwise" or direct.act != 0 or conv.antialiasing:
-            continue
-        if not 0 <= src < conv_index or chain != list(range(s - 1, conv_index - 1, -1)):
-            continue  # the chain must be the layers right before the shortcut, the residual older
-        if any(readers.get(k, []) != [k + 1] or k in outputs for k in chain):
+        direct = conv.direct if isinstance(conv, ConvLayer) else None
+        if direct is None or direct.kind != "pointwise" or direct.act != 0 or not 0 <= src < conv_index:
+            continue  # a linear 1x1 with a kernel, and a residual computed before it
+        if any(readers.get(k, []) != [k + 1] or k in outputs for k in range(conv_index, s)):
             continue  # someone else reads the conv or a dropout: its own output must exist
         fusions[conv_index] = (s, src, act)
     return fusions
+
+
+def run(model: "Darknet", conv: int, x: Tensor, outs: List[Tensor]) -> Optional[Tensor]:
+    """Layers ``conv..shortcut`` of ``model.shortcut_fusions[conv]`` as one kernel call on the
+    conv's input ``x`` and the residual in ``outs``, or None (the kernel refused this call:
+    the caller runs the layers one by one)."""
+    _, source, act = model.shortcut_fusions[conv]
+    layer = model.layers[conv]
+    direct = layer.direct if isinstance(layer, ConvLayer) else None
+    return None if direct is None else direct.with_residual(x, outs[source], act)

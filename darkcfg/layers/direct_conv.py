@@ -20,12 +20,14 @@ any of it (the callers step aside while it traces).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+import ctypes
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import native
+from .functional import pool_pads_hw
 
 #: Activation -> the kernel's code (the ones it computes exactly as Darknet's ``activate``).
 ACTIVATIONS = {"linear": 0, "leaky": 1, "relu": 2}
@@ -36,6 +38,14 @@ MAX_MACS = 16_000_000
 
 #: 1x1 convs up to this many input x output channels (bigger ones are GEMMs oneDNN does better).
 MAX_POINTWISE_WEIGHTS = 256 * 256
+
+
+def _inference_nhwc(t: Tensor) -> bool:
+    """A CPU float32 NHWC tensor outside autograd and tracing: what every kernel here reads.
+    (Runs for every small layer of every frame: the cheapest checks first.)"""
+    return (t.dtype == torch.float32 and t.is_cpu and torch._C._get_tracing_state() is None
+            and not (torch.is_grad_enabled() and t.requires_grad)
+            and t.is_contiguous(memory_format=torch.channels_last))
 
 
 class DirectConv:
@@ -61,7 +71,7 @@ class DirectConv:
         self._packed: Optional[Tuple[Tensor, Tensor]] = None
         self._key: Optional[tuple] = None
         self._source: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)  # the tensors packed
-        self._kernel: Optional[Callable[..., None]] = None  # the library's function, found at the first call
+        self._lib: Optional[ctypes.CDLL] = None  # the native library, found at the first call
         self._shapes: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
 
     @property
@@ -72,7 +82,7 @@ class DirectConv:
     def __getstate__(self) -> dict:
         """Copies and pickles leave the caches behind (rebuilt on first use)."""
         return {**self.__dict__, "_packed": None, "_key": None, "_source": (None, None), "_shapes": {},
-                "_kernel": None}
+                "_lib": None}
 
     def applies(self, x: Tensor) -> bool:
         """Whether this call can take the kernel (see the module docstring)."""
@@ -81,12 +91,9 @@ class DirectConv:
     def _geometry(self, x: Tensor) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
         """(output shape, the kernel's int64 geometry array) for this call, or None where the
         kernel does not apply.  Shape-only answers are cached per input shape."""
-        # (this runs for every small layer of every frame: the cheapest checks, no nn.Module lookups)
-        w = self.conv._parameters["weight"]
-        if (x.dtype != torch.float32 or not x.is_cpu or w is None or w.dtype != torch.float32
-                or torch._C._get_tracing_state() is not None
-                or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-                or not x.is_contiguous(memory_format=torch.channels_last)):
+        w = self.conv._parameters["weight"]  # (no nn.Module lookup: this runs per layer and frame)
+        if (w is None or w.dtype != torch.float32 or (torch.is_grad_enabled() and w.requires_grad)
+                or not _inference_nhwc(x)):
             return None
         shape = x.shape
         plan = self._shapes.get(shape, False)
@@ -140,42 +147,35 @@ class DirectConv:
     def __call__(self, x: Tensor) -> Optional[Tensor]:
         """``act(conv(x) + b)`` in NHWC, or None where the kernel does not apply to ``x`` or the
         native library is unavailable (the caller then takes oneDNN or the eager conv)."""
-        plan = self._geometry(x)
-        if plan is None:
-            return None
-        kernel = self._kernel
-        if kernel is None:
-            lib = native.library()
-            if lib is None:
-                return None
-            kernel = self._kernel = lib.darkcfg_dw_nhwc if self.kind == "depthwise" else lib.darkcfg_pw_nhwc
-        out_shape, geometry = plan
-        w, b = self._weights()
-        y = torch.empty(out_shape, memory_format=torch.channels_last)
-        kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
-        return y
+        return self._launch(x, None, self.act)
 
     def with_residual(self, x: Tensor, residual: Tensor, act: int) -> Optional[Tensor]:
         """``act(conv(x) + b + residual)`` for a linear 1x1 layer: a ``[shortcut]`` folded into the
-        conv before it (Darknet computes ``act_s(conv_out + from)``; the sum is formed before the
-        activation here too, in another order: rounding only).  None where it does not apply."""
+        conv before it (Darknet computes ``act_s(conv_out + from)``: the same float32 sum and the
+        same add, so bit-identical).  None where it does not apply."""
         if self.kind != "pointwise" or self.act != 0 or act < 0:
             return None
+        return self._launch(x, residual, act)
+
+    def _launch(self, x: Tensor, residual: Optional[Tensor], act: int) -> Optional[Tensor]:
         plan = self._geometry(x)
         if plan is None:
             return None
         out_shape, geometry = plan
-        if (tuple(residual.shape) != out_shape or residual.dtype != torch.float32 or not residual.is_cpu
-                or (torch.is_grad_enabled() and residual.requires_grad)
-                or not residual.is_contiguous(memory_format=torch.channels_last)):
+        if residual is not None and (tuple(residual.shape) != out_shape or not _inference_nhwc(residual)):
             return None
-        lib = native.library()
+        lib = self._lib if self._lib is not None else native.library()
         if lib is None:
             return None
+        self._lib = lib
         w, b = self._weights()
         y = torch.empty(out_shape, memory_format=torch.channels_last)
-        lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
-                                     geometry.data_ptr(), act)
+        if residual is not None:
+            lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
+                                         geometry.data_ptr(), act)
+        else:
+            kernel = lib.darkcfg_dw_nhwc if self.kind == "depthwise" else lib.darkcfg_pw_nhwc
+            kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
         return y
 
 
@@ -183,7 +183,8 @@ class DirectConv:
 #: taps per output loses to k + k strided maxima once k and the map are large: yolov4's 13x13 SPP).
 MAX_POOL_TAPS = 8_000_000
 
-_POOL_GEOMETRY: Dict[Tuple[int, ...], Optional[Tensor]] = {}
+#: (input shape, size, strides, padding) -> (output shape, the kernel's geometry array)
+_POOL_GEOMETRY: Dict[Tuple[int, ...], Tuple[Tuple[int, ...], Tensor]] = {}
 
 
 def maxpool_nhwc(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int) -> Optional[Tensor]:
@@ -192,26 +193,24 @@ def maxpool_nhwc(x: Tensor, size: int, stride_x: int, stride_y: int, padding: in
     floor/ceil, ``-FLT_MAX`` start; a NaN input never wins, as in Darknet's ``val > max``), or
     None where it does not apply (the torch path runs).  Yolo-Fastest's SPP pools on 48x10x10:
     ~150 us as strided-slice maxima, a few us here."""
-    if (x.dtype != torch.float32 or not x.is_cpu or x.dim() != 4 or torch._C._get_tracing_state() is not None
-            or (torch.is_grad_enabled() and x.requires_grad)
-            or not x.is_contiguous(memory_format=torch.channels_last)):
+    if x.dim() != 4 or not _inference_nhwc(x):
         return None
     lib = native.library()
     if lib is None:
         return None
-    from .functional import pool_pads_hw
-
     n, c, h, w = x.shape
     key = (n, c, h, w, size, stride_x, stride_y, padding)
-    geometry = _POOL_GEOMETRY.get(key)
-    if geometry is None:
+    plan = _POOL_GEOMETRY.get(key)
+    if plan is None:
         left, right, top, bottom = pool_pads_hw(h, w, size, stride_x, stride_y, padding)
         oh, ow = (h + top + bottom - size) // stride_y + 1, (w + left + right - size) // stride_x + 1
         if min(oh, ow) <= 0 or n * oh * ow * c * size * size > MAX_POOL_TAPS:
             return None
-        geometry = torch.tensor([n, h, w, c, oh, ow, size, stride_y, stride_x, top, left, 0], dtype=torch.int64)
+        plan = ((n, c, oh, ow),
+                torch.tensor([n, h, w, c, oh, ow, size, stride_y, stride_x, top, left, 0], dtype=torch.int64))
         if len(_POOL_GEOMETRY) < 256:
-            _POOL_GEOMETRY[key] = geometry
-    y = torch.empty(n, c, int(geometry[4]), int(geometry[5]), memory_format=torch.channels_last)
+            _POOL_GEOMETRY[key] = plan
+    out_shape, geometry = plan
+    y = torch.empty(out_shape, memory_format=torch.channels_last)
     lib.darkcfg_maxpool_nhwc(x.data_ptr(), y.data_ptr(), geometry.data_ptr())
     return y
