@@ -94,15 +94,20 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
 
 def fast_paths() -> dict:
     """Which CPU fast paths ``optimize()`` has in this process (a speed figure means little
-    without it): the native C kernels and how they thread, and oneDNN's fused conv."""
+    without it): the native C kernels and how they thread, Winograd for dense 3x3 convs (it
+    needs the kernels), and oneDNN's fused conv."""
     from . import native
-    from .layers import onednn
+    from .layers import onednn, winograd
 
     if native.library() is None:
         kernels = "unavailable (no C compiler, not Linux, or DARKCFG_NATIVE=0)"
     else:
         kernels = "on torch's OpenMP threads" if native.uses_openmp() else "pthreads"
-    return {"native kernels": kernels, "oneDNN fused conv": "yes" if onednn.available() else "no"}
+    if not winograd.enabled():
+        wino = "off (DARKCFG_WINOGRAD=0)"
+    else:
+        wino = "yes" if native.library() is not None else "no (needs the native kernels)"
+    return {"native kernels": kernels, "Winograd 3x3": wino, "oneDNN fused conv": "yes" if onednn.available() else "no"}
 
 
 def _opencv_contender(cfg: str, weights: Path, x: torch.Tensor, threads: int) -> tuple[Optional[Callable[[], object]], str]:

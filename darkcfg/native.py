@@ -142,6 +142,10 @@ def library() -> Optional[ctypes.CDLL]:
                     lib.darkcfg_pw_residual_nhwc.restype = None
                     lib.darkcfg_maxpool_nhwc.argtypes = [ptr] * 3  # x, y, geometry
                     lib.darkcfg_maxpool_nhwc.restype = None
+                    lib.darkcfg_wino_in_nhwc.argtypes = [ptr] * 3  # x, transformed tiles, geometry
+                    lib.darkcfg_wino_in_nhwc.restype = None
+                    lib.darkcfg_wino_out_nhwc.argtypes = [ptr] * 4  # GEMM output, bias, y, geometry
+                    lib.darkcfg_wino_out_nhwc.restype = None
                     lib.darkcfg_openmp.argtypes = []
                     lib.darkcfg_openmp.restype = ctypes.c_int
                     _library = lib

@@ -62,20 +62,34 @@ OPTIMIZED_CASES = sorted({c.name for c in CASES if c.name.startswith("real-")} |
 
 @pytest.mark.parametrize("name", OPTIMIZED_CASES if CASES else ["no-shared"])
 def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pytest.MonkeyPatch) -> None:
+    from darkcfg import native
     from darkcfg.layers.direct_conv import DirectConv
+    from darkcfg.layers.winograd import WinogradConv
 
-    direct_calls = []
-    original = DirectConv.__call__
+    calls: dict = {DirectConv: [], WinogradConv: []}
 
-    def counted(self: DirectConv, x):  # type: ignore[no-untyped-def]
-        y = original(self, x)
-        direct_calls.append(y is not None)
-        return y
+    def count(kind: type) -> None:
+        original = kind.__call__
 
-    monkeypatch.setattr(DirectConv, "__call__", counted)
+        def counted(self, x):  # type: ignore[no-untyped-def]
+            y = original(self, x)
+            calls[kind].append(y is not None)
+            return y
+
+        monkeypatch.setattr(kind, "__call__", counted)
+
+    count(DirectConv)
+    count(WinogradConv)
     result = conformance.run_case(CASES_DIR / name, shared, make_weights, optimized=True)
     assert result.passed, f"{name} optimized: " + "\n  ".join(result.failures)
+    if native.library() is None:
+        return
     if "fastest" in name or "mobilenet" in name.lower():
-        from darkcfg import native
+        assert sum(calls[DirectConv]) > 0, f"{name}: the direct kernels did not run"
+    if name in WINOGRAD_CASES:
+        assert sum(calls[WinogradConv]) > 0, f"{name}: Winograd did not run"
 
-        assert native.library() is None or sum(direct_calls) > 0, f"{name}: the direct kernels did not run"
+
+#: Dense nets whose 3x3 stride-1 convs take Winograd at the fixtures' sizes (F(4x4) and F(2x2)).
+WINOGRAD_CASES = {"cfg-yolov4", "cfg-yolov4-tiny", "csp-csresnext50-panet-spp", "cfg-yolov4-csp-swish",
+                  "cfg-yolov4-sam-mish-csp-reorg-bfm", "cfg-yolov7-tiny", "real-tiny-darknet"}

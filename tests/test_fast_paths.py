@@ -31,9 +31,11 @@ needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch bui
 @pytest.fixture(autouse=True)
 def _small_maps_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests use small maps; the size floor itself is tested on its own below.  The direct
-    NHWC kernels (which would take some of these layers first) have their own tests/test_direct_conv.py."""
+    NHWC kernels and Winograd (which would take some of these layers first) have their own
+    tests/test_direct_conv.py and tests/test_winograd.py."""
     monkeypatch.setattr(onednn, "MIN_INPUT_ELEMENTS", 0)
     monkeypatch.setattr(direct_conv, "MAX_MACS", -1)
+    monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
 
 
 def _cfg(tmp_path: Path, activation: str, groups: int = 1) -> Path:

@@ -412,3 +412,143 @@ void darkcfg_maxpool_nhwc(const float *x, float *y, const int64_t *g) {
     dk_mp d = {x, y, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8], (int)g[9], (int)g[10]};
     dk_split(maxpool_part, &d, g[0] * g[4], 1, (int)g[11], g[0] * g[4] * g[5] * g[3] * g[6] * g[6]);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Winograd F(m x m, 3 x 3) for dense 3x3 stride-1 convolutions on NHWC float32 (m = 4 or 2;
+ * darkcfg/layers/winograd.py says when and why).  The conv is three passes:
+ *   1. input transform: each (m+2) x (m+2) input tile d (stride m, zero outside the padded map)
+ *      becomes V = B^T d B, stored as V[e][tile][C] (e: the a*a transformed positions);
+ *   2. a*a GEMMs M[e] = V[e] U[e] (torch.bmm; U = G w G^T, transformed once in float64);
+ *   3. output transform: Y = A^T M A per tile, + bias, activation, stored NHWC.
+ * Tiles are numbered n-major, then tile row, then tile column.  Channels are the vector lanes;
+ * C % 8 == 0 and K % 8 == 0 (the caller checks).
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+    const float *x; float *v; const float *b; float *y;
+    int64_t H, W, C, TH, TW, T, row0, sn, sh, sw; int m, pad, act;   /* sn/sh/sw: x's strides (input pass) */
+} dk_wg;
+
+/* B^T of F(4,3) (Lavin & Gray), one 6-vector at a time */
+static inline void wg_bt6(const v8 *i, v8 *o) {
+    const v8 f4 = splat(4.0f), f5 = splat(5.0f), f2 = splat(2.0f);
+    o[0] = f4 * i[0] - f5 * i[2] + i[4];
+    o[1] = i[3] + i[4] - f4 * (i[1] + i[2]);
+    o[2] = f4 * (i[1] - i[2]) + i[4] - i[3];
+    o[3] = f2 * (i[3] - i[1]) + i[4] - i[2];
+    o[4] = f2 * (i[1] - i[3]) + i[4] - i[2];
+    o[5] = f4 * i[1] - f5 * i[3] + i[5];
+}
+
+/* B^T of F(2,3) */
+static inline void wg_bt4(const v8 *i, v8 *o) {
+    o[0] = i[0] - i[2];
+    o[1] = i[1] + i[2];
+    o[2] = i[2] - i[1];
+    o[3] = i[1] - i[3];
+}
+
+/* A^T of F(4,3): 6 -> 4 */
+static inline void wg_at6(const v8 *i, v8 *o) {
+    v8 s12 = i[1] + i[2], d12 = i[1] - i[2], s34 = i[3] + i[4], d34 = i[3] - i[4];
+    o[0] = i[0] + s12 + s34;
+    o[1] = d12 + splat(2.0f) * d34;
+    o[2] = s12 + splat(4.0f) * s34;
+    o[3] = d12 + splat(8.0f) * d34 + i[5];
+}
+
+/* A^T of F(2,3): 4 -> 2 */
+static inline void wg_at4(const v8 *i, v8 *o) {
+    o[0] = i[0] + i[1] + i[2];
+    o[1] = i[1] - i[2] - i[3];
+}
+
+static void wg_in_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_wg *d = (const dk_wg *)ctx;
+    const int64_t C = d->C, H = d->H, W = d->W, T = d->T;
+    const int m = d->m, a = m + 2;
+    const v8 zero = splat(0.0f);
+    for (int64_t r = lo; r < hi; r++) {   /* r: the chunk's tile row; row: n * TH + tile row */
+        const int64_t row = d->row0 + r, n = row / d->TH, ty = row % d->TH;
+        const float *xn = d->x + n * d->sn;
+        const int64_t iy0 = ty * m - d->pad;
+        for (int64_t tx = 0; tx < d->TW; tx++) {
+            const int64_t ix0 = tx * m - d->pad, tile = r * d->TW + tx;
+            const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + a <= H && ix0 + a <= W;
+            for (int64_t c0 = 0; c0 < C; c0 += 8) {
+                v8 t[6][6], col[6], out[6];
+                for (int j = 0; j < a; j++) {       /* column transform: t[.][j] = B^T d[.][j] */
+                    const int64_t ix = ix0 + j;
+                    for (int i = 0; i < a; i++) {
+                        const int64_t iy = iy0 + i;
+                        col[i] = (inside || (iy >= 0 && iy < H && ix >= 0 && ix < W))
+                                     ? ld(xn + iy * d->sh + ix * d->sw + c0) : zero;
+                    }
+                    if (m == 4) wg_bt6(col, out); else wg_bt4(col, out);
+                    for (int i = 0; i < a; i++) t[i][j] = out[i];
+                }
+                for (int i = 0; i < a; i++) {       /* row transform: V[i][.] = t[i][.] B */
+                    if (m == 4) wg_bt6(t[i], out); else wg_bt4(t[i], out);
+                    for (int j = 0; j < a; j++) st(d->v + ((int64_t)(i * a + j) * T + tile) * C + c0, out[j]);
+                }
+            }
+        }
+    }
+}
+
+static void wg_out_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_wg *d = (const dk_wg *)ctx;
+    const int64_t K = d->C, H = d->H, W = d->W, T = d->T;   /* here C is the output channel count */
+    const int m = d->m, a = m + 2;
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t row = d->row0 + r, n = row / d->TH, ty = row % d->TH;
+        float *yn = d->y + n * H * W * K;
+        for (int64_t tx = 0; tx < d->TW; tx++) {
+            const int64_t tile = r * d->TW + tx;
+            for (int64_t k0 = 0; k0 < K; k0 += 8) {
+                v8 t[6][4], in[6], out[4];
+                for (int i = 0; i < a; i++) {       /* row transform: t[i][.] = M[i][.] A */
+                    for (int j = 0; j < a; j++) in[j] = ld(d->v + ((int64_t)(i * a + j) * T + tile) * K + k0);
+                    if (m == 4) wg_at6(in, out); else wg_at4(in, out);
+                    for (int j = 0; j < m; j++) t[i][j] = out[j];
+                }
+                const v8 bias = ld(d->b + k0);
+                const int act = d->act == 3 ? 0 : d->act;
+                for (int j = 0; j < m; j++) {       /* column transform: y[.][j] = A^T t[.][j] */
+                    const int64_t ox = tx * m + j;
+                    for (int i = 0; i < a; i++) in[i] = t[i][j];
+                    if (m == 4) wg_at6(in, out); else wg_at4(in, out);
+                    if (ox >= W) continue;
+                    for (int i = 0; i < m; i++) {
+                        const int64_t oy = ty * m + i;
+                        if (oy < H) st(yn + (oy * W + ox) * K + k0, vact(out[i] + bias, act));
+                    }
+                }
+            }
+            if (d->act == 3) {   /* mish, on each tile row while it is in cache (the same mish1 as the mish pass) */
+                const int64_t ox0 = tx * m, width = W - ox0 < m ? W - ox0 : m;
+                for (int i = 0; i < m && ty * m + i < H; i++) {
+                    float *p = yn + ((ty * m + i) * W + ox0) * K;
+                    mish_f32(p, p, width * K);
+                }
+            }
+        }
+    }
+}
+
+/* g: N, H, W, C, TH, TW, m, pad, threads (<= 0: torch's), row0, rows, sn, sh, sw: the tile rows
+   [row0, row0 + rows) of the N * TH in the batch, of an x whose channels are contiguous and whose
+   images, rows and pixels are sn, sh, sw floats apart (an NHWC tensor or a channel slice of one).
+   v: [a*a][rows*TW][C] */
+void darkcfg_wino_in_nhwc(const float *x, float *v, const int64_t *g) {
+    dk_wg d = {x, v, 0, 0, g[1], g[2], g[3], g[4], g[5], g[10] * g[5], g[9], g[11], g[12], g[13],
+               (int)g[6], (int)g[7], 0};
+    dk_split(wg_in_part, &d, g[10], 1, (int)g[8], d.T * (g[6] + 2) * (g[6] + 2) * g[3]);
+}
+
+/* g: N, H, W, K, TH, TW, m, act (0 linear, 1 leaky, 2 relu, 3 mish), threads (<= 0: torch's), row0, rows.
+   mm: [a*a][rows*TW][K] -> y NHWC */
+void darkcfg_wino_out_nhwc(const float *mm, const float *b, float *y, const int64_t *g) {
+    dk_wg d = {0, (float *)mm, b, y, g[1], g[2], g[3], g[4], g[5], g[10] * g[5], g[9], 0, 0, 0, (int)g[6], 0,
+               (int)g[7]};
+    dk_split(wg_out_part, &d, g[10], 1, (int)g[8], d.T * (g[6] + 2) * (g[6] + 2) * g[3]);
+}

@@ -18,6 +18,7 @@ from .tracing import as_map, static_hw, traced_sizes, untraced
 if TYPE_CHECKING:
     from .direct_conv import DirectConv
     from .onednn import FusedConv
+    from .winograd import WinogradConv
 
 
 class DarknetBatchNorm(nn.Module):
@@ -117,15 +118,18 @@ class ConvLayer(WeightedLayer):
         self.onednn_ready = False  # set by enable_onednn (Darknet.optimize): see layers/onednn.py
         self.onednn: Optional["FusedConv"] = None
         self.direct: Optional["DirectConv"] = None  # small NHWC layers: see layers/direct_conv.py
+        self.winograd: Optional["WinogradConv"] = None  # dense 3x3 stride 1: see layers/winograd.py
 
     def enable_onednn(self) -> bool:
         """Run conv + bias + activation as one primitive at inference (after :meth:`fuse`): the
-        direct NHWC kernel for small depthwise/1x1 calls (:mod:`.direct_conv`), else oneDNN's
-        fused conv (:mod:`.onednn`).
+        direct NHWC kernel for small depthwise/1x1 calls (:mod:`.direct_conv`), Winograd for
+        dense 3x3 stride-1 ones where it is cheaper (:mod:`.winograd`), else oneDNN's fused conv
+        (:mod:`.onednn`).
 
         Not for xnor (its own arithmetic), antialiased (a blur follows the activation) or
         unfused BN layers; per-pixel activations stay separate.  Returns whether it was enabled.
         """
+        from . import winograd
         from .direct_conv import DirectConv
         from .onednn import FusedConv, available
 
@@ -133,9 +137,11 @@ class ConvLayer(WeightedLayer):
             return False
         direct = DirectConv(self.conv, self.act.kind)
         self.direct = direct if direct.usable else None
+        if winograd.enabled() and winograd.qualifies(self.conv):
+            self.winograd = winograd.WinogradConv(self.conv, self.act.kind)
         if available():
             self.onednn = FusedConv(self.conv, self.act.kind)
-        self.onednn_ready = self.onednn is not None or self.direct is not None
+        self.onednn_ready = self.onednn is not None or self.direct is not None or self.winograd is not None
         return self.onednn_ready
 
     @torch.jit.unused
@@ -144,12 +150,21 @@ class ConvLayer(WeightedLayer):
             y = self.direct(x)
             if y is not None:
                 return y
+        if self.winograd is not None:
+            y = self.winograd(x)
+            if y is not None:
+                return y if self.winograd.fused_activation else self._activate(y)
         plan = self.onednn
         if plan is None or not plan.applies(x):
             return None
         y = plan(x)
         if y is None or plan.fused_activation:
             return y
+        return self._activate(y)
+
+    @torch.jit.unused
+    def _activate(self, y: Tensor) -> Tensor:
+        """The layer's activation after a conv that did not fuse it (mish by the native kernel)."""
         if self.act.kind == "mish":
             from .. import native
 

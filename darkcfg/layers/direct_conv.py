@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .. import native
 from .functional import pool_pads_hw
+from .onednn import version
 
 #: Activation -> the kernel's code (the ones it computes exactly as Darknet's ``activate``).
 ACTIVATIONS = {"linear": 0, "leaky": 1, "relu": 2}
@@ -126,7 +127,7 @@ class DirectConv:
         params = self.conv._parameters
         weight, b = params["weight"], params.get("bias")
         assert weight is not None  # a conv always has one (mypy: _parameters values are Optional)
-        key = (weight._version, None if b is None else b._version)
+        key = (version(weight), None if b is None else version(b))
         if self._packed is None or self._key != key or self._source[0] is not weight or self._source[1] is not b:
             w = weight.detach()
             out_c = w.shape[0]

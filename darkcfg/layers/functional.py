@@ -237,7 +237,15 @@ def upsample(x: Tensor, stride: int, scale: float = 1.0) -> Tensor:
     n, c, h, w = x.shape
     if stride > 0:
         s = stride
-        out = x.reshape(n, c, h, 1, w, 1).expand(n, c, h, s, w, s).reshape(n, c, h * s, w * s)
+        if (not torch.jit.is_tracing() and c > 1 and x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous()):
+            # NHWC in, NHWC out (the same values): an NCHW result would make the next conv
+            # reorder its input back (yolov4-tiny's largest conv read its input that way).
+            nhwc = x.permute(0, 2, 3, 1)
+            out = nhwc.reshape(n, h, 1, w, 1, c).expand(n, h, s, w, s, c).reshape(n, h * s, w * s, c)
+            out = out.permute(0, 3, 1, 2)
+        else:
+            out = x.reshape(n, c, h, 1, w, 1).expand(n, c, h, s, w, s).reshape(n, c, h * s, w * s)
         if scale != 1.0:
             out = out * scale
         return out

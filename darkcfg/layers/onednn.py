@@ -40,6 +40,13 @@ POST_OPS: Dict[str, Tuple[str, List[float], str]] = {
 MIN_INPUT_ELEMENTS = 16384
 
 
+def version(t: Tensor) -> int:
+    """``t``'s in-place edit counter, which the packed-weight caches key on; -1 for an inference
+    tensor (made under ``torch.inference_mode``), which has none: such weights are packed once
+    and an in-place edit made inside inference mode is not seen."""
+    return -1 if t.is_inference() else t._version
+
+
 def available() -> bool:
     """True when this torch build has oneDNN and the fused-conv op."""
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -80,7 +87,7 @@ class FusedConv:
     def weight(self, x: Tensor) -> Tensor:
         """The weight in oneDNN's blocked layout, packed at the first call (and after any change)."""
         w = self.conv.weight
-        key = (w.data_ptr(), w._version, w.dtype)
+        key = (w.data_ptr(), version(w), w.dtype)
         if self._packed is None or key != self._packed_key:
             self._packed = pack(w.detach(), self.padding, self.stride, self.dilation, self.groups, list(x.shape))
             self._packed_key = key

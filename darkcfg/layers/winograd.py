@@ -1,0 +1,231 @@
+"""Winograd convolution for dense 3x3 stride-1 layers (CPU float32 NHWC inference).
+
+Why: the 3x3 stride-1 convolutions are most of the arithmetic of the dense Darknet nets
+(yolov4-tiny: 45 of its ~60 ms on 2 cores), and oneDNN's direct convolution already runs them
+near the machine's peak (~145 GFLOP/s here): only doing fewer multiplications is faster.
+Winograd's F(m x m, 3 x 3) computes an m x m output tile from an (m+2) x (m+2) input tile with
+(m+2)^2 multiplications per channel pair instead of 9 m^2: 4x fewer for F(4x4), 2.25x for
+F(2x2).  The multiplications become (m+2)^2 independent GEMMs (``torch.bmm``, which runs near
+peak), between two cheap linear transforms written in C (``csrc/darkcfg_kernels.c``:
+``darkcfg_wino_in_nhwc`` / ``darkcfg_wino_out_nhwc``; the output one also adds the bias and
+applies a fused leaky/relu).  The weights are transformed once, in float64.
+
+Accuracy: the transforms add float32 roundings.  Measured against a float64 convolution, the
+largest error relative to the output's scale is ~5e-6 for F(4x4) and ~4e-7 for F(2x2) (oneDNN:
+~1-2e-6), far inside the conformance tolerance; tests/test_winograd.py bounds it and
+``darkcfg conformance --optimized`` checks whole models against Darknet.
+
+Which variant (:func:`choose`): a cost model in units of the machine's GEMM speed -- the
+multiply-adds of each variant plus the weight bytes each must stream, per call -- picks F(4x4),
+F(2x2) or none (oneDNN's direct conv).  F(4x4) wins on large maps; on 13x13 maps with 512
+channels its 36 transformed weight matrices (38 MB) cost more to read than it saves, and
+F(2x2) or the direct conv win.  Tiles are processed in chunks whose transformed input and
+output fit in a few MB, so they stay in cache between the three passes.
+
+Used by :meth:`darkcfg.layers.conv.ConvLayer.enable_onednn` (so by :meth:`Darknet.optimize`)
+where the library builds; ``DARKCFG_WINOGRAD=0`` turns it off (oneDNN runs those layers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import native
+from .direct_conv import ACTIVATIONS
+from .onednn import version
+
+#: The filter transforms G (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"),
+#: applied in float64 once per weight: U = G w G^T.  The input (B^T) and output (A^T) transforms
+#: live in the C kernels.
+_G = {
+    4: [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    2: [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+}
+
+#: A chunk of tiles holds at most this many bytes of transformed input + GEMM output (or the
+#: transformed weights' size, if larger: each chunk re-reads them).
+CHUNK_BYTES = 4 << 20
+
+#: Cost model (:func:`choose`): bytes of weights streamed per call cost as much as this many
+#: multiply-adds (a GEMM at ~75 G multiply-adds/s against ~20 GB/s from memory), and the two
+#: transforms cost this many multiply-adds per transformed value.
+BYTE_COST = 4.0
+TRANSFORM_COST = 12.0
+
+#: Smallest channel counts worth it (below, oneDNN's direct conv is as fast; the kernels need
+#: multiples of 8).
+MIN_CHANNELS = 16
+
+
+def enabled() -> bool:
+    """False where ``DARKCFG_WINOGRAD=0``."""
+    return os.environ.get("DARKCFG_WINOGRAD", "1") != "0"
+
+
+def qualifies(conv: torch.nn.Conv2d) -> bool:
+    """A dense 3x3 stride-1 conv with padding 1, no dilation, channels multiples of 8."""
+    out_c, in_c, kh, kw = conv.weight.shape
+    return (conv.groups == 1 and (kh, kw) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(int(p) for p in conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and in_c % 8 == 0 and out_c % 8 == 0 and min(in_c, out_c) >= MIN_CHANNELS)
+
+
+def choose(n: int, h: int, w: int, c: int, k: int) -> int:
+    """The tile size m (4 or 2) for an n x c x h x w input and k outputs, or 0 for the direct conv.
+
+    Cost of each in multiply-adds: the GEMMs, the weights each streams (a direct conv's 9 c k,
+    Winograd's (m+2)^2 c k per chunk of tiles), and the transforms."""
+    direct = n * h * w * c * k * 9 + BYTE_COST * 4 * 9 * c * k
+    best, best_m = direct, 0
+    for m in (4, 2):
+        a2 = (m + 2) ** 2
+        tiles = n * ((h + m - 1) // m) * ((w + m - 1) // m)
+        weight_bytes = 4 * a2 * c * k
+        chunks = -(-tiles * a2 * (c + k) * 4 // max(CHUNK_BYTES, weight_bytes))
+        cost = (a2 * tiles * c * k + BYTE_COST * weight_bytes * chunks
+                + TRANSFORM_COST * a2 * tiles * (c + k))
+        if cost < best:
+            best, best_m = cost, m
+    return best_m
+
+
+@dataclass(frozen=True)
+class _ShapePlan:
+    """One input shape's schedule: the tile size, output shape, and per chunk of tile rows the
+    geometry arrays of the two transforms (built once; a call only passes pointers)."""
+
+    m: int
+    out_shape: Tuple[int, int, int, int]
+    chunks: List[Tuple[int, Tensor, Tensor]]  # (tiles in the chunk, input geometry, output geometry)
+    scratch: int  # floats of transformed input + output the largest chunk needs
+
+
+_local = threading.local()
+
+
+def _scratch(floats: int) -> Tensor:
+    """A per-thread float buffer of at least ``floats`` values, reused across layers and calls
+    (the transformed tiles never outlive a call; fresh multi-MB buffers would fault in page by
+    page on every layer)."""
+    buf: Optional[Tensor] = getattr(_local, "buffer", None)
+    if buf is None or buf.numel() < floats:
+        buf = torch.empty(floats)
+        _local.buffer = buf
+    return buf
+
+
+class WinogradConv:
+    """One conv layer's Winograd plan: transformed weights per tile size and a schedule per
+    input shape.  Plain object (caches, never state): the weights are re-transformed when the
+    layer's weight or bias changes (a new tensor, or an in-place edit seen through ``_version``).
+    """
+
+    def __init__(self, conv: torch.nn.Conv2d, activation: str):
+        self.conv = conv
+        codes = {**ACTIVATIONS, "mish": 3}
+        self.act = codes.get(activation, 0)
+        #: True when the kernel applies the layer's activation (else the caller does, on the result).
+        self.fused_activation = activation in codes
+        self._shapes: Dict[Tuple[int, ...], Optional[_ShapePlan]] = {}
+        self._weights: Dict[int, Tuple[Tensor, Tensor]] = {}
+        self._key: Optional[tuple] = None
+        self._lib: Optional[ctypes.CDLL] = None
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the caches behind (rebuilt on first use)."""
+        return {**self.__dict__, "_shapes": {}, "_weights": {}, "_key": None, "_lib": None}
+
+    def _plan(self, x: Tensor) -> Optional[_ShapePlan]:
+        key = (*x.shape, *x.stride())
+        plan = self._shapes.get(key, False)
+        if plan is False:
+            plan = self._shapes[key] = self._plan_shape(tuple(x.shape), tuple(x.stride()))
+        return plan  # type: ignore[return-value]
+
+    def _plan_shape(self, shape: Tuple[int, ...], strides: Tuple[int, ...]) -> Optional[_ShapePlan]:
+        if len(shape) != 4 or shape[1] != self.conv.in_channels:
+            return None
+        n, c, h, w = shape
+        sn, sc, sh, sw = strides
+        # Channels contiguous, pixels, rows and images apart without overlap: an NHWC tensor or
+        # a channel slice of one (a [route] group: read in place, no copy).
+        # (A dimension of size 1 may carry any stride: it is never stepped along.)
+        sw = sw if w > 1 else c
+        sh = sh if h > 1 else w * sw
+        sn = sn if n > 1 else h * sh
+        if not (sc == 1 and sw >= c and sh >= w * sw and sn >= h * sh):
+            return None
+        k = self.conv.out_channels
+        m = choose(n, h, w, c, k)
+        if m == 0:
+            return None
+        a2 = (m + 2) ** 2
+        th, tw = (h + m - 1) // m, (w + m - 1) // m
+        weight_bytes = 4 * a2 * c * k
+        rows = max(1, min(n * th, max(CHUNK_BYTES, weight_bytes) // (4 * a2 * tw * (c + k))))
+        chunks = []
+        for row0 in range(0, n * th, rows):
+            count = min(rows, n * th - row0)
+            geometry_in = torch.tensor([n, h, w, c, th, tw, m, 1, 0, row0, count, sn, sh, sw], dtype=torch.int64)
+            geometry_out = torch.tensor([n, h, w, k, th, tw, m, self.act, 0, row0, count], dtype=torch.int64)
+            chunks.append((count * tw, geometry_in, geometry_out))
+        return _ShapePlan(m, (n, k, h, w), chunks, a2 * rows * tw * (c + k))
+
+    def weights(self, m: int) -> Tuple[Tensor, Tensor]:
+        """(U, bias): U[e] = (G w G^T)[e] as a [(m+2)^2, C, K] float32 tensor, transformed in
+        float64 from the layer's current weights."""
+        params = self.conv._parameters
+        weight, b = params["weight"], params.get("bias")
+        assert weight is not None
+        key = (id(weight), version(weight), None if b is None else (id(b), version(b)))
+        if key != self._key:
+            self._weights, self._key = {}, key
+        cached = self._weights.get(m)
+        if cached is None:
+            g = torch.tensor(_G[m], dtype=torch.float64)
+            w = weight.detach().double()
+            a = m + 2
+            u = torch.einsum("ij,kcjl,ml->imck", g, w, g).reshape(a * a, w.shape[1], w.shape[0])
+            bias = torch.zeros(w.shape[0]) if b is None else b.detach().float()
+            cached = self._weights[m] = (u.float().contiguous(), bias.contiguous())
+        return cached
+
+    def __call__(self, x: Tensor) -> Optional[Tensor]:
+        """``conv(x) + b`` (with the activation if :attr:`fused_activation`) in NHWC, or None
+        where this call does not qualify (the caller then runs oneDNN)."""
+        w = self.conv._parameters["weight"]
+        if (w is None or x.dtype != torch.float32 or w.dtype != torch.float32 or not x.is_cpu
+                or torch._C._get_tracing_state() is not None
+                or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            return None
+        plan = self._plan(x)
+        if plan is None and x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
+            # An NCHW input (the first convs of a dense net on a small image, a layer that wrote
+            # NCHW): one reorder, as oneDNN would do inside; the NHWC output keeps the rest NHWC.
+            x = x.contiguous(memory_format=torch.channels_last)
+            plan = self._plan(x)
+        if plan is None:
+            return None
+        lib = self._lib if self._lib is not None else native.library()
+        if lib is None:
+            return None
+        self._lib = lib
+        u, bias = self.weights(plan.m)
+        a2, c, k = u.shape
+        y = torch.empty(plan.out_shape, memory_format=torch.channels_last)
+        buf = _scratch(plan.scratch)
+        for tiles, geometry_in, geometry_out in plan.chunks:
+            v = buf[:a2 * tiles * c].view(a2, tiles, c)
+            out = buf[a2 * tiles * c:a2 * tiles * (c + k)].view(a2, tiles, k)
+            lib.darkcfg_wino_in_nhwc(x.data_ptr(), v.data_ptr(), geometry_in.data_ptr())
+            torch.bmm(v, u, out=out)
+            lib.darkcfg_wino_out_nhwc(out.data_ptr(), bias.data_ptr(), y.data_ptr(), geometry_out.data_ptr())
+        return y

@@ -1,0 +1,213 @@
+"""Winograd F(4x4, 3x3) / F(2x2, 3x3) for dense 3x3 stride-1 convs (darkcfg/layers/winograd.py,
+``darkcfg_wino_*`` in csrc/darkcfg_kernels.c): equal to a float64 ``F.conv2d`` + Darknet's
+activation to float rounding over borders, odd map sizes, batches, chunking and channel-slice
+inputs; taken by ``optimize()`` on dense nets and equal to the eager model there; stepping aside
+wherever it does not apply.  (Whole models against Darknet itself: tests/test_conformance.py.)"""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import darkcfg
+from darkcfg import native
+from darkcfg.layers import winograd
+from darkcfg.layers.activations import ACTIVATIONS
+from darkcfg.layers.conv import ConvLayer
+from darkcfg.layers.functional import upsample
+from darkcfg.layers.winograd import WinogradConv
+from darkcfg.weights import synthetic_weights
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _library() -> None:
+    if native.library() is None:
+        pytest.skip("no C compiler here: the Winograd kernels are optional (oneDNN runs those convs instead)")
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _reference(conv: torch.nn.Conv2d, activation: str, x: torch.Tensor) -> torch.Tensor:
+    y = F.conv2d(x.contiguous().double(), conv.weight.double(), conv.bias.double(), 1, 1)
+    return ACTIVATIONS[activation](y).float()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+def _forced(monkeypatch: pytest.MonkeyPatch, m: int) -> None:
+    monkeypatch.setattr(winograd, "choose", lambda *shape: m)
+
+
+#: F(4x4) measured ~5e-6 of the output's scale on these sizes, F(2x2) ~4e-7 (oneDNN ~1-2e-6).
+BOUND = {4: 2e-5, 2: 3e-6}
+
+# in channels, out channels, (h, w), batch: borders, sizes off the tile grid, one-pixel maps
+GEOMETRIES = [(16, 16, (8, 8), 1), (16, 24, (13, 13), 1), (32, 16, (7, 11), 2), (24, 40, (1, 1), 1),
+              (16, 16, (2, 3), 3), (64, 32, (26, 26), 1), (8 * 5, 8 * 3, (5, 17), 1), (16, 16, (4, 5), 2)]
+
+
+@pytest.mark.parametrize("m", [4, 2])
+@pytest.mark.parametrize("activation", ["linear", "leaky", "relu", "mish"])
+@pytest.mark.parametrize("case", GEOMETRIES, ids=lambda c: "{}to{}_{}x{}b{}".format(c[0], c[1], *c[2], c[3]))
+def test_winograd_equals_conv2d(case: tuple, activation: str, m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, k, (h, w), batch = case
+    _forced(monkeypatch, m)
+    torch.manual_seed(c * 7 + k + h)
+    conv = torch.nn.Conv2d(c, k, 3, 1, 1)
+    plan = WinogradConv(conv, activation)
+    assert plan.fused_activation
+    x = _nhwc(torch.randn(batch, c, h, w))
+    with torch.no_grad():
+        y = plan(x)
+        ref = _reference(conv, activation, x)
+    assert y is not None and y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < BOUND[m]
+
+
+@pytest.mark.parametrize("m", [4, 2])
+def test_chunks_and_channel_slices_change_nothing(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles in many small chunks (crossing image boundaries in a batch) give what one chunk gives;
+    a [route] group (a channel slice of an NHWC tensor) is read in place and gives what its copy gives."""
+    _forced(monkeypatch, m)
+    torch.manual_seed(m)
+    conv = torch.nn.Conv2d(16, 24, 3, 1, 1)
+    x = _nhwc(torch.randn(3, 16, 21, 18))
+    with torch.no_grad():
+        whole = WinogradConv(conv, "leaky")(x)
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one tile row per chunk
+        chunked_plan = WinogradConv(conv, "leaky")
+        chunked = chunked_plan(x)
+        assert len(next(iter(chunked_plan._shapes.values())).chunks) == 3 * -(-21 // m)
+        assert whole is not None and chunked is not None and _rel(chunked, whole) < 1e-6
+        assert _rel(whole, _reference(conv, "leaky", x)) < BOUND[m]
+        wide = _nhwc(torch.randn(3, 48, 21, 18))
+        part = wide[:, 16:32]  # strides of the 48-channel tensor
+        assert not part.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(chunked_plan(part), chunked_plan(_nhwc(part)))
+
+
+def test_what_winograd_does_not_take() -> None:
+    assert winograd.qualifies(torch.nn.Conv2d(16, 32, 3, 1, 1))
+    refused = [torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.Conv2d(16, 32, 3, 1, 1, groups=2),
+               torch.nn.Conv2d(16, 32, 3, 1, 2, dilation=2), torch.nn.Conv2d(16, 32, 1), torch.nn.Conv2d(16, 32, 5, 1, 2),
+               torch.nn.Conv2d(16, 32, 3, 1, 0), torch.nn.Conv2d(12, 32, 3, 1, 1), torch.nn.Conv2d(3, 32, 3, 1, 1),
+               torch.nn.Conv2d(8, 8, 3, 1, 1)]
+    assert not any(winograd.qualifies(c) for c in refused)
+    plan = WinogradConv(torch.nn.Conv2d(16, 16, 3, 1, 1), "swish")
+    assert not plan.fused_activation  # the layer applies swish after the conv
+    x = _nhwc(torch.randn(1, 16, 20, 20))
+    assert plan(x) is None  # grad enabled and a trainable weight: the eager conv, differentiable
+    with torch.no_grad():
+        y = plan(x)
+        assert y is not None
+        assert torch.equal(plan(x.contiguous()), y)  # NCHW: reordered first, NHWC out
+        assert plan(x.double()) is None and plan(_nhwc(torch.randn(1, 8, 20, 20))) is None
+
+
+def test_cost_model_picks_by_map_size() -> None:
+    """Large maps: F(4x4) (4x fewer multiplies); 13x13 with 512 channels: F(2x2) (F(4x4)'s 36
+    weight matrices cost more to stream than they save); a 1x1 map: the direct conv."""
+    assert winograd.choose(1, 104, 104, 64, 64) == 4
+    assert winograd.choose(1, 13, 13, 512, 512) == 2
+    assert winograd.choose(1, 1, 1, 512, 512) == 0
+
+
+def _dense_cfg(tmp_path: Path) -> Path:
+    """A yolov4-tiny-like net: 3x3 convs (leaky, mish, swish, linear), a [route] group read in
+    place, upsample + route into a 3x3 conv, a strided conv (oneDNN) and a head."""
+    path = tmp_path / "dense.cfg"
+    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride={s}\npad=1\nactivation={a}\n"
+    path.write_text("[net]\nwidth=48\nheight=40\nchannels=3\n"
+                    + conv.format(f=16, k=3, s=2, a="leaky")
+                    + conv.format(f=32, k=3, s=1, a="leaky")
+                    + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n"
+                    + conv.format(f=16, k=3, s=1, a="mish")
+                    + conv.format(f=16, k=3, s=1, a="swish")
+                    + "[route]\nlayers=-1,-2\n"
+                    + conv.format(f=32, k=3, s=2, a="leaky")
+                    + conv.format(f=16, k=1, s=1, a="leaky")
+                    + "[upsample]\nstride=2\n"
+                    + "[route]\nlayers=-1,-5\n"
+                    + conv.format(f=24, k=3, s=1, a="linear")
+                    + "[convolutional]\nfilters=21\nsize=1\nstride=1\npad=1\nactivation=linear\n"
+                    + "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\n")
+    return path
+
+
+def _models(tmp_path: Path) -> tuple:
+    cfg = _dense_cfg(tmp_path)
+    models = []
+    for _ in range(2):
+        m = darkcfg.load(cfg)
+        m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=5)))
+        models.append(m)
+    return models[0].fuse(), models[1].optimize()
+
+
+def test_optimize_takes_winograd_on_dense_nets_and_equals_eager(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    eager, fast = _models(tmp_path)
+    convs = [layer for layer in fast.layers if isinstance(layer, ConvLayer)]
+    assert [layer.winograd is not None for layer in convs] == [False, True, True, True, False, False, True, False]
+    calls = []
+    original = WinogradConv.__call__
+
+    def counted(self: WinogradConv, x: torch.Tensor) -> object:
+        y = original(self, x)
+        calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(WinogradConv, "__call__", counted)
+    x = torch.rand(2, 3, 40, 48)
+    with torch.no_grad():
+        outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)
+    assert sum(calls) == 4  # the route-group slice and the upsample + route input included
+    for i, (a, b) in enumerate(zip(outs_fast, outs_eager)):
+        assert _rel(a, b) < 2e-5, f"layer {i}"
+    # an edited weight is seen (re-transformed), a copy drops the caches and rebuilds them
+    with torch.no_grad():
+        for m in (fast, eager):
+            m.layers[1].conv.weight.mul_(0.5)
+            m.layers[3].conv.weight = torch.nn.Parameter(m.layers[3].conv.weight * 2)
+        assert _rel(fast(x)[0], eager(x)[0]) < 2e-5
+        clone = copy.deepcopy(fast)
+        assert clone.layers[1].winograd._weights == {} and clone.layers[1].winograd.conv is clone.layers[1].conv
+        assert torch.equal(clone(x)[0], fast(x)[0])
+
+
+def test_switched_off_or_without_the_library_onednn_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager, fast = _models(tmp_path)
+    x = torch.rand(1, 3, 40, 48)
+    monkeypatch.setattr(native, "library", lambda: None)
+    with torch.no_grad():
+        assert _rel(fast(x)[0], eager(x)[0]) < 2e-5
+    assert all(not layer.winograd._weights for layer in fast.layers
+               if isinstance(layer, ConvLayer) and layer.winograd is not None)
+    monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
+    off = _models(tmp_path)[1]
+    assert all(layer.winograd is None for layer in off.layers if isinstance(layer, ConvLayer))
+
+
+def test_weights_made_in_inference_mode() -> None:
+    """Inference tensors have no version counter: the transformed weights are cached by identity."""
+    with torch.inference_mode():
+        conv = torch.nn.Conv2d(16, 16, 3, 1, 1)
+        x = _nhwc(torch.randn(1, 16, 12, 12))
+        y = WinogradConv(conv, "leaky")(x)
+        assert y is not None and _rel(y, _reference(conv, "leaky", x)) < BOUND[4]
+
+
+def test_upsample_keeps_nhwc_and_every_value() -> None:
+    x = torch.randn(2, 5, 3, 4)
+    nhwc = upsample(_nhwc(x), 2, 1.5)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nhwc, upsample(x, 2, 1.5))
