@@ -185,8 +185,9 @@ class Darknet(nn.Module):
 
         Without ``compile``, CPU inference runs each conv + bias + activation as one primitive:
         a direct NHWC kernel for the small depthwise and 1x1 convs of depthwise-heavy nets
-        (:mod:`darkcfg.layers.direct_conv`), else oneDNN's fused conv with weights packed once
-        (:mod:`darkcfg.layers.onednn`); mish runs as one native
+        (:mod:`darkcfg.layers.direct_conv`), Winograd for dense 3x3 stride-1 convs where its
+        cost model says it is cheaper (:mod:`darkcfg.layers.winograd`; fp32 only), else oneDNN's
+        fused conv with weights packed once (:mod:`darkcfg.layers.onednn`); mish runs as one native
         pass where a C compiler is available (:mod:`darkcfg.native`), and glibc is told to keep
         freed tensor memory for reuse (:mod:`darkcfg.allocator`; ``DARKCFG_MALLOC_TUNING=0``
         turns that off).  Autograd, tracing, scripting and other devices take the eager path.

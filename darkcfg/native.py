@@ -1,7 +1,7 @@
 """darkcfg's small CPU kernels, compiled on first use from ``csrc/darkcfg_kernels.c`` (optional):
-a one-pass mish for inference, Darknet's float64 BN fold for ``fuse()``, and direct NHWC
+a one-pass mish for inference, Darknet's float64 BN fold for ``fuse()``, direct NHWC
 convolutions and max pools for small layers (used by :mod:`darkcfg.layers.direct_conv`, which
-says why).
+says why), and the Winograd transforms of :mod:`darkcfg.layers.winograd`.
 
 Why: mish is most of the activation work of the CSP/YOLOv4 family and PyTorch has no fast
 kernel for it: ``F.mish`` is not vectorised and the best eager formula

@@ -1,10 +1,12 @@
 /* darkcfg's native CPU kernels (optional; compiled on first use by darkcfg/native.py, which says why).
  *
- * 1. the thread launcher the kernels share (pthreads: no second OpenMP runtime beside torch's);
+ * 1. the thread launcher the kernels share (torch's own OpenMP team where torch runs on GNU OpenMP, else pthreads);
  * 2. one-pass mish, fp32 and bf16;
  * 3. Darknet's float64 BN fold;
  * 4. direct NHWC convolutions for the small layers of Yolo-Fastest / MobileNet-style nets
- *    (darkcfg/layers/direct_conv.py says when they run).
+ *    (darkcfg/layers/direct_conv.py says when they run), and Darknet's NHWC max pool;
+ * 5. the input and output transforms of Winograd F(4x4, 3x3) / F(2x2, 3x3) for dense 3x3
+ *    stride-1 convolutions (darkcfg/layers/winograd.py).
  *
  * Plain C99 plus GCC/Clang vector extensions (8 floats = one AVX register; -march=native picks
  * the instructions), no intrinsics, so it builds on any CPU these compilers target.
