@@ -52,7 +52,7 @@ _G = {
 
 #: A chunk of tiles holds at most this many bytes of transformed input + GEMM output (or the
 #: transformed weights' size, if larger: each chunk re-reads them).
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 2 << 20
 
 #: Cost model (:func:`choose`): bytes of weights streamed per call cost as much as this many
 #: multiply-adds (a GEMM at ~75 G multiply-adds/s against ~20 GB/s from memory), and the two
