@@ -206,8 +206,37 @@ def test_weights_made_in_inference_mode() -> None:
         assert y is not None and _rel(y, _reference(conv, "leaky", x)) < BOUND[4]
 
 
-def test_upsample_keeps_nhwc_and_every_value() -> None:
-    x = torch.randn(2, 5, 3, 4)
-    nhwc = upsample(_nhwc(x), 2, 1.5)
-    assert nhwc.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(nhwc, upsample(x, 2, 1.5))
+def test_inference_mode_then_no_grad_in_one_thread() -> None:
+    """The per-thread scratch buffer first made under inference_mode is still writable by a later
+    call under no_grad (``darkcfg run`` and ``detect`` use both), and the other way round."""
+    def run() -> None:
+        conv = torch.nn.Conv2d(16, 16, 3, 1, 1)
+        plan = WinogradConv(conv, "relu")
+        x = _nhwc(torch.randn(1, 16, 30, 30))
+        winograd._local.buffer = None
+        with torch.inference_mode():
+            first = plan(x)
+        with torch.no_grad():
+            second = plan(x)
+        winograd._local.buffer = None
+        with torch.no_grad():
+            third = plan(x)
+        with torch.inference_mode():
+            fourth = plan(x)
+        assert first is not None and torch.equal(first, second) and torch.equal(third, fourth)
+        assert torch.equal(first, third)
+
+    import threading
+
+    errors: list = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=target)  # a fresh thread: its own scratch buffer
+    worker.start()
+    worker.join()
+    assert not errors, repr(errors[0]) if errors else ""

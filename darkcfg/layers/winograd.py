@@ -117,7 +117,10 @@ def _scratch(floats: int) -> Tensor:
     page on every layer)."""
     buf: Optional[Tensor] = getattr(_local, "buffer", None)
     if buf is None or buf.numel() < floats:
-        buf = torch.empty(floats)
+        # A normal tensor even when the first call runs under torch.inference_mode: an inference
+        # tensor could not be written by a later call made outside it (no_grad).
+        with torch.inference_mode(False):
+            buf = torch.empty(floats)
         _local.buffer = buf
     return buf
 
