@@ -240,3 +240,10 @@ def test_inference_mode_then_no_grad_in_one_thread() -> None:
     worker.start()
     worker.join()
     assert not errors, repr(errors[0]) if errors else ""
+
+
+def test_upsample_keeps_nhwc_and_every_value() -> None:
+    x = torch.randn(2, 5, 3, 4)
+    nhwc = upsample(_nhwc(x), 2, 1.5)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nhwc, upsample(x, 2, 1.5))
