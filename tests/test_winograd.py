@@ -113,6 +113,21 @@ def test_what_winograd_does_not_take() -> None:
         assert plan(x.double()) is None and plan(_nhwc(torch.randn(1, 8, 20, 20))) is None
 
 
+@pytest.mark.parametrize("m", [4, 2])
+def test_weight_transform_is_the_float64_product(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C filter transform (float64, rounded once) agrees with torch's float64 einsum to the
+    last bit but for summation order, and the torch fallback (no library) is that einsum."""
+    torch.manual_seed(m)
+    conv = torch.nn.Conv2d(24, 40, 3, 1, 1)
+    u, bias = WinogradConv(conv, "leaky").weights(m)
+    g = torch.tensor(winograd._G[m], dtype=torch.float64)
+    ref = torch.einsum("ij,kcjl,ml->imck", g, conv.weight.detach().double(), g).reshape((m + 2) ** 2, 24, 40).float()
+    assert u.shape == ref.shape and torch.allclose(u, ref, rtol=1.2e-7, atol=1e-9)
+    assert torch.equal(bias, conv.bias.detach())
+    monkeypatch.setattr(native, "library", lambda: None)
+    assert torch.equal(WinogradConv(conv, "leaky").weights(m)[0], ref)
+
+
 def test_cost_model_picks_by_map_size() -> None:
     """Large maps: F(4x4) (4x fewer multiplies); 13x13 with 512 channels: F(2x2) (F(4x4)'s 36
     weight matrices cost more to stream than they save); a 1x1 map: the direct conv."""
@@ -197,8 +212,9 @@ def test_switched_off_or_without_the_library_onednn_runs(tmp_path: Path, monkeyp
     assert all(layer.winograd is None for layer in off.layers if isinstance(layer, ConvLayer))
 
 
-def test_weights_made_in_inference_mode() -> None:
+def test_weights_made_in_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inference tensors have no version counter: the transformed weights are cached by identity."""
+    _forced(monkeypatch, 4)
     with torch.inference_mode():
         conv = torch.nn.Conv2d(16, 16, 3, 1, 1)
         x = _nhwc(torch.randn(1, 16, 12, 12))

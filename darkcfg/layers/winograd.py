@@ -54,10 +54,13 @@ _G = {
 #: transformed weights' size, if larger: each chunk re-reads them).
 CHUNK_BYTES = 2 << 20
 
-#: Cost model (:func:`choose`): bytes of weights streamed per call cost as much as this many
-#: multiply-adds (a GEMM at ~75 G multiply-adds/s against ~20 GB/s from memory), and the two
-#: transforms cost this many multiply-adds per transformed value.
-BYTE_COST = 4.0
+#: Cost model (:func:`choose`): a byte of weights streamed per call costs as much as this many
+#: multiply-adds, and the two transforms cost this many per transformed value.  Fitted to
+#: per-layer timings of the 20 distinct 3x3 stride-1 shapes of yolov4-tiny @416, yolov4 @608
+#: and csresnext50-panet-spp @512 on 2 AVX2 cores: the pick is within 2% of the fastest of the
+#: three on each (with 4 instead, 16% off on the 19x19 512-channel layers, and F(4x4)'s
+#: weights there take 2.25x the memory of F(2x2)'s).
+BYTE_COST = 12.0
 TRANSFORM_COST = 12.0
 
 #: Smallest channel counts worth it (below, oneDNN's direct conv is as fast; the kernels need
@@ -194,11 +197,18 @@ class WinogradConv:
         cached = self._weights.get(m)
         if cached is None:
             g = torch.tensor(_G[m], dtype=torch.float64)
-            w = weight.detach().double()
-            a = m + 2
-            u = torch.einsum("ij,kcjl,ml->imck", g, w, g).reshape(a * a, w.shape[1], w.shape[0])
-            bias = torch.zeros(w.shape[0]) if b is None else b.detach().float()
-            cached = self._weights[m] = (u.float().contiguous(), bias.contiguous())
+            w = weight.detach()
+            k, c, a = w.shape[0], w.shape[1], m + 2
+            lib = self._lib if self._lib is not None else native.library()
+            if lib is not None and w.dtype == torch.float32 and w.is_cpu:
+                w = w.contiguous()
+                with torch.inference_mode(False):
+                    u = torch.empty(a * a, c, k)
+                lib.darkcfg_wino_weights(w.data_ptr(), u.data_ptr(), g.data_ptr(), k, c, a, 0)
+            else:  # the same float64 products, by torch (slower: ~0.4 s per 4.7M weights)
+                u = torch.einsum("ij,kcjl,ml->imck", g, w.double(), g).reshape(a * a, c, k).float().contiguous()
+            bias = torch.zeros(k) if b is None else b.detach().float()
+            cached = self._weights[m] = (u, bias.contiguous())
         return cached
 
     def __call__(self, x: Tensor) -> Optional[Tensor]:
