@@ -16,6 +16,7 @@ import pytest
 
 from darkcfg import conformance
 from darkcfg.shared import conformance_cases
+from fastpath_helpers import count_calls
 
 CASES = conformance_cases()
 CASES_DIR = CASES[0].parent if CASES else None
@@ -66,20 +67,7 @@ def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pyte
     from darkcfg.layers.direct_conv import DirectConv
     from darkcfg.layers.winograd import WinogradConv
 
-    calls: dict = {DirectConv: [], WinogradConv: []}
-
-    def count(kind: type) -> None:
-        original = kind.__call__
-
-        def counted(self, x):  # type: ignore[no-untyped-def]
-            y = original(self, x)
-            calls[kind].append(y is not None)
-            return y
-
-        monkeypatch.setattr(kind, "__call__", counted)
-
-    count(DirectConv)
-    count(WinogradConv)
+    calls = {kind: count_calls(monkeypatch, kind) for kind in (DirectConv, WinogradConv)}
     result = conformance.run_case(CASES_DIR / name, shared, make_weights, optimized=True)
     assert result.passed, f"{name} optimized: " + "\n  ".join(result.failures)
     if native.library() is None:

@@ -20,6 +20,7 @@ from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.layers.direct_conv import DirectConv
 from darkcfg.weights import synthetic_weights
+from fastpath_helpers import count_calls
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,15 +153,7 @@ def test_optimize_takes_the_kernels_on_depthwise_nets_and_equals_eager(tmp_path:
     assert fast.channels_last  # depthwise-heavy: NHWC, the layout the kernels need
     convs = [layer for layer in fast.layers if isinstance(layer, ConvLayer)]
     assert [layer.direct is not None for layer in convs] == [False, True, True, True, True, True, False, True, True]
-    calls = []
-    original = DirectConv.__call__
-
-    def counted(self: DirectConv, x: torch.Tensor) -> object:
-        y = original(self, x)
-        calls.append(y is not None)
-        return y
-
-    monkeypatch.setattr(DirectConv, "__call__", counted)
+    calls = count_calls(monkeypatch, DirectConv)
     x = torch.rand(2, 3, 32, 40)
     with torch.no_grad():
         outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)

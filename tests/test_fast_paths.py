@@ -22,7 +22,7 @@ from darkcfg import native
 from darkcfg.layers import direct_conv, onednn
 from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.layers.conv import ConvLayer
-from darkcfg.weights import synthetic_weights
+from fastpath_helpers import fused_and_optimized
 
 REPO = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN fused conv")
@@ -49,12 +49,7 @@ def _cfg(tmp_path: Path, activation: str, groups: int = 1) -> Path:
 
 def _pair(cfg: Path) -> tuple[darkcfg.Darknet, darkcfg.Darknet]:
     """(fused eager model, optimize()d model) with the same well-scaled weights."""
-    models = []
-    for _ in range(2):
-        m = darkcfg.load(cfg)
-        m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=5)))
-        models.append(m)
-    return models[0].fuse(), models[1].optimize()
+    return fused_and_optimized(cfg)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,21 +7,19 @@ wherever it does not apply.  (Whole models against Darknet itself: tests/test_co
 from __future__ import annotations
 
 import copy
-import io
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import darkcfg
 from darkcfg import native
 from darkcfg.layers import winograd
 from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.layers.functional import upsample
 from darkcfg.layers.winograd import WinogradConv
-from darkcfg.weights import synthetic_weights
+from fastpath_helpers import count_calls, fused_and_optimized
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,13 +157,7 @@ def _dense_cfg(tmp_path: Path) -> Path:
 
 
 def _models(tmp_path: Path) -> tuple:
-    cfg = _dense_cfg(tmp_path)
-    models = []
-    for _ in range(2):
-        m = darkcfg.load(cfg)
-        m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=5)))
-        models.append(m)
-    return models[0].fuse(), models[1].optimize()
+    return fused_and_optimized(_dense_cfg(tmp_path))
 
 
 def test_optimize_takes_winograd_on_dense_nets_and_equals_eager(tmp_path: Path,
@@ -173,15 +165,7 @@ def test_optimize_takes_winograd_on_dense_nets_and_equals_eager(tmp_path: Path,
     eager, fast = _models(tmp_path)
     convs = [layer for layer in fast.layers if isinstance(layer, ConvLayer)]
     assert [layer.winograd is not None for layer in convs] == [False, True, True, True, False, False, True, False]
-    calls = []
-    original = WinogradConv.__call__
-
-    def counted(self: WinogradConv, x: torch.Tensor) -> object:
-        y = original(self, x)
-        calls.append(y is not None)
-        return y
-
-    monkeypatch.setattr(WinogradConv, "__call__", counted)
+    calls = count_calls(monkeypatch, WinogradConv)
     x = torch.rand(2, 3, 40, 48)
     with torch.no_grad():
         outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)

@@ -1,0 +1,39 @@
+"""Helpers the fast-path tests share (test_fast_paths, test_direct_conv, test_winograd,
+test_conformance): the eager/optimized model pair they compare, and a call counter that says
+whether a kernel really ran."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+import darkcfg
+from darkcfg.weights import synthetic_weights
+
+
+def fused_and_optimized(cfg: Path, seed: int = 5) -> Tuple[darkcfg.Darknet, darkcfg.Darknet]:
+    """(fused eager model, ``optimize()``d model) of ``cfg`` with the same well-scaled weights."""
+    models = []
+    for _ in range(2):
+        m = darkcfg.load(cfg)
+        m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=seed)))
+        models.append(m)
+    return models[0].fuse(), models[1].optimize()
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, kind: type) -> List[bool]:
+    """Wrap ``kind.__call__`` (a kernel plan that returns None where it steps aside); the list
+    gets, per call, whether the kernel produced the output."""
+    calls: List[bool] = []
+    original = kind.__call__
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        y = original(self, *args, **kwargs)
+        calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(kind, "__call__", counted)
+    return calls
