@@ -1,6 +1,6 @@
 """Helpers the fast-path tests share (test_fast_paths, test_direct_conv, test_winograd,
-test_conformance): the eager/optimized model pair they compare, and a call counter that says
-whether a kernel really ran."""
+test_conformance): the eager/optimized model pair they compare, a call counter that says
+whether a kernel really ran, and the float64 reference and error measure the kernels answer to."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 import darkcfg
+from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.weights import synthetic_weights
 
 
@@ -37,3 +40,19 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, kind: type) -> List[bool]:
 
     monkeypatch.setattr(kind, "__call__", counted)
     return calls
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference relative to ``max(1, max|b|)`` (the conformance tests' scale)."""
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+def reference(conv: torch.nn.Conv2d, activation: str, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` + Darknet's activation in float64 (what every fast kernel must match to rounding)."""
+    y = F.conv2d(x.contiguous().double(), conv.weight.double(), conv.bias.double(), conv.stride, conv.padding,
+                 conv.dilation, conv.groups)
+    return ACTIVATIONS[activation](y).float()

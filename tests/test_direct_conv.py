@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import darkcfg
 from darkcfg import native
 from darkcfg.layers import direct_conv
-from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.layers.direct_conv import DirectConv
 from darkcfg.weights import synthetic_weights
-from fastpath_helpers import count_calls
+from fastpath_helpers import count_calls, nhwc, reference, rel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,30 +29,19 @@ def _library() -> None:
         pytest.skip("no C compiler here: the direct kernels are optional (oneDNN / eager run instead)")
 
 
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last)
 
-
-def _reference(conv: torch.nn.Conv2d, activation: str, x: torch.Tensor) -> torch.Tensor:
-    y = F.conv2d(x.contiguous().double(), conv.weight.double(), conv.bias.double(), conv.stride, conv.padding,
-                 1, conv.groups)
-    return ACTIVATIONS[activation](y).float()
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
 def _check_kernel(conv: torch.nn.Conv2d, activation: str, shape: tuple, kind: str) -> None:
     """The kernel's output on an NHWC input: NHWC, and the float64 reference to float rounding."""
     plan = DirectConv(conv, activation)
-    x = _nhwc(torch.randn(*shape))
+    x = nhwc(torch.randn(*shape))
     with torch.no_grad():
         y = plan(x)
-        ref = _reference(conv, activation, x)
+        ref = reference(conv, activation, x)
     assert plan.kind == kind and y is not None
     assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
-    assert _rel(y, ref) < 1e-6
+    assert rel(y, ref) < 1e-6
 
 
 # channels, size, stride, padding, input (h, w), batch
@@ -94,14 +81,14 @@ def test_leaky_is_darknets_on_both_sides_of_zero() -> None:
     with torch.no_grad():
         conv.weight.copy_(torch.eye(8).view(8, 8, 1, 1))
         conv.bias.zero_()
-        x = _nhwc(torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, -7.0, 1.0]).view(1, 8, 1, 1).repeat(1, 1, 3, 5))
+        x = nhwc(torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, -7.0, 1.0]).view(1, 8, 1, 1).repeat(1, 1, 3, 5))
         y = DirectConv(conv, "leaky")(x)
     assert y is not None and torch.equal(y, torch.where(x > 0, x, 0.1 * x))
 
 
 def test_what_the_kernels_do_not_take() -> None:
     dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
-    x = _nhwc(torch.randn(1, 8, 6, 6))
+    x = nhwc(torch.randn(1, 8, 6, 6))
     assert DirectConv(dw, "mish").usable is False  # activation not fused: oneDNN + the mish kernel instead
     assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 1, groups=2), "leaky").usable is False  # grouped, not depthwise
     assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=8), "leaky").usable is False
@@ -113,9 +100,9 @@ def test_what_the_kernels_do_not_take() -> None:
     with torch.no_grad():
         assert plan.applies(x)
         assert not plan.applies(x.contiguous())  # NCHW
-        assert not plan.applies(x.double()) and not plan.applies(_nhwc(torch.randn(1, 4, 6, 6)))
+        assert not plan.applies(x.double()) and not plan.applies(nhwc(torch.randn(1, 4, 6, 6)))
         assert plan(x.contiguous()) is None
-        big = _nhwc(torch.randn(1, 8, 600, 600))  # 8 * 9 * 360000 multiply-adds > MAX_MACS: oneDNN threads it
+        big = nhwc(torch.randn(1, 8, 600, 600))  # 8 * 9 * 360000 multiply-adds > MAX_MACS: oneDNN threads it
         assert not plan.applies(big)
         assert plan.applies(x)  # the per-shape answers are cached separately
 
@@ -159,13 +146,13 @@ def test_optimize_takes_the_kernels_on_depthwise_nets_and_equals_eager(tmp_path:
         outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)
     assert sum(calls) == 7  # every usable layer ran the kernel
     for i, (a, b) in enumerate(zip(outs_fast, outs_eager)):
-        assert _rel(a, b) < 1e-5, f"layer {i}"
+        assert rel(a, b) < 1e-5, f"layer {i}"
     # an edited weight is seen (re-laid out), a copy drops the caches and rebuilds them
     with torch.no_grad():
         for m in (fast, eager):
             m.layers[2].conv.weight.mul_(0.5)
             m.layers[3].conv.weight = torch.nn.Parameter(m.layers[3].conv.weight * 2)
-        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+        assert rel(fast(x)[0], eager(x)[0]) < 1e-5
         clone = copy.deepcopy(fast)
         assert clone.layers[2].direct._packed is None and clone.layers[2].direct.conv is clone.layers[2].conv
         assert torch.equal(clone(x)[0], fast(x)[0])
@@ -180,7 +167,7 @@ def test_without_the_library_onednn_runs(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(native, "library", lambda: None)
     x = torch.rand(1, 3, 32, 40)
     with torch.no_grad():
-        assert _rel(fast(x)[0], eager(x)[0]) < 1e-5
+        assert rel(fast(x)[0], eager(x)[0]) < 1e-5
     assert all(layer.direct is None or layer.direct._packed is None for layer in fast.layers
                if isinstance(layer, ConvLayer))
 
@@ -195,15 +182,15 @@ def test_thread_split_covers_every_row_and_changes_no_bit(threads: int) -> None:
     try:
         for conv, shape in cases:
             plan = DirectConv(conv, "leaky")
-            x = _nhwc(torch.randn(*shape))
+            x = nhwc(torch.randn(*shape))
             with torch.no_grad():
                 torch.set_num_threads(1)
                 one = plan(x)
                 torch.set_num_threads(threads)
                 many = plan(x)
-                ref = _reference(conv, "leaky", x)
+                ref = reference(conv, "leaky", x)
             assert one is not None and many is not None
-            assert torch.equal(one, many) and _rel(many, ref) < 1e-6
+            assert torch.equal(one, many) and rel(many, ref) < 1e-6
     finally:
         torch.set_num_threads(before)
 
@@ -235,7 +222,7 @@ def test_maxpool_kernel_equals_darknet_maxpool(case: tuple) -> None:
     torch.manual_seed(c * 31 + size)
     x = torch.randn(batch, c, h, w)
     x.view(-1)[::7] = float("-inf")
-    x = _nhwc(x)
+    x = nhwc(x)
     with torch.no_grad():
         y = direct_conv.maxpool_nhwc(x, size, sx, sy, pad)
         ref = DF.darknet_maxpool(x.contiguous(), size, sx, sy, pad)
@@ -245,16 +232,16 @@ def test_maxpool_kernel_equals_darknet_maxpool(case: tuple) -> None:
 
 def test_maxpool_kernel_is_darknets_comparison_and_steps_aside() -> None:
     """``val > max ? val : max`` from -FLT_MAX: a NaN never wins (torch.maximum would spread it)."""
-    x = _nhwc(torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")]]).view(1, 1, 2, 2).repeat(1, 8, 1, 1))
+    x = nhwc(torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")]]).view(1, 1, 2, 2).repeat(1, 8, 1, 1))
     with torch.no_grad():
         y = direct_conv.maxpool_nhwc(x, 2, 2, 2, 0)
-        all_nan = direct_conv.maxpool_nhwc(_nhwc(torch.full((1, 8, 2, 2), float("nan"))), 2, 2, 2, 0)
+        all_nan = direct_conv.maxpool_nhwc(nhwc(torch.full((1, 8, 2, 2), float("nan"))), 2, 2, 2, 0)
         assert y is not None and all_nan is not None
         assert torch.equal(y, torch.ones(1, 8, 1, 1))
         assert bool((all_nan == -3.4028234663852886e38).all())
         assert direct_conv.maxpool_nhwc(x.contiguous(), 2, 2, 2, 0) is None  # NCHW: the torch path
         assert direct_conv.maxpool_nhwc(x.double(), 2, 2, 2, 0) is None
-        big = _nhwc(torch.zeros(1, 512, 19, 19))
+        big = nhwc(torch.zeros(1, 512, 19, 19))
         assert direct_conv.maxpool_nhwc(big, 13, 1, 1, 12) is None  # 31M taps: separable torch maxima
     assert direct_conv.maxpool_nhwc(x.clone().requires_grad_(True), 2, 2, 2, 0) is None
 
@@ -352,4 +339,4 @@ def test_compile_captures_a_depthwise_net(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 32, 40)
     with torch.no_grad():
         for a, b in zip(compiled(x), eager(x)):
-            assert _rel(a, b) < 1e-5
+            assert rel(a, b) < 1e-5

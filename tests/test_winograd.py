@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from darkcfg import native
 from darkcfg.layers import winograd
-from darkcfg.layers.activations import ACTIVATIONS
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.layers.functional import upsample
 from darkcfg.layers.winograd import WinogradConv
-from fastpath_helpers import count_calls, fused_and_optimized
+from fastpath_helpers import count_calls, fused_and_optimized, nhwc, reference, rel
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,17 +26,7 @@ def _library() -> None:
         pytest.skip("no C compiler here: the Winograd kernels are optional (oneDNN runs those convs instead)")
 
 
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last)
 
-
-def _reference(conv: torch.nn.Conv2d, activation: str, x: torch.Tensor) -> torch.Tensor:
-    y = F.conv2d(x.contiguous().double(), conv.weight.double(), conv.bias.double(), 1, 1)
-    return ACTIVATIONS[activation](y).float()
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
 def _forced(monkeypatch: pytest.MonkeyPatch, m: int) -> None:
@@ -63,12 +51,12 @@ def test_winograd_equals_conv2d(case: tuple, activation: str, m: int, monkeypatc
     conv = torch.nn.Conv2d(c, k, 3, 1, 1)
     plan = WinogradConv(conv, activation)
     assert plan.fused_activation
-    x = _nhwc(torch.randn(batch, c, h, w))
+    x = nhwc(torch.randn(batch, c, h, w))
     with torch.no_grad():
         y = plan(x)
-        ref = _reference(conv, activation, x)
+        ref = reference(conv, activation, x)
     assert y is not None and y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
-    assert _rel(y, ref) < BOUND[m]
+    assert rel(y, ref) < BOUND[m]
 
 
 @pytest.mark.parametrize("m", [4, 2])
@@ -78,19 +66,19 @@ def test_chunks_and_channel_slices_change_nothing(m: int, monkeypatch: pytest.Mo
     _forced(monkeypatch, m)
     torch.manual_seed(m)
     conv = torch.nn.Conv2d(16, 24, 3, 1, 1)
-    x = _nhwc(torch.randn(3, 16, 21, 18))
+    x = nhwc(torch.randn(3, 16, 21, 18))
     with torch.no_grad():
         whole = WinogradConv(conv, "leaky")(x)
         monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one tile row per chunk
         chunked_plan = WinogradConv(conv, "leaky")
         chunked = chunked_plan(x)
         assert len(next(iter(chunked_plan._shapes.values())).chunks) == 3 * -(-21 // m)
-        assert whole is not None and chunked is not None and _rel(chunked, whole) < 1e-6
-        assert _rel(whole, _reference(conv, "leaky", x)) < BOUND[m]
-        wide = _nhwc(torch.randn(3, 48, 21, 18))
+        assert whole is not None and chunked is not None and rel(chunked, whole) < 1e-6
+        assert rel(whole, reference(conv, "leaky", x)) < BOUND[m]
+        wide = nhwc(torch.randn(3, 48, 21, 18))
         part = wide[:, 16:32]  # strides of the 48-channel tensor
         assert not part.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(chunked_plan(part), chunked_plan(_nhwc(part)))
+        assert torch.equal(chunked_plan(part), chunked_plan(nhwc(part)))
 
 
 def test_what_winograd_does_not_take() -> None:
@@ -102,13 +90,13 @@ def test_what_winograd_does_not_take() -> None:
     assert not any(winograd.qualifies(c) for c in refused)
     plan = WinogradConv(torch.nn.Conv2d(16, 16, 3, 1, 1), "swish")
     assert not plan.fused_activation  # the layer applies swish after the conv
-    x = _nhwc(torch.randn(1, 16, 20, 20))
+    x = nhwc(torch.randn(1, 16, 20, 20))
     assert plan(x) is None  # grad enabled and a trainable weight: the eager conv, differentiable
     with torch.no_grad():
         y = plan(x)
         assert y is not None
         assert torch.equal(plan(x.contiguous()), y)  # NCHW: reordered first, NHWC out
-        assert plan(x.double()) is None and plan(_nhwc(torch.randn(1, 8, 20, 20))) is None
+        assert plan(x.double()) is None and plan(nhwc(torch.randn(1, 8, 20, 20))) is None
 
 
 @pytest.mark.parametrize("m", [4, 2])
@@ -171,13 +159,13 @@ def test_optimize_takes_winograd_on_dense_nets_and_equals_eager(tmp_path: Path,
         outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)
     assert sum(calls) == 4  # the route-group slice and the upsample + route input included
     for i, (a, b) in enumerate(zip(outs_fast, outs_eager)):
-        assert _rel(a, b) < 2e-5, f"layer {i}"
+        assert rel(a, b) < 2e-5, f"layer {i}"
     # an edited weight is seen (re-transformed), a copy drops the caches and rebuilds them
     with torch.no_grad():
         for m in (fast, eager):
             m.layers[1].conv.weight.mul_(0.5)
             m.layers[3].conv.weight = torch.nn.Parameter(m.layers[3].conv.weight * 2)
-        assert _rel(fast(x)[0], eager(x)[0]) < 2e-5
+        assert rel(fast(x)[0], eager(x)[0]) < 2e-5
         clone = copy.deepcopy(fast)
         assert clone.layers[1].winograd._weights == {} and clone.layers[1].winograd.conv is clone.layers[1].conv
         assert torch.equal(clone(x)[0], fast(x)[0])
@@ -188,7 +176,7 @@ def test_switched_off_or_without_the_library_onednn_runs(tmp_path: Path, monkeyp
     x = torch.rand(1, 3, 40, 48)
     monkeypatch.setattr(native, "library", lambda: None)
     with torch.no_grad():
-        assert _rel(fast(x)[0], eager(x)[0]) < 2e-5
+        assert rel(fast(x)[0], eager(x)[0]) < 2e-5
     assert all(not layer.winograd._weights for layer in fast.layers
                if isinstance(layer, ConvLayer) and layer.winograd is not None)
     monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
@@ -201,9 +189,9 @@ def test_weights_made_in_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None
     _forced(monkeypatch, 4)
     with torch.inference_mode():
         conv = torch.nn.Conv2d(16, 16, 3, 1, 1)
-        x = _nhwc(torch.randn(1, 16, 12, 12))
+        x = nhwc(torch.randn(1, 16, 12, 12))
         y = WinogradConv(conv, "leaky")(x)
-        assert y is not None and _rel(y, _reference(conv, "leaky", x)) < BOUND[4]
+        assert y is not None and rel(y, reference(conv, "leaky", x)) < BOUND[4]
 
 
 def test_inference_mode_then_no_grad_in_one_thread() -> None:
@@ -212,7 +200,7 @@ def test_inference_mode_then_no_grad_in_one_thread() -> None:
     def run() -> None:
         conv = torch.nn.Conv2d(16, 16, 3, 1, 1)
         plan = WinogradConv(conv, "relu")
-        x = _nhwc(torch.randn(1, 16, 30, 30))
+        x = nhwc(torch.randn(1, 16, 30, 30))
         winograd._local.buffer = None
         with torch.inference_mode():
             first = plan(x)
@@ -244,6 +232,6 @@ def test_inference_mode_then_no_grad_in_one_thread() -> None:
 
 def test_upsample_keeps_nhwc_and_every_value() -> None:
     x = torch.randn(2, 5, 3, 4)
-    nhwc = upsample(_nhwc(x), 2, 1.5)
-    assert nhwc.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(nhwc, upsample(x, 2, 1.5))
+    out = upsample(nhwc(x), 2, 1.5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, upsample(x, 2, 1.5))
