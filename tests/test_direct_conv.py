@@ -64,7 +64,8 @@ def test_depthwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
 
 # in channels, out channels, input (h, w), batch
 POINTWISE = [(8, 4, (16, 16), 1), (4, 24, (9, 11), 2), (1, 1, (3, 3), 1), (33, 17, (7, 5), 1), (16, 48, (6, 6), 3),
-             (224, 48, (10, 10), 1), (3, 255, (5, 4), 1), (256, 256, (2, 3), 1), (7, 16, (1, 1), 1)]
+             (224, 48, (10, 10), 1), (3, 255, (5, 4), 1), (256, 256, (2, 3), 1), (7, 16, (1, 1), 1),
+             (300, 8, (5, 5), 1)]  # > 256 inputs on the 8-channel strip: its tail copy is heap-allocated
 
 
 @pytest.mark.parametrize("activation", sorted(direct_conv.ACTIVATIONS))

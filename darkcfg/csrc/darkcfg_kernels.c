@@ -14,6 +14,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline float dk_exp(float x) {
@@ -284,7 +285,7 @@ void darkcfg_dw_nhwc(const float *x, const float *w, const float *b, float *y, c
 }
 
 /* ---- 1x1 stride 1, NHWC: y[p][co] = act(b[co] + sum_ci x[p][ci] w[ci][co] (+ r[p][co]));
-   w is [Ci][CoP], b [CoP], CoP % 16 == 0.  r (may be NULL): a residual of y's shape added before
+   w is [Ci][CoP], b [CoP], CoP % 8 == 0 (16-channel strips, the last 8 on their own).  r (may be NULL): a residual of y's shape added before
    the activation -- a [shortcut] folded into the conv before it (Darknet: act_s(conv + from)). ---- */
 typedef struct { const float *x, *w, *b, *r; float *y; int64_t Ci, Co, CoP; int act; } dk_pw;
 
@@ -303,11 +304,54 @@ static inline void pw_store(float *out, const float *res, v8 v, int m, int act) 
     for (int j = 0; j < m; j++) out[j] = t[j];
 }
 
+/* The last 8 output channels when CoP % 16 == 8 (all of them when Co <= 8): one vector per pixel,
+   12 pixels at a time so 12 independent sums hide the FMA latency (a 16-wide strip there wasted
+   half its multiplies, and 6 sums left the FMA units idle: Yolo-Fastest's 8->8 and 8->4 convs on
+   160x160 maps). */
+#define PR8 12
+/* 12 pixels of the 8-channel strip: xp rows of Ci inputs, outputs (and residuals) rows of `ys` floats. */
+static inline void pw8_block(const float *xp, int64_t Ci, const float *wc, int64_t CoP, v8 b0, float *yp,
+                             const float *rp, int64_t ys, int m0, int act) {
+    v8 a[PR8];
+    for (int r = 0; r < PR8; r++) a[r] = b0;
+    for (int64_t ci = 0; ci < Ci; ci++) {
+        v8 w0 = ld(wc + ci * CoP);
+        for (int r = 0; r < PR8; r++) a[r] += splat(xp[r * Ci + ci]) * w0;
+    }
+    for (int r = 0; r < PR8; r++) pw_store(yp + r * ys, rp ? rp + r * ys : 0, a[r], m0, act);
+}
+
+static void pw_strip8(const dk_pw *d, int64_t c0, int64_t lo, int64_t hi) {
+    const int64_t Ci = d->Ci, Co = d->Co;
+    const float *wc = d->w + c0;
+    const v8 b0 = ld(d->b + c0);
+    const int m0 = Co - c0 >= 8 ? 8 : (int)(Co - c0);
+    int64_t p = lo;
+    for (; p + PR8 <= hi; p += PR8)
+        pw8_block(d->x + p * Ci, Ci, wc, d->CoP, b0, d->y + p * Co + c0, d->r ? d->r + p * Co + c0 : 0, Co, m0, d->act);
+    if (p < hi) {
+        /* The last < 12 pixels go through the same block code on copies (zero-padded): a one-pixel
+           loop compiles to other roundings (GCC fuses one form into FMAs, not the other), and a
+           pixel's value must not depend on where the thread split fell. */
+        const int n = (int)(hi - p);
+        float stack[PR8 * 256], yt[PR8 * 8], rt[PR8 * 8];
+        float *xs = Ci <= 256 ? stack : (float *)malloc(sizeof(float) * PR8 * Ci);
+        if (!xs) return;   /* (unreachable in practice: a few KB) */
+        memset(xs, 0, sizeof(float) * PR8 * Ci);
+        memcpy(xs, d->x + p * Ci, sizeof(float) * n * Ci);
+        for (int r = 0; r < n && d->r; r++) memcpy(rt + r * 8, d->r + (p + r) * Co + c0, sizeof(float) * m0);
+        pw8_block(xs, Ci, wc, d->CoP, b0, yt, d->r ? rt : 0, 8, m0, d->act);
+        for (int r = 0; r < n; r++) memcpy(d->y + (p + r) * Co + c0, yt + r * 8, sizeof(float) * m0);
+        if (xs != stack) free(xs);
+    }
+}
+
 #define PR 6
 static void pw_part(void *ctx, int64_t lo, int64_t hi) {
     const dk_pw *d = (const dk_pw *)ctx;
     const int64_t Ci = d->Ci, Co = d->Co, CoP = d->CoP;
-    for (int64_t c0 = 0; c0 < Co; c0 += 16) {
+    if (CoP % 16 == 8) pw_strip8(d, CoP - 8, lo, hi);
+    for (int64_t c0 = 0; c0 + 16 <= CoP; c0 += 16) {
         const float *wc = d->w + c0;
         v8 b0 = ld(d->b + c0), b1 = ld(d->b + c0 + 8);
         int m0 = Co - c0 >= 8 ? 8 : (int)(Co - c0), m1 = Co - c0 - 8 >= 8 ? 8 : (int)(Co - c0 - 8);

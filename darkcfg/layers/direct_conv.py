@@ -115,7 +115,7 @@ class DirectConv:
             geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 0]
         else:
             oh, ow = h, width
-            geometry = [n * h * width, c, conv.out_channels, (conv.out_channels + 15) // 16 * 16, self.act, 0]
+            geometry = [n * h * width, c, conv.out_channels, (conv.out_channels + 7) // 8 * 8, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
         if min(oh, ow) <= 0 or macs > MAX_MACS:
             return None
@@ -123,7 +123,7 @@ class DirectConv:
 
     def _weights(self) -> Tuple[Tensor, Tensor]:
         """(weights, bias) in the kernel's layout: depthwise [kh][kw][C]; 1x1 [Ci][Co rounded up
-        to 16] with zeros beyond Co (the kernel reads whole 16-channel strips)."""
+        to 8] with zeros beyond Co (the kernel reads whole 16- and 8-channel strips)."""
         params = self.conv._parameters
         weight, b = params["weight"], params.get("bias")
         assert weight is not None  # a conv always has one (mypy: _parameters values are Optional)
@@ -136,7 +136,7 @@ class DirectConv:
                 packed = w.reshape(out_c, w.shape[2], w.shape[3]).permute(1, 2, 0).contiguous()
                 self._packed = (packed, bias.contiguous())
             else:
-                padded = (out_c + 15) // 16 * 16
+                padded = (out_c + 7) // 8 * 8
                 packed = torch.zeros(w.shape[1], padded)
                 packed[:, :out_c] = w.reshape(out_c, -1).t()
                 padded_bias = torch.zeros(padded)
