@@ -99,14 +99,15 @@ def fast_paths() -> dict:
     from . import native
     from .layers import onednn, winograd
 
-    if native.library() is None:
+    have_library = native.library() is not None
+    if not have_library:
         kernels = "unavailable (no C compiler, not Linux, or DARKCFG_NATIVE=0)"
     else:
         kernels = "on torch's OpenMP threads" if native.uses_openmp() else "pthreads"
     if not winograd.enabled():
         wino = "off (DARKCFG_WINOGRAD=0)"
     else:
-        wino = "yes" if native.library() is not None else "no (needs the native kernels)"
+        wino = "yes" if have_library else "no (needs the native kernels)"
     return {"native kernels": kernels, "Winograd 3x3": wino, "oneDNN fused conv": "yes" if onednn.available() else "no"}
 
 

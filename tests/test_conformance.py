@@ -61,6 +61,11 @@ OPTIMIZED_CASES = sorted({c.name for c in CASES if c.name.startswith("real-")} |
     "cfg-yolov3-tiny_xnor", "cfg-yolov4-sam-mish-csp-reorg-bfm", "cfg-yolov7-tiny", "legacy-csp-resnext50"})
 
 
+#: Dense nets whose 3x3 stride-1 convs take Winograd at the fixtures' sizes (F(4x4) and F(2x2)).
+WINOGRAD_CASES = {"cfg-yolov4", "cfg-yolov4-tiny", "csp-csresnext50-panet-spp", "cfg-yolov4-csp-swish",
+                  "cfg-yolov4-sam-mish-csp-reorg-bfm", "cfg-yolov7-tiny", "real-tiny-darknet"}
+
+
 @pytest.mark.parametrize("name", OPTIMIZED_CASES if CASES else ["no-shared"])
 def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pytest.MonkeyPatch) -> None:
     from darkcfg import native
@@ -77,7 +82,3 @@ def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pyte
     if name in WINOGRAD_CASES:
         assert sum(calls[WinogradConv]) > 0, f"{name}: Winograd did not run"
 
-
-#: Dense nets whose 3x3 stride-1 convs take Winograd at the fixtures' sizes (F(4x4) and F(2x2)).
-WINOGRAD_CASES = {"cfg-yolov4", "cfg-yolov4-tiny", "csp-csresnext50-panet-spp", "cfg-yolov4-csp-swish",
-                  "cfg-yolov4-sam-mish-csp-reorg-bfm", "cfg-yolov7-tiny", "real-tiny-darknet"}

@@ -69,6 +69,8 @@ class DirectConv:
               and tuple(conv.padding) == (0, 0) and out_c * in_per_group <= MAX_POINTWISE_WEIGHTS):
             self.kind = "pointwise"
         self.macs_per_output_pixel = kh * kw * in_per_group * out_c
+        #: 1x1: output channels rounded up to the kernel's 8-channel strips (weights zero beyond).
+        self.padded_out = (out_c + 7) // 8 * 8
         self._packed: Optional[Tuple[Tensor, Tensor]] = None
         self._key: Optional[tuple] = None
         self._source: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)  # the tensors packed
@@ -115,7 +117,7 @@ class DirectConv:
             geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 0]
         else:
             oh, ow = h, width
-            geometry = [n * h * width, c, conv.out_channels, (conv.out_channels + 7) // 8 * 8, self.act, 0]
+            geometry = [n * h * width, c, conv.out_channels, self.padded_out, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
         if min(oh, ow) <= 0 or macs > MAX_MACS:
             return None
@@ -136,7 +138,7 @@ class DirectConv:
                 packed = w.reshape(out_c, w.shape[2], w.shape[3]).permute(1, 2, 0).contiguous()
                 self._packed = (packed, bias.contiguous())
             else:
-                padded = (out_c + 7) // 8 * 8
+                padded = self.padded_out
                 packed = torch.zeros(w.shape[1], padded)
                 packed[:, :out_c] = w.reshape(out_c, -1).t()
                 padded_bias = torch.zeros(padded)

@@ -63,6 +63,9 @@ CHUNK_BYTES = 2 << 20
 BYTE_COST = 12.0
 TRANSFORM_COST = 12.0
 
+#: Activation -> the output transform's code: the direct kernels' (linear, leaky, relu) and mish.
+ACTIVATION_CODES = {**ACTIVATIONS, "mish": 3}
+
 #: Smallest channel counts worth it (below, oneDNN's direct conv is as fast; the kernels need
 #: multiples of 8).
 MIN_CHANNELS = 16
@@ -81,6 +84,12 @@ def qualifies(conv: torch.nn.Conv2d) -> bool:
             and in_c % 8 == 0 and out_c % 8 == 0 and min(in_c, out_c) >= MIN_CHANNELS)
 
 
+def _chunk_bytes(weight_bytes: int) -> int:
+    """Bytes of transformed tiles per chunk: :data:`CHUNK_BYTES`, or the transformed weights'
+    size where larger (each chunk streams them once; smaller chunks would multiply that)."""
+    return max(CHUNK_BYTES, weight_bytes)
+
+
 def choose(n: int, h: int, w: int, c: int, k: int) -> int:
     """The tile size m (4 or 2) for an n x c x h x w input and k outputs, or 0 for the direct conv.
 
@@ -92,7 +101,7 @@ def choose(n: int, h: int, w: int, c: int, k: int) -> int:
         a2 = (m + 2) ** 2
         tiles = n * ((h + m - 1) // m) * ((w + m - 1) // m)
         weight_bytes = 4 * a2 * c * k
-        chunks = -(-tiles * a2 * (c + k) * 4 // max(CHUNK_BYTES, weight_bytes))
+        chunks = -(-tiles * a2 * (c + k) * 4 // _chunk_bytes(weight_bytes))
         cost = (a2 * tiles * c * k + BYTE_COST * weight_bytes * chunks
                 + TRANSFORM_COST * a2 * tiles * (c + k))
         if cost < best:
@@ -136,10 +145,9 @@ class WinogradConv:
 
     def __init__(self, conv: torch.nn.Conv2d, activation: str):
         self.conv = conv
-        codes = {**ACTIVATIONS, "mish": 3}
-        self.act = codes.get(activation, 0)
+        self.act = ACTIVATION_CODES.get(activation, 0)
         #: True when the kernel applies the layer's activation (else the caller does, on the result).
-        self.fused_activation = activation in codes
+        self.fused_activation = activation in ACTIVATION_CODES
         self._shapes: Dict[Tuple[int, ...], Optional[_ShapePlan]] = {}
         self._weights: Dict[int, Tuple[Tensor, Tensor]] = {}
         self._key: Optional[tuple] = None
@@ -148,6 +156,12 @@ class WinogradConv:
     def __getstate__(self) -> dict:
         """Copies and pickles leave the caches behind (rebuilt on first use)."""
         return {**self.__dict__, "_shapes": {}, "_weights": {}, "_key": None, "_lib": None}
+
+    def _library(self) -> Optional[ctypes.CDLL]:
+        """The native library, looked up once per plan (None where it cannot be built)."""
+        if self._lib is None:
+            self._lib = native.library()
+        return self._lib
 
     def _plan(self, x: Tensor) -> Optional[_ShapePlan]:
         key = (*x.shape, *x.stride())
@@ -176,7 +190,7 @@ class WinogradConv:
         a2 = (m + 2) ** 2
         th, tw = (h + m - 1) // m, (w + m - 1) // m
         weight_bytes = 4 * a2 * c * k
-        rows = max(1, min(n * th, max(CHUNK_BYTES, weight_bytes) // (4 * a2 * tw * (c + k))))
+        rows = max(1, min(n * th, _chunk_bytes(weight_bytes) // (4 * a2 * tw * (c + k))))
         chunks = []
         for row0 in range(0, n * th, rows):
             count = min(rows, n * th - row0)
@@ -199,7 +213,7 @@ class WinogradConv:
             g = torch.tensor(_G[m], dtype=torch.float64)
             w = weight.detach()
             k, c, a = w.shape[0], w.shape[1], m + 2
-            lib = self._lib if self._lib is not None else native.library()
+            lib = self._library()
             if lib is not None and w.dtype == torch.float32 and w.is_cpu:
                 w = w.contiguous()
                 with torch.inference_mode(False):
@@ -227,10 +241,9 @@ class WinogradConv:
             plan = self._plan(x)
         if plan is None:
             return None
-        lib = self._lib if self._lib is not None else native.library()
+        lib = self._library()
         if lib is None:
             return None
-        self._lib = lib
         u, bias = self.weights(plan.m)
         a2, c, k = u.shape
         y = torch.empty(plan.out_shape, memory_format=torch.channels_last)
