@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import shortcut_fusion
+from . import fusion
 from .cfg import read_cfg
 from .errors import DarkcfgError
 from .graph import Graph, build_graph
@@ -57,7 +57,7 @@ class Darknet(nn.Module):
         self.fused = False
         self.channels_last = False
         self.layer_dtypes: Optional[List[torch.dtype]] = None  # set by optimize(dtype=...): see precision.py
-        self.shortcut_fusions: shortcut_fusion.Fusions = {}  # set by optimize(): see shortcut_fusion.py
+        self.fusions: fusion.Fusions = {}  # set by optimize(): see fusion.py
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
         self.seen = 0  # images trained on (the header's ``seen``); Darknet.loss adds the batch in train mode
 
@@ -88,20 +88,21 @@ class Darknet(nn.Module):
         outs: List[Tensor] = []
         empty = x.new_empty(0)
         casts: Sequence[Optional[torch.dtype]] = self.layer_dtypes or [None] * len(self.layers)
-        fusions = self.shortcut_fusions if (not keep_all and not self.training and self.layer_dtypes is None
+        fusions = self.fusions if (not keep_all and not self.training and self.layer_dtypes is None
                                             and not torch.jit.is_tracing()) else {}
-        done = -1  # layers up to this index were computed by a fused call (shortcut_fusion.py)
+        done = -1  # layers up to this index were computed by a fused call (fusion.py)
         for i, (layer, inputs, release, cast) in enumerate(zip(self.layers, self.layer_inputs, self.release_after,
                                                                casts)):
             if i > done:
                 xs = [outs[j] if j >= 0 else x for j in inputs]
                 if cast is not None:
                     xs = [t.to(cast) for t in xs]
-                fused = shortcut_fusion.run(self, i, xs[0], outs) if i in fusions else None
+                chain = fusions.get(i)
+                fused = None if chain is None else fusion.run(self, chain, xs[0], outs)
                 if fused is None:
                     outs.append(layer(xs))
-                else:  # conv (+ dropouts) + shortcut as one kernel; nobody reads the skipped outputs
-                    done = fusions[i][0]
+                else:  # several layers as one kernel call; nobody reads the skipped outputs
+                    done = chain.last
                     outs.extend([empty] * (done - i))
                     outs.append(fused)
                 del xs
@@ -201,7 +202,7 @@ class Darknet(nn.Module):
                 enable = getattr(layer, "enable_onednn", None)
                 if enable is not None:
                     enable()
-            self.shortcut_fusions = shortcut_fusion.plan(self)
+            self.fusions = fusion.plan(self)
         if dtype is not None and dtype != torch.float32:
             from .precision import convert
 

@@ -135,11 +135,14 @@ def library() -> Optional[ctypes.CDLL]:
                                                        ctypes.c_int64, ctypes.c_int]
                     lib.darkcfg_scale_rows.restype = None
                     ptr = ctypes.c_void_p
-                    for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc"):  # x, w, b, y, geometry
+                    for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc", "darkcfg_conv_nhwc"):  # x, w, b, y, geometry
                         getattr(lib, name).argtypes = [ptr] * 5
                         getattr(lib, name).restype = None
                     lib.darkcfg_pw_residual_nhwc.argtypes = [ptr] * 6 + [ctypes.c_int]  # x, w, b, r, y, g, act
                     lib.darkcfg_pw_residual_nhwc.restype = None
+                    # x, expand w/b, depthwise w/b, project w/b, residual, y, geometry
+                    lib.darkcfg_block_nhwc.argtypes = [ptr] * 10
+                    lib.darkcfg_block_nhwc.restype = None
                     lib.darkcfg_maxpool_nhwc.argtypes = [ptr] * 3  # x, y, geometry
                     lib.darkcfg_maxpool_nhwc.restype = None
                     lib.darkcfg_wino_in_nhwc.argtypes = [ptr] * 3  # x, transformed tiles, geometry

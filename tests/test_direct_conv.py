@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import darkcfg
-from darkcfg import native
+from darkcfg import fusion, native
 from darkcfg.layers import direct_conv
 from darkcfg.layers.conv import ConvLayer
+from darkcfg.fusion import Fusion
 from darkcfg.layers.direct_conv import DirectConv
 from darkcfg.weights import synthetic_weights
 from fastpath_helpers import count_calls, nhwc, reference, rel
@@ -74,6 +75,116 @@ def test_pointwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
     cin, cout, (h, w), batch = case
     torch.manual_seed(cin * 1000 + cout)
     _check_kernel(torch.nn.Conv2d(cin, cout, 1), activation, (batch, cin, h, w), "pointwise")
+
+
+# in channels, out channels, size, stride, padding, input (h, w), batch, NHWC input
+STEM = [(3, 8, 3, 2, 1, (20, 22), 1, False), (3, 32, 3, 1, 1, (17, 13), 2, False), (3, 24, 3, 2, 1, (9, 11), 1, True),
+        (1, 16, 3, 1, 1, (8, 8), 1, False), (4, 40, 3, 2, 0, (10, 9), 1, False), (3, 5, 3, 1, 1, (6, 7), 1, False),
+        (3, 64, 1, 2, 0, (5, 6), 1, True), (2, 12, 2, 2, 0, (8, 8), 1, False), (3, 32, 3, 1, 1, (1, 1), 1, False),
+        (3, 72, 3, 3, 1, (13, 14), 1, False), (3, 16, 3, 1, 1, (3, 40), 1, True)]
+
+
+@pytest.mark.parametrize("activation", sorted(direct_conv.STEM_ACTIVATIONS))
+@pytest.mark.parametrize("case", STEM, ids=lambda c: "{}to{}k{}s{}p{}_{}x{}b{}{}".format(
+    *c[:5], *c[5], c[6], "nhwc" if c[7] else ""))
+def test_stem_kernel_equals_conv2d(case: tuple, activation: str) -> None:
+    """The first conv of a net (few input channels, the image itself: NCHW or NHWC) against a
+    float64 conv: borders, strides 1-3, kernels 1-3, output channels off the 8/32 blocks."""
+    cin, cout, size, stride, pad, (h, w), batch, channels_last = case
+    torch.manual_seed(cin * 100 + cout + size)
+    conv = torch.nn.Conv2d(cin, cout, size, stride, pad)
+    plan = DirectConv(conv, activation)
+    x = torch.rand(batch, cin, h, w) * 4 - 2
+    x = nhwc(x) if channels_last else x
+    with torch.no_grad():
+        y = plan(x)
+        ref = reference(conv, activation, x)
+    assert plan.kind == "stem" and y is not None
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert rel(y, ref) < 1e-6
+
+
+def test_stem_kernel_reads_strided_inputs_and_splits_rows_exactly() -> None:
+    """A channel slice of a bigger tensor is read in place; 1 or 2 threads give the same bits
+    (threads split whole rows; each pixel's sum runs over its taps in one order)."""
+    conv = torch.nn.Conv2d(3, 24, 3, 2, 1)
+    plan = DirectConv(conv, "leaky")
+    big = torch.rand(2, 7, 41, 37)
+    sliced = big[:, 2:5]
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = plan(sliced)
+            torch.set_num_threads(2)
+            two = plan(sliced)
+            ref = reference(conv, "leaky", sliced)
+    finally:
+        torch.set_num_threads(threads)
+    assert one is not None and two is not None
+    assert torch.equal(one, two)
+    assert rel(one, ref) < 1e-6
+
+
+def test_what_the_stem_kernel_does_not_take() -> None:
+    assert DirectConv(torch.nn.Conv2d(3, 16, 5, 1, 2), "leaky").kind == ""  # 75-term sums: oneDNN does well
+    assert DirectConv(torch.nn.Conv2d(5, 16, 3, 1, 1), "leaky").kind == ""  # more input channels: oneDNN
+    assert DirectConv(torch.nn.Conv2d(3, 16, 3, 1, 2, dilation=2), "leaky").kind == ""
+    assert not DirectConv(torch.nn.Conv2d(3, 16, 3, 1, 1), "swish").usable  # an activation it does not apply
+    plan = DirectConv(torch.nn.Conv2d(3, 16, 3, 1, 1), "mish")
+    x = torch.rand(1, 3, 8, 8)
+    assert plan(x) is None  # a trainable weight with grad enabled: the eager conv, differentiable
+    with torch.no_grad():
+        assert plan(x.double()) is None and plan(x) is not None
+
+
+# block inputs (0: no expanding 1x1), depthwise channels, size, stride, 1x1 outputs, residual, input (h, w), batch
+BLOCKS = [(0, 8, 3, 1, 4, True, (16, 16), 1), (8, 32, 3, 1, 8, True, (9, 13), 2), (4, 24, 3, 2, 8, False, (15, 12), 1),
+          (16, 48, 5, 1, 16, False, (10, 10), 1), (0, 96, 3, 1, 16, True, (7, 5), 1), (5, 13, 3, 1, 24, False, (6, 9), 1),
+          (40, 224, 3, 1, 40, True, (5, 5), 1), (8, 16, 3, 1, 8, True, (1, 1), 3), (8, 24, 3, 2, 16, False, (2, 9), 2),
+          (12, 16, 5, 2, 12, False, (11, 7), 1)]
+
+
+@pytest.mark.parametrize("act", [0, 1])
+@pytest.mark.parametrize("case", BLOCKS, ids=lambda c: "in{}c{}k{}s{}to{}{}_{}x{}b{}".format(
+    *c[:5], "r" if c[5] else "", *c[6], c[7]))
+def test_fused_block_equals_the_separate_kernels_bit_for_bit(case: tuple, act: int) -> None:
+    """[1x1 expand ->] depthwise -> 1x1 (-> + residual) as one call gives exactly the bits of the
+    kernels run one after the other (the expanded and depthwise rows never leave the thread's
+    buffers; windows at the borders, strides 1 and 2, batches, 1x1 maps)."""
+    cin, channels, size, stride, cout, with_residual, (h, w), batch = case
+    torch.manual_seed(channels + cout + cin)
+    ex = DirectConv(torch.nn.Conv2d(cin, channels, 1), "leaky") if cin else None
+    dw = DirectConv(torch.nn.Conv2d(channels, channels, size, stride, size // 2, groups=channels), "relu")
+    pw = DirectConv(torch.nn.Conv2d(channels, cout, 1), "linear" if with_residual else ["linear", "leaky"][act])
+    x = nhwc(torch.randn(batch, cin or channels, h, w))
+    with torch.no_grad():
+        mid = dw(ex(x) if ex is not None else x)
+        assert mid is not None
+        residual = nhwc(torch.randn(batch, cout, *mid.shape[2:])) if with_residual else None
+        apart = pw.with_residual(mid, residual, act) if residual is not None else pw(mid)
+        fused = direct_conv.fused_block(ex, dw, pw, x, residual, act if with_residual else pw.act)
+    assert apart is not None and fused is not None
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fused, apart)
+
+
+def test_fused_block_refuses_what_a_kernel_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = DirectConv(torch.nn.Conv2d(4, 16, 1), "leaky")
+    dw = DirectConv(torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16), "leaky")
+    pw = DirectConv(torch.nn.Conv2d(16, 8, 1), "linear")
+    x, x16 = nhwc(torch.randn(1, 4, 6, 6)), nhwc(torch.randn(1, 16, 6, 6))
+    with torch.no_grad():
+        assert direct_conv.fused_block(ex, dw, pw, x.contiguous(), None, 0) is None  # NCHW input
+        assert direct_conv.fused_block(ex, dw, pw, x, nhwc(torch.randn(1, 8, 5, 6)), 0) is None  # residual shape
+        assert direct_conv.fused_block(None, pw, dw, x16, None, 0) is None  # not depthwise -> 1x1
+        assert direct_conv.fused_block(ex, dw, pw, x16, None, 0) is None  # 16 channels into a 4-input 1x1
+        assert direct_conv.fused_block(ex, dw, pw, x, None, 0) is not None
+        assert direct_conv.fused_block(None, dw, pw, x16, None, 0) is not None
+        monkeypatch.setattr(direct_conv, "MAX_MACS", 16 * 36 * 9 - 1)  # the depthwise part now too big
+        assert direct_conv.fused_block(None, dw, pw, nhwc(torch.randn(1, 16, 6, 7)), None, 0) is None
+        monkeypatch.setattr(native, "library", lambda: None)
+        assert direct_conv.fused_block(ex, dw, pw, x, None, 0) is None
 
 
 def test_leaky_is_darknets_on_both_sides_of_zero() -> None:
@@ -140,12 +251,14 @@ def test_optimize_takes_the_kernels_on_depthwise_nets_and_equals_eager(tmp_path:
     eager, fast = models[0].fuse(), models[1].optimize()
     assert fast.channels_last  # depthwise-heavy: NHWC, the layout the kernels need
     convs = [layer for layer in fast.layers if isinstance(layer, ConvLayer)]
-    assert [layer.direct is not None for layer in convs] == [False, True, True, True, True, True, False, True, True]
+    # the RGB stem conv, 1x1s and depthwise convs; not the mish depthwise conv
+    assert [layer.direct is not None for layer in convs] == [True, True, True, True, True, True, False, True, True]
+    assert convs[0].direct.kind == "stem"
     calls = count_calls(monkeypatch, DirectConv)
     x = torch.rand(2, 3, 32, 40)
     with torch.no_grad():
         outs_fast, outs_eager = fast.layer_outputs(x), eager.layer_outputs(x)
-    assert sum(calls) == 7  # every usable layer ran the kernel
+    assert sum(calls) == 8  # every usable layer ran the kernel
     for i, (a, b) in enumerate(zip(outs_fast, outs_eager)):
         assert rel(a, b) < 1e-5, f"layer {i}"
     # an edited weight is seen (re-laid out), a copy drops the caches and rebuilds them
@@ -273,29 +386,33 @@ def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, ext
     m = darkcfg.load(_fusion_cfg(tmp_path, extra_reader))
     m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
     m.optimize()
-    # layer 3 (projection) -> 4 dropout -> 5 shortcut; 8 -> 9 shortcut (its conv is read by the route if extra_reader)
-    assert m.shortcut_fusions == ({3: (5, 0, 1)} if extra_reader else {3: (5, 0, 1), 8: (9, 5, 0)})
+    # 1 expand -> 2 depthwise -> 3 projection -> 4 dropout -> 5 shortcut; 6 -> 7 -> 8 -> 9 shortcut
+    # (with extra_reader a route reads 8: the shortcut stays apart)
+    second = Fusion(8, 8, 7, None, 0, 6) if extra_reader else Fusion(9, 8, 7, 5, 0, 6)
+    assert m.fusions == {1: Fusion(5, 3, 2, 0, 1, 1), 6: second}
     x = torch.rand(2, 3, 16, 24)
     with torch.no_grad():
         fused = m(x)
         every = m.layer_outputs(x)  # layer_outputs never folds: every layer as Darknet computes it
-        plans, m.shortcut_fusions = m.shortcut_fusions, {}
+        plans, m.fusions = m.fusions, {}
         plain = m(x)
-        m.shortcut_fusions = plans
+        m.fusions = plans
         m.train()
         trained = m(x)  # training: dropout is live, nothing is folded
     for a, b in zip(fused, plain):
         assert torch.equal(a, b)  # the kernel adds the residual to the same float32 sum: no new rounding
     assert torch.equal(fused[-1], every[-1].contiguous())
     assert all(t.shape == s for t, s in zip(trained, [o.shape for o in plain]))
-    calls = []
-    original = DirectConv.with_residual
+    calls: list = []
+    original, original_block = DirectConv.with_residual, fusion.fused_block
     monkeypatch.setattr(DirectConv, "with_residual",
-                        lambda self, *a: calls.append(1) or original(self, *a))  # type: ignore[func-returns-value]
+                        lambda self, *a: calls.append("residual") or original(self, *a))  # type: ignore[func-returns-value]
+    monkeypatch.setattr(fusion, "fused_block",
+                        lambda *a: calls.append("block") or original_block(*a))  # type: ignore[func-returns-value]
     m.eval()
     with torch.no_grad():
         m(x)
-    assert len(calls) == len(m.shortcut_fusions)
+    assert calls == ["block", "block"]  # one kernel call per fused chain, none refused
 
 
 def test_refused_fusion_runs_the_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,6 +422,8 @@ def test_refused_fusion_runs_the_layers(tmp_path: Path, monkeypatch: pytest.Monk
     x = torch.rand(1, 3, 16, 24)
     with torch.no_grad():
         ref = m(x)
+        monkeypatch.setattr(fusion, "fused_block", lambda *a: None)
+        assert all(torch.equal(a, b) for a, b in zip(m(x), ref))
         monkeypatch.setattr(DirectConv, "with_residual", lambda self, *a: None)
         assert all(torch.equal(a, b) for a, b in zip(m(x), ref))
 
@@ -316,11 +435,11 @@ def test_real_models_fold_their_residuals_bit_for_bit(shared: Path) -> None:
               shared / "darknet/real/MobileNetV2-YOLOv3-Nano-coco"]
     for stem in models:
         m = darkcfg.load(f"{stem}.cfg", f"{stem}.weights").optimize()
-        assert len(m.shortcut_fusions) >= 5, stem.name
+        assert len(m.fusions) >= 5, stem.name
         x = torch.rand(1, 3, m.height, m.width)
         with torch.no_grad():
             fused = m(x)
-            plans, m.shortcut_fusions = m.shortcut_fusions, {}
+            plans, m.fusions = m.fusions, {}
             plain = m(x)
         assert all(torch.equal(a, b) for a, b in zip(fused, plain)), stem.name
 

@@ -205,9 +205,14 @@ typedef struct {
     int64_t H, W, C, OH, OW; int kh, kw, sy, sx, py, px, act;
 } dk_dw;
 
+/* Depthwise windows are at most this tall (the kernel's row pointers; DirectConv refuses taller). */
+#define DW_MAX_K 32
+
 /* One output row, channels [c0, c0 + 8): the kernel's weights stay in registers along the row.
-   K > 0: a K x K kernel known at compile time (the interior skips the border tests). */
-static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const float *xn, float *orow, int64_t iy0,
+   rows[ky] is input row iy0 + ky (ky in [ky0, ky1): the rows inside the image), from its pixel 0:
+   rows of the input tensor, or of a fused caller's buffer.  K > 0: a K x K kernel known at
+   compile time (the interior skips the border tests). */
+static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const float *const *rows, float *orow,
                                                           int ky0, int ky1, int64_t c0, const int K) {
     const int64_t C = d->C, W = d->W;
     const int kw = K ? K : d->kw;
@@ -218,14 +223,14 @@ static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const 
     const int64_t step = d->sx * C;
     for (int64_t ox = 0; ox < d->OW; ox++) {
         int64_t ix0 = ox * d->sx - d->px;
-        const float *xo = xn + (iy0 * W + ix0) * C + c0;
+        const int64_t at = ix0 * C + c0;
         v8 a = bias;
         if (K && ix0 >= 0 && ox + 3 < d->OW && ix0 + 3 * d->sx + K <= W) {
             /* four pixels at once: four independent sums hide the FMA latency */
             v8 a1 = bias, a2 = bias, a3 = bias;
             for (int ky = ky0; ky < ky1; ky++)
                 for (int kx = 0; kx < K; kx++) {
-                    const float *p = xo + (ky * W + kx) * C;
+                    const float *p = rows[ky] + at + kx * C;
                     v8 w = wv[ky * K + kx];
                     a += ld(p) * w; a1 += ld(p + step) * w; a2 += ld(p + 2 * step) * w; a3 += ld(p + 3 * step) * w;
                 }
@@ -236,44 +241,57 @@ static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const 
         }
         if (K && ix0 >= 0 && ix0 + K <= W) {
             for (int ky = ky0; ky < ky1; ky++)
-                for (int kx = 0; kx < K; kx++) a += ld(xo + (ky * W + kx) * C) * wv[ky * K + kx];
+                for (int kx = 0; kx < K; kx++) a += ld(rows[ky] + at + kx * C) * wv[ky * K + kx];
         } else {
             int kx0, kx1;
             dk_taps(ix0, kw, W, &kx0, &kx1);
             for (int ky = ky0; ky < ky1; ky++)
-                for (int kx = kx0; kx < kx1; kx++) a += ld(xo + (ky * W + kx) * C) * ld(d->w + (ky * kw + kx) * C + c0);
+                for (int kx = kx0; kx < kx1; kx++) a += ld(rows[ky] + at + kx * C) * ld(d->w + (ky * kw + kx) * C + c0);
         }
         st(orow + ox * C + c0, vact(a, d->act));
     }
 }
 
+/* One output row, every channel, into orow, from the input rows of its window (see dw_row8). */
+static void dw_rows(const dk_dw *d, const float *const *rows, int ky0, int ky1, float *orow) {
+    const int64_t C = d->C, W = d->W, C8 = C / 8 * 8;
+    for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+        if (d->kh == 3 && d->kw == 3) dw_row8(d, rows, orow, ky0, ky1, c0, 3);
+        else if (d->kh == 5 && d->kw == 5) dw_row8(d, rows, orow, ky0, ky1, c0, 5);
+        else dw_row8(d, rows, orow, ky0, ky1, c0, 0);
+    }
+    for (int64_t c = C8; c < C; c++)
+        for (int64_t ox = 0; ox < d->OW; ox++) {
+            int64_t ix0 = ox * d->sx - d->px;
+            int kx0, kx1;
+            dk_taps(ix0, d->kw, W, &kx0, &kx1);
+            float a = d->b[c];
+            for (int ky = ky0; ky < ky1; ky++)
+                for (int kx = kx0; kx < kx1; kx++)
+                    a += rows[ky][(ix0 + kx) * C + c] * d->w[(ky * d->kw + kx) * C + c];
+            orow[ox * C + c] = dk_act(a, d->act);
+        }
+}
+
+/* Output row `row` (image row / OH, row row % OH): its window's first input row and taps. */
+static inline void dw_window(const dk_dw *d, int64_t row, int64_t *n, int64_t *iy0, int *ky0, int *ky1) {
+    *n = row / d->OH;
+    *iy0 = (row % d->OH) * d->sy - d->py;
+    dk_taps(*iy0, d->kh, d->H, ky0, ky1);
+}
+
+static void dw_one_row(const dk_dw *d, int64_t row, float *orow) {
+    int64_t n, iy0;
+    int ky0, ky1;
+    dw_window(d, row, &n, &iy0, &ky0, &ky1);
+    const float *rows[DW_MAX_K];
+    for (int ky = ky0; ky < ky1; ky++) rows[ky] = d->x + ((n * d->H + iy0 + ky) * d->W) * d->C;
+    dw_rows(d, rows, ky0, ky1, orow);
+}
+
 static void dw_part(void *ctx, int64_t lo, int64_t hi) {
     const dk_dw *d = (const dk_dw *)ctx;
-    const int64_t C = d->C, W = d->W, H = d->H, C8 = C / 8 * 8;
-    for (int64_t row = lo; row < hi; row++) {
-        int64_t n = row / d->OH, oy = row % d->OH;
-        const float *xn = d->x + n * H * W * C;
-        float *orow = d->y + row * d->OW * C;
-        int64_t iy0 = oy * d->sy - d->py;
-        int ky0, ky1;
-        dk_taps(iy0, d->kh, H, &ky0, &ky1);
-        for (int64_t c0 = 0; c0 < C8; c0 += 8) {
-            if (d->kh == 3 && d->kw == 3) dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 3);
-            else if (d->kh == 5 && d->kw == 5) dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 5);
-            else dw_row8(d, xn, orow, iy0, ky0, ky1, c0, 0);
-        }
-        for (int64_t c = C8; c < C; c++)
-            for (int64_t ox = 0; ox < d->OW; ox++) {
-                int64_t ix0 = ox * d->sx - d->px;
-                int kx0, kx1;
-                dk_taps(ix0, d->kw, W, &kx0, &kx1);
-                float a = d->b[c];
-                for (int ky = ky0; ky < ky1; ky++)
-                    for (int kx = kx0; kx < kx1; kx++)
-                        a += xn[((iy0 + ky) * W + ix0 + kx) * C + c] * d->w[(ky * d->kw + kx) * C + c];
-                orow[ox * C + c] = dk_act(a, d->act);
-            }
-    }
+    for (int64_t row = lo; row < hi; row++) dw_one_row(d, row, d->y + row * d->OW * d->C);
 }
 
 /* g: N, H, W, C, OH, OW, kh, kw, sy, sx, py, px, act, threads (<= 0: torch's) (one array: a call from Python
@@ -400,6 +418,177 @@ void darkcfg_pw_residual_nhwc(const float *x, const float *w, const float *b, co
                               const int64_t *g, int act) {
     dk_pw d = {x, w, b, r, y, g[1], g[2], g[3], act};
     dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
+}
+
+/* ---- dense k x k conv with few input channels (a network's first conv, on the RGB image), NHWC out.
+   oneDNN's blocked convs want many input channels; with 3 they ran at ~45 GFLOP/s here.  Output
+   channels are the vector lanes (weights [kh][kw][C][CoP], CoP % 8 == 0, zeros beyond Co); P pixels
+   x V vectors of sums at a time (P V = 8-9 independent FMA chains); the input is read through its
+   strides (NCHW or NHWC).  A pixel's sum runs over the taps in one order whichever path takes it;
+   threads split rows, so no value depends on the split. ---- */
+typedef struct {
+    const float *x, *w, *b; float *y;
+    int64_t H, W, C, OH, OW, Co, CoP, sn, sc, sh, sw; int kh, kw, sy, sx, py, px, act;
+} dk_cv;
+
+/* P pixels x V vectors of outputs; taps [ky0, ky1) x [kx0, kx1).  K > 0: the window is K wide at
+   compile time (kx0 = 0, kx1 = K: the taps of a row unroll). */
+static inline __attribute__((always_inline)) void cv_block(const dk_cv *d, const float *xo, int ky0, int ky1, int kx0,
+                                                           int kx1, int64_t c0, float *yo, const int V, const int P,
+                                                           const int K) {
+    v8 a[12];
+    const int64_t C = d->C, CoP = d->CoP, step = d->sx * d->sw, sw = d->sw, sc = d->sc;
+    if (K) { kx0 = 0; kx1 = K; }
+#pragma GCC unroll 12
+    for (int i = 0; i < P * V; i++) a[i] = ld(d->b + c0 + 8 * (i % V));
+    for (int ky = ky0; ky < ky1; ky++)
+        for (int64_t ci = 0; ci < C; ci++) {
+            const float *xr = xo + ky * d->sh + ci * sc;
+            const float *wr = d->w + (ky * d->kw * C + ci) * CoP + c0;
+#pragma GCC unroll 7
+            for (int kx = kx0; kx < kx1; kx++) {
+                const float *wp = wr + kx * C * CoP;
+                const float *xp = xr + kx * sw;
+#pragma GCC unroll 12
+                for (int p = 0; p < P; p++) {
+                    v8 xv = splat(xp[p * step]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < V; v++) a[p * V + v] += xv * ld(wp + 8 * v);
+                }
+            }
+        }
+    const int act = d->act == 3 ? 0 : d->act;   /* mish: on the whole row afterwards */
+#pragma GCC unroll 12
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++) {
+            int64_t left = d->Co - c0 - 8 * v;
+            pw_store(yo + p * d->Co + c0 + 8 * v, 0, a[p * V + v], left >= 8 ? 8 : (int)left, act);
+        }
+}
+
+/* One output row, channels [c0, c0 + 8 V): blocks of P pixels whose windows lie inside the
+   image, single pixels (clipped windows) elsewhere.  One function per (V, P, K): each is small
+   enough for the compiler to keep its V x P sums in registers (inlined into one routine they
+   spilled).  A pixel's sum runs over the taps in the same order on either path. */
+#define CV_ROW(V, P, K)                                                                                    \
+    static __attribute__((noinline)) void cv_row_##V##_##K(const dk_cv *d, const float *xn, int64_t iy0,    \
+                                                           int ky0, int ky1, float *orow, int64_t c0) {     \
+        for (int64_t ox = 0; ox < d->OW;) {                                                                 \
+            int64_t ix0 = ox * d->sx - d->px;                                                               \
+            float *yo = orow + ox * d->Co;                                                                  \
+            if (ix0 >= 0 && ox + P <= d->OW && (ox + P - 1) * d->sx - d->px + d->kw <= d->W) {             \
+                cv_block(d, xn + iy0 * d->sh + ix0 * d->sw, ky0, ky1, 0, d->kw, c0, yo, V, P, K);          \
+                ox += P;                                                                                    \
+            } else {                                                                                        \
+                int kx0, kx1;                                                                               \
+                dk_taps(ix0, d->kw, d->W, &kx0, &kx1);                                                      \
+                cv_block(d, xn + iy0 * d->sh + ix0 * d->sw, ky0, ky1, kx0, kx1, c0, yo, V, 1, 0);          \
+                ox += 1;                                                                                    \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+CV_ROW(4, 3, 3)
+CV_ROW(3, 4, 3)
+CV_ROW(2, 6, 3)
+CV_ROW(1, 12, 3)
+CV_ROW(4, 3, 0)
+CV_ROW(3, 4, 0)
+CV_ROW(2, 6, 0)
+CV_ROW(1, 12, 0)
+
+typedef void (*cv_row_fn)(const dk_cv *, const float *, int64_t, int, int, float *, int64_t);
+
+static void cv_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_cv *d = (const dk_cv *)ctx;
+    for (int64_t row = lo; row < hi; row++) {
+        int64_t n = row / d->OH, oy = row % d->OH;
+        const float *xn = d->x + n * d->sn;
+        float *orow = d->y + row * d->OW * d->Co;
+        int64_t iy0 = oy * d->sy - d->py;
+        int ky0, ky1;
+        dk_taps(iy0, d->kh, d->H, &ky0, &ky1);
+        const int k3 = d->kw == 3;
+        static const cv_row_fn rows3[5] = {0, cv_row_1_3, cv_row_2_3, cv_row_3_3, cv_row_4_3};
+        static const cv_row_fn rows0[5] = {0, cv_row_1_0, cv_row_2_0, cv_row_3_0, cv_row_4_0};
+        int64_t c0 = 0;
+        for (; c0 + 32 <= d->CoP; c0 += 32) (k3 ? rows3 : rows0)[4](d, xn, iy0, ky0, ky1, orow, c0);
+        if (c0 < d->CoP) (k3 ? rows3 : rows0)[(d->CoP - c0) / 8](d, xn, iy0, ky0, ky1, orow, c0);
+        if (d->act == 3) mish_f32(orow, orow, d->OW * d->Co);
+    }
+}
+
+/* g: N, H, W, C, OH, OW, Co, CoP, kh, kw, sy, sx, py, px, act (0 linear, 1 leaky, 2 relu, 3 mish),
+   threads (<= 0: torch's), then the input's strides in floats: sn, sc, sh, sw */
+void darkcfg_conv_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
+    dk_cv d = {x, w, b, y, g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[16], g[17], g[18], g[19],
+               (int)g[8], (int)g[9], (int)g[10], (int)g[11], (int)g[12], (int)g[13], (int)g[14]};
+    int64_t rows = g[0] * g[4];
+    dk_split(cv_part, &d, rows, 1, (int)g[15], rows * g[5] * g[6] * g[3] * g[8] * g[9]);
+}
+
+/* ---- [1x1 expand ->] depthwise k x k -> 1x1 (-> + residual), NHWC, one pass: the inverted-residual
+   blocks of Yolo-Fastest and the MobileNet YOLOs.  Each thread keeps the expanded rows its
+   depthwise windows need in a ring of kh row buffers (each made once per thread, as the window
+   slides down) and makes each depthwise output row in a buffer it feeds straight to the
+   projecting 1x1: the expanded and depthwise maps -- the block's largest -- never go through
+   memory.  Every value comes from the same code as the separate kernels (1x1 rows on whole image
+   rows, depthwise rows as in darkcfg_dw_nhwc): bit-identical to running them one by one. ---- */
+typedef struct { dk_pw ex; dk_dw dw; dk_pw pw; int expand; } dk_block;
+
+static void block_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_block *f = (const dk_block *)ctx;
+    const dk_dw *d = &f->dw;
+    const int64_t W = d->W, C = d->C, OW = d->OW, Co = f->pw.Co, kh = d->kh;
+    const int64_t ring_rows = f->expand ? kh : 0;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(ring_rows * W * C + OW * C + 8));
+    if (!buf) return;   /* (tens of KB; the caller bounds the sizes) */
+    float *mid = buf + ring_rows * W * C;
+    int64_t tag[DW_MAX_K];   /* image row held by each ring slot (n * H + iy), -1: none */
+    for (int i = 0; i < DW_MAX_K; i++) tag[i] = -1;
+    for (int64_t row = lo; row < hi; row++) {
+        int64_t n, iy0;
+        int ky0, ky1;
+        dw_window(d, row, &n, &iy0, &ky0, &ky1);
+        const float *rows[DW_MAX_K];
+        for (int ky = ky0; ky < ky1; ky++) {
+            int64_t image_row = n * d->H + iy0 + ky;
+            if (!f->expand) { rows[ky] = d->x + image_row * W * C; continue; }
+            int64_t slot = (iy0 + ky) % kh;   /* any kh consecutive rows take distinct slots */
+            float *dst = buf + slot * W * C;
+            if (tag[slot] != image_row) {
+                dk_pw e = f->ex;
+                e.x = f->ex.x + image_row * W * f->ex.Ci;
+                e.y = dst;
+                pw_part(&e, 0, W);
+                tag[slot] = image_row;
+            }
+            rows[ky] = dst;
+        }
+        dw_rows(d, rows, ky0, ky1, mid);
+        dk_pw p = f->pw;
+        p.x = mid;
+        p.y = f->pw.y + row * OW * Co;
+        p.r = f->pw.r ? f->pw.r + row * OW * Co : 0;
+        pw_part(&p, 0, OW);
+    }
+    free(buf);
+}
+
+/* g: the depthwise geometry of darkcfg_dw_nhwc (N, H, W, C, OH, OW, kh, kw, sy, sx, py, px, act, threads),
+   then Co, CoP, act of the projecting 1x1, then Ci, CP, act of the expanding 1x1 (Ci = 0: none; its
+   outputs are the depthwise conv's C channels).  x: the expanding 1x1's input (else the depthwise
+   conv's); r: residual of y's shape, or NULL. */
+void darkcfg_block_nhwc(const float *x, const float *we, const float *be, const float *wd, const float *bd,
+                        const float *wp, const float *bp, const float *r, float *y, const int64_t *g) {
+    const int expand = g[17] > 0;
+    dk_block f = {{x, we, be, 0, 0, g[17], g[3], g[18], (int)g[19]},
+                  {expand ? 0 : x, wd, bd, 0, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8],
+                   (int)g[9], (int)g[10], (int)g[11], (int)g[12]},
+                  {0, wp, bp, r, y, g[3], g[14], g[15], (int)g[16]}, expand};
+    int64_t rows = g[0] * g[4];
+    int64_t per_pixel = g[3] * (g[6] * g[7] + g[14] + (expand ? g[17] * g[8] * g[9] : 0));
+    dk_split(block_part, &f, rows, 1, (int)g[13], rows * g[5] * per_pixel);
 }
 
 /* ---------------------------------------------------------------------------------------------

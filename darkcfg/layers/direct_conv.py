@@ -13,7 +13,7 @@ channels, an activation the kernel fuses (linear, leaky, relu), and at most
 OpenMP team where torch uses GNU OpenMP (:func:`darkcfg.native.uses_openmp`), else run on the
 calling thread.  Float sums run in another order than oneDNN's: rounding only
 (tests/test_direct_conv.py bounds it; tests/test_conformance.py runs optimized models against
-Darknet's own outputs).  :meth:`DirectConv.with_residual` serves :mod:`darkcfg.shortcut_fusion`;
+Darknet's own outputs).  :meth:`DirectConv.with_residual` and :func:`fused_block` serve :mod:`darkcfg.fusion`;
 :func:`maxpool_nhwc` serves ``[maxpool]`` on the same NHWC nets.  ``torch.compile`` never sees
 any of it (the callers step aside while it traces).
 """
@@ -40,6 +40,18 @@ MAX_MACS = 16_000_000
 #: 1x1 convs up to this many input x output channels (bigger ones are GEMMs oneDNN does better).
 MAX_POINTWISE_WEIGHTS = 256 * 256
 
+#: Dense convs with at most this many input channels and windows of at most MAX_STEM_TAPS take the
+#: stem kernel (a network's first conv, on the RGB image: oneDNN's blocked convs want long sums and
+#: ran 3x3x3 ones at ~45 GFLOP/s; a 7x7x3 one, 147 terms, it runs well: csresnext50's, 1.8x faster).
+MAX_STEM_CHANNELS = 4
+MAX_STEM_TAPS = 9
+
+#: The tallest depthwise window the kernels take (their per-row pointer arrays).
+DEPTHWISE_MAX_K = 32
+
+#: The stem kernel's activation codes: the others' plus mish (applied to each output row in cache).
+STEM_ACTIVATIONS = {**ACTIVATIONS, "mish": 3}
+
 
 def _inference_nhwc(t: Tensor) -> bool:
     """A CPU float32 NHWC tensor outside autograd and tracing: what every kernel here reads.
@@ -63,11 +75,15 @@ class DirectConv:
         out_c, in_per_group, kh, kw = conv.weight.shape
         self.kind = ""
         if (conv.groups > 1 and conv.groups == out_c == conv.in_channels and in_per_group == 1
-                and tuple(conv.dilation) == (1, 1)):
+                and tuple(conv.dilation) == (1, 1) and kh <= DEPTHWISE_MAX_K):
             self.kind = "depthwise"
         elif (conv.groups == 1 and (kh, kw) == (1, 1) and tuple(conv.stride) == (1, 1)
               and tuple(conv.padding) == (0, 0) and out_c * in_per_group <= MAX_POINTWISE_WEIGHTS):
             self.kind = "pointwise"
+        elif (conv.groups == 1 and in_per_group <= MAX_STEM_CHANNELS and kh * kw <= MAX_STEM_TAPS
+              and tuple(conv.dilation) == (1, 1)):
+            self.kind = "stem"
+            self.act = STEM_ACTIVATIONS.get(activation, -1)
         self.macs_per_output_pixel = kh * kw * in_per_group * out_c
         #: 1x1: output channels rounded up to the kernel's 8-channel strips (weights zero beyond).
         self.padded_out = (out_c + 7) // 8 * 8
@@ -76,6 +92,8 @@ class DirectConv:
         self._source: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)  # the tensors packed
         self._lib: Optional[ctypes.CDLL] = None  # the native library, found at the first call
         self._shapes: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
+        #: (block input shape, activation, expanded?) -> (output shape, geometry) of :func:`fused_block`
+        self._fused: Dict[tuple, Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
 
     @property
     def usable(self) -> bool:
@@ -85,7 +103,7 @@ class DirectConv:
     def __getstate__(self) -> dict:
         """Copies and pickles leave the caches behind (rebuilt on first use)."""
         return {**self.__dict__, "_packed": None, "_key": None, "_source": (None, None), "_shapes": {},
-                "_lib": None}
+                "_fused": {}, "_lib": None}
 
     def applies(self, x: Tensor) -> bool:
         """Whether this call can take the kernel (see the module docstring)."""
@@ -95,20 +113,37 @@ class DirectConv:
         """(output shape, the kernel's int64 geometry array) for this call, or None where the
         kernel does not apply.  Shape-only answers are cached per input shape."""
         w = self.conv._parameters["weight"]  # (no nn.Module lookup: this runs per layer and frame)
-        if (w is None or w.dtype != torch.float32 or (torch.is_grad_enabled() and w.requires_grad)
-                or not _inference_nhwc(x)):
+        if w is None or w.dtype != torch.float32 or (torch.is_grad_enabled() and w.requires_grad):
             return None
-        shape = x.shape
-        plan = self._shapes.get(shape, False)
+        if self.kind == "stem":  # reads its input through the strides: NCHW (the image) or NHWC
+            if not (x.dtype == torch.float32 and x.is_cpu and torch._C._get_tracing_state() is None
+                    and not (torch.is_grad_enabled() and x.requires_grad)):
+                return None
+            key: Tuple[int, ...] = (*x.shape, *x.stride())
+        elif _inference_nhwc(x):
+            key = x.shape
+        else:
+            return None
+        plan = self._shapes.get(key, False)
         if plan is False:
-            plan = self._shapes[tuple(shape)] = self._plan_shape(tuple(shape))
+            plan = self._shapes[tuple(key)] = self._plan_shape(tuple(x.shape), tuple(x.stride()))
         return plan  # type: ignore[return-value]
 
-    def _plan_shape(self, shape: Tuple[int, ...]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+    def _plan_shape(self, shape: Tuple[int, ...], strides: Tuple[int, ...]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
         conv = self.conv
         if not self.usable or len(shape) != 4 or shape[1] != conv.in_channels:
             return None
         n, c, h, width = shape
+        if self.kind == "stem":
+            kh, kw = conv.kernel_size
+            sy, sx = conv.stride
+            py, px = (int(p) for p in conv.padding)
+            oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
+            if min(oh, ow) <= 0 or min(strides) < 0:
+                return None
+            geometry = [n, h, width, c, oh, ow, conv.out_channels, self.padded_out, kh, kw, sy, sx, py, px,
+                        self.act, 0, *strides]
+            return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
         if self.kind == "depthwise":
             kh, kw = conv.kernel_size
             sy, sx = conv.stride
@@ -137,6 +172,12 @@ class DirectConv:
             if self.kind == "depthwise":
                 packed = w.reshape(out_c, w.shape[2], w.shape[3]).permute(1, 2, 0).contiguous()
                 self._packed = (packed, bias.contiguous())
+            elif self.kind == "stem":  # [kh][kw][C][Co rounded up to 8], zeros beyond Co
+                packed = torch.zeros(w.shape[2], w.shape[3], w.shape[1], self.padded_out)
+                packed[..., :out_c] = w.permute(2, 3, 1, 0)
+                padded_bias = torch.zeros(self.padded_out)
+                padded_bias[:out_c] = bias
+                self._packed = (packed, padded_bias)
             else:
                 padded = self.padded_out
                 packed = torch.zeros(w.shape[1], padded)
@@ -177,9 +218,66 @@ class DirectConv:
             lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
                                          geometry.data_ptr(), act)
         else:
-            kernel = lib.darkcfg_dw_nhwc if self.kind == "depthwise" else lib.darkcfg_pw_nhwc
+            kernel = {"depthwise": lib.darkcfg_dw_nhwc, "pointwise": lib.darkcfg_pw_nhwc,
+                      "stem": lib.darkcfg_conv_nhwc}[self.kind]
             kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
         return y
+
+
+def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: DirectConv, x: Tensor,
+                residual: Optional[Tensor], act: int) -> Optional[Tensor]:
+    """``pointwise(depthwise(expand(x)))`` (no ``expand``: ``pointwise(depthwise(x))``), plus
+    ``residual`` before the activation ``act``, in one kernel call: the expanded rows and each
+    depthwise output row live in per-thread buffers (see :mod:`darkcfg.fusion`; bit-identical to
+    the separate kernels).  None where any of the kernels refuses this input (the caller then runs
+    the layers one by one)."""
+    if (depthwise.kind != "depthwise" or pointwise.kind != "pointwise"
+            or (expand is not None and expand.kind != "pointwise")):
+        return None
+    first = expand if expand is not None else depthwise
+    if first._geometry(x) is None:
+        return None
+    key = (tuple(x.shape), act, expand is not None)
+    fused = pointwise._fused.get(key, False)
+    if fused is False:
+        fused = pointwise._fused[key] = _block_geometry(expand, depthwise, pointwise, tuple(x.shape), act)
+    if fused is None:
+        return None
+    out_shape, geometry = fused  # type: ignore[misc]
+    if residual is not None and (tuple(residual.shape) != out_shape or not _inference_nhwc(residual)):
+        return None
+    lib = native.library()
+    if lib is None:
+        return None
+    we, be = expand._weights() if expand is not None else (None, None)
+    wd, bd = depthwise._weights()
+    wp, bp = pointwise._weights()
+    y = torch.empty(out_shape, memory_format=torch.channels_last)
+    lib.darkcfg_block_nhwc(x.data_ptr(), None if we is None else we.data_ptr(), None if be is None else be.data_ptr(),
+                           wd.data_ptr(), bd.data_ptr(), wp.data_ptr(), bp.data_ptr(),
+                           None if residual is None else residual.data_ptr(), y.data_ptr(), geometry.data_ptr())
+    return y
+
+
+def _block_geometry(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: DirectConv,
+                    shape: Tuple[int, ...], act: int) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+    """(output shape, the block kernel's geometry) for an input of ``shape``, or None where one of
+    the three kernels would refuse its part (each checks its own limits)."""
+    mid = shape
+    if expand is not None:
+        planned = expand._plan_shape(shape, ())
+        if planned is None:
+            return None
+        mid = planned[0]
+    dw = depthwise._plan_shape(mid, ())
+    if dw is None:
+        return None
+    pw = pointwise._plan_shape(dw[0], ())
+    if pw is None:
+        return None
+    tail = [pointwise.conv.out_channels, pointwise.padded_out, act]
+    tail += [expand.conv.in_channels, expand.padded_out, expand.act] if expand is not None else [0, 0, 0]
+    return pw[0], torch.cat([dw[1], torch.tensor(tail, dtype=torch.int64)])
 
 
 #: Pools reading more than this many taps go to the separable torch path (a window of k x k

@@ -1,0 +1,127 @@
+"""Run short chains of small layers as one native kernel call, for CPU inference (``optimize()``).
+
+Why: the inverted-residual blocks of Yolo-Fastest and the MobileNet YOLOs are
+``1x1 expand -> depthwise k x k -> 1x1 linear project -> [dropout] -> [shortcut] from=-N``, each
+layer a few MFLOPs.  Run one by one, each writes its output to memory for the next to read back,
+and each pays a Python call.  Two folds remove most of that:
+
+* **the shortcut into the projection**: the direct 1x1 kernel adds the residual while its sums are
+  still in registers (:meth:`darkcfg.layers.direct_conv.DirectConv.with_residual`), so the conv,
+  dropout (an identity at inference) and shortcut are one pass: Darknet's ``act_s(conv + from)``
+  with the same float32 sum and the same add, so bit-identical;
+* **the expanding 1x1 and the depthwise conv into the projecting 1x1** (:func:`darkcfg.layers.direct_conv.fused_block`):
+  each thread makes the expanded rows its depthwise windows need in a small ring of row buffers
+  and each depthwise output row in another, fed straight to the projecting 1x1 kernel, so the
+  expanded and depthwise maps -- the block's largest tensors -- never go through memory.  Every
+  value comes from the same code as the separate kernels: bit-identical too.
+
+Only where nothing else can tell: the skipped layers' outputs are read by the chain alone and are
+not network outputs; the shortcut has no weights, two inputs of equal shapes and an activation the
+kernel applies; and only in ``forward`` (``layer_outputs`` returns every layer as Darknet computes
+it), outside training, autograd and tracing.  A call the kernels refuse runs the layers one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+from torch import Tensor
+
+from .layers.conv import ConvLayer
+from .layers.direct_conv import ACTIVATIONS, DirectConv, fused_block
+from .layers.merge import Shortcut
+from .layers.misc import Dropout
+
+if TYPE_CHECKING:
+    from .model import Darknet
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Layers ``start..last`` as one call: [[1x1 expand ->] depthwise ->] 1x1 [-> dropouts -> shortcut]."""
+
+    last: int  # the last layer the call computes (its output is the call's)
+    pointwise: int  # the (projecting) 1x1 conv
+    depthwise: Optional[int] = None  # the depthwise conv before it, if folded
+    residual: Optional[int] = None  # the shortcut's ``from`` layer, if a shortcut is folded
+    act: int = 0  # the activation code applied last (the shortcut's, else the 1x1 conv's own)
+    expand: Optional[int] = None  # the 1x1 conv before the depthwise one (the chain's start), if folded
+
+
+#: start layer -> its fusion
+Fusions = Dict[int, Fusion]
+
+
+def _direct(model: "Darknet", i: int, kind: str) -> Optional[DirectConv]:
+    layer = model.layers[i]
+    direct = layer.direct if isinstance(layer, ConvLayer) else None
+    return direct if direct is not None and direct.kind == kind and direct.usable else None
+
+
+def _shortcut_chains(model: "Darknet", readers: Dict[int, List[int]]) -> Dict[int, Fusion]:
+    """1x1 linear conv -> dropout* -> shortcut chains, by conv index."""
+    outputs = set(model.output_layers)
+    chains: Dict[int, Fusion] = {}
+    for s, layer in enumerate(model.layers):
+        if not isinstance(layer, Shortcut) or layer.legacy or layer.weight is not None or not layer.equal_shapes:
+            continue
+        inputs = model.layer_inputs[s]
+        act = ACTIVATIONS.get(layer.act.kind, -1)
+        if len(inputs) != 2 or act < 0:
+            continue
+        prev, src = inputs
+        if prev != s - 1:
+            continue  # the chain is the layers right before the shortcut
+        conv_index = prev
+        while isinstance(model.layers[conv_index], Dropout) and model.layer_inputs[conv_index] == [conv_index - 1]:
+            conv_index -= 1
+        direct = _direct(model, conv_index, "pointwise")
+        if direct is None or direct.act != 0 or not 0 <= src < conv_index:
+            continue  # a linear 1x1 with a kernel, and a residual computed before it
+        if any(readers.get(k, []) != [k + 1] or k in outputs for k in range(conv_index, s)):
+            continue  # someone else reads the conv or a dropout: its own output must exist
+        chains[conv_index] = Fusion(last=s, pointwise=conv_index, residual=src, act=act)
+    return chains
+
+
+def plan(model: "Darknet") -> Fusions:
+    """The foldable chains of ``model`` (after its layers' ``enable_onednn``), by start layer."""
+    readers: Dict[int, List[int]] = {}
+    for i, inputs in enumerate(model.layer_inputs):
+        for j in inputs:
+            readers.setdefault(j, []).append(i)
+    outputs = set(model.output_layers)
+    fusions: Fusions = {}
+    fusions.update(_shortcut_chains(model, readers))
+
+    def private(i: int) -> bool:  # layer i's output is read by layer i + 1 alone and is no network output
+        return readers.get(i, []) == [i + 1] and model.layer_inputs[i + 1] == [i] and i not in outputs
+
+    last_covered = -1  # the chains below run in layer order; a layer belongs to one chain at most
+    for pw_index in range(1, len(model.layers)):
+        pointwise, d = _direct(model, pw_index, "pointwise"), pw_index - 1
+        if pointwise is None or _direct(model, d, "depthwise") is None or not private(d) or d <= last_covered:
+            continue
+        chain = fusions.pop(pw_index, None) or Fusion(pw_index, pw_index, act=pointwise.act)
+        e = d - 1
+        expand = e if e > last_covered and _direct(model, e, "pointwise") is not None and private(e) else None
+        fusions[d if expand is None else expand] = Fusion(chain.last, pw_index, d, chain.residual, chain.act, expand)
+        last_covered = chain.last
+    return fusions
+
+
+def run(model: "Darknet", fusion: Fusion, x: Tensor, outs: List[Tensor]) -> Optional[Tensor]:
+    """``fusion``'s layers as one kernel call on the first layer's input ``x`` (earlier outputs in
+    ``outs``), or None where the kernels refuse this call (the caller runs the layers one by one)."""
+    pointwise = _direct(model, fusion.pointwise, "pointwise")
+    if pointwise is None:
+        return None
+    residual = None if fusion.residual is None else outs[fusion.residual]
+    if fusion.depthwise is None:
+        return None if residual is None else pointwise.with_residual(x, residual, fusion.act)
+    depthwise = _direct(model, fusion.depthwise, "depthwise")
+    expand = None if fusion.expand is None else _direct(model, fusion.expand, "pointwise")
+    if depthwise is None or (expand is None) != (fusion.expand is None):
+        return None
+    return fused_block(expand, depthwise, pointwise, x, residual, fusion.act)
