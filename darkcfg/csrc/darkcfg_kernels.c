@@ -213,7 +213,8 @@ typedef struct {
    rows of the input tensor, or of a fused caller's buffer.  K > 0: a K x K kernel known at
    compile time (the interior skips the border tests). */
 static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const float *const *rows, float *orow,
-                                                          int ky0, int ky1, int64_t c0, const int K) {
+                                                          int ky0, int ky1, int64_t c0, const int K, int64_t ox_lo,
+                                                          int64_t ox_hi) {
     const int64_t C = d->C, W = d->W;
     const int kw = K ? K : d->kw;
     v8 wv[25];
@@ -221,11 +222,11 @@ static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const 
         for (int i = 0; i < K * K; i++) wv[i] = ld(d->w + i * C + c0);
     const v8 bias = ld(d->b + c0);
     const int64_t step = d->sx * C;
-    for (int64_t ox = 0; ox < d->OW; ox++) {
+    for (int64_t ox = ox_lo; ox < ox_hi; ox++) {
         int64_t ix0 = ox * d->sx - d->px;
         const int64_t at = ix0 * C + c0;
         v8 a = bias;
-        if (K && ix0 >= 0 && ox + 3 < d->OW && ix0 + 3 * d->sx + K <= W) {
+        if (K && ix0 >= 0 && ox + 3 < ox_hi && ix0 + 3 * d->sx + K <= W) {
             /* four pixels at once: four independent sums hide the FMA latency */
             v8 a1 = bias, a2 = bias, a3 = bias;
             for (int ky = ky0; ky < ky1; ky++)
@@ -252,13 +253,68 @@ static inline __attribute__((always_inline)) void dw_row8(const dk_dw *d, const 
     }
 }
 
+/* Channels [c0, c0 + 16) of output pixels [ox_lo, ox_lo + 4 n) of one row, whose windows lie
+   inside the input: 4 pixels x 2 vectors at a time, eight independent sums that keep both FMA
+   units busy (dw_row8's four wait on the FMA latency half the time); the second vector is a fixed
+   32 bytes from the first (no more address registers than dw_row8's).  Each pixel's sum runs
+   over the taps in dw_row8's order: the same bits. */
+static inline __attribute__((always_inline)) void dw_row16(const dk_dw *d, const float *const *rows, float *orow,
+                                                           int ky0, int ky1, int64_t c0, const int K, int64_t ox_lo,
+                                                           int64_t n) {
+    const int64_t C = d->C;
+    v8 wv[2 * 25];
+    for (int i = 0; i < K * K; i++) { wv[2 * i] = ld(d->w + i * C + c0); wv[2 * i + 1] = ld(d->w + i * C + c0 + 8); }
+    const v8 b0 = ld(d->b + c0), b1 = ld(d->b + c0 + 8);
+    const int64_t step = d->sx * C;
+    for (int64_t ox = ox_lo; ox < ox_lo + 4 * n; ox += 4) {
+        const int64_t at = (ox * d->sx - d->px) * C + c0;
+        v8 a0 = b0, a1 = b0, a2 = b0, a3 = b0, e0 = b1, e1 = b1, e2 = b1, e3 = b1;
+        for (int ky = ky0; ky < ky1; ky++)
+#pragma GCC unroll 5
+            for (int kx = 0; kx < K; kx++) {
+                const float *p = rows[ky] + at + kx * C;
+                v8 w = wv[2 * (ky * K + kx)], u = wv[2 * (ky * K + kx) + 1];
+                a0 += ld(p) * w; a1 += ld(p + step) * w; a2 += ld(p + 2 * step) * w; a3 += ld(p + 3 * step) * w;
+                e0 += ld(p + 8) * u; e1 += ld(p + step + 8) * u; e2 += ld(p + 2 * step + 8) * u; e3 += ld(p + 3 * step + 8) * u;
+            }
+        float *o = orow + ox * C + c0;
+        st(o, vact(a0, d->act)); st(o + C, vact(a1, d->act)); st(o + 2 * C, vact(a2, d->act)); st(o + 3 * C, vact(a3, d->act));
+        st(o + 8, vact(e0, d->act)); st(o + C + 8, vact(e1, d->act)); st(o + 2 * C + 8, vact(e2, d->act));
+        st(o + 3 * C + 8, vact(e3, d->act));
+    }
+}
+
+/* Channels [c0, c0 + 16): the interior in dw_row16's blocks, the borders by dw_row8. */
+static inline __attribute__((always_inline)) void dw_row16_borders(const dk_dw *d, const float *const *rows,
+                                                                   float *orow, int ky0, int ky1, int64_t c0,
+                                                                   const int K) {
+    const int64_t sx = d->sx, OW = d->OW;
+    const int64_t first = (d->px + sx - 1) / sx;              /* the first window starting inside */
+    const int64_t room = d->W - K - 3 * sx + d->px;           /* the last 4-block start ending inside: room / sx */
+    const int64_t last = room < 0 ? -1 : (room / sx < OW - 4 ? room / sx : OW - 4);
+    const int64_t n = last >= first ? (last - first) / 4 + 1 : 0;
+    const int64_t end = n > 0 ? first + 4 * n : 0;
+    const int64_t lo = n > 0 ? first : OW;
+    for (int64_t c = c0; c < c0 + 16; c += 8) {
+        dw_row8(d, rows, orow, ky0, ky1, c, K, 0, lo);
+        if (n > 0) dw_row8(d, rows, orow, ky0, ky1, c, K, end, OW);
+    }
+    if (n > 0) dw_row16(d, rows, orow, ky0, ky1, c0, K, first, n);
+}
+
 /* One output row, every channel, into orow, from the input rows of its window (see dw_row8). */
 static void dw_rows(const dk_dw *d, const float *const *rows, int ky0, int ky1, float *orow) {
     const int64_t C = d->C, W = d->W, C8 = C / 8 * 8;
-    for (int64_t c0 = 0; c0 < C8; c0 += 8) {
-        if (d->kh == 3 && d->kw == 3) dw_row8(d, rows, orow, ky0, ky1, c0, 3);
-        else if (d->kh == 5 && d->kw == 5) dw_row8(d, rows, orow, ky0, ky1, c0, 5);
-        else dw_row8(d, rows, orow, ky0, ky1, c0, 0);
+    const int k3 = d->kh == 3 && d->kw == 3, k5 = d->kh == 5 && d->kw == 5;
+    int64_t c0 = 0;
+    for (; c0 + 16 <= C8 && (k3 || k5); c0 += 16) {
+        if (k3) dw_row16_borders(d, rows, orow, ky0, ky1, c0, 3);
+        else dw_row16_borders(d, rows, orow, ky0, ky1, c0, 5);
+    }
+    for (; c0 < C8; c0 += 8) {
+        if (k3) dw_row8(d, rows, orow, ky0, ky1, c0, 3, 0, d->OW);
+        else if (k5) dw_row8(d, rows, orow, ky0, ky1, c0, 5, 0, d->OW);
+        else dw_row8(d, rows, orow, ky0, ky1, c0, 0, 0, d->OW);
     }
     for (int64_t c = C8; c < C; c++)
         for (int64_t ox = 0; ox < d->OW; ox++) {
@@ -307,12 +363,32 @@ void darkcfg_dw_nhwc(const float *x, const float *w, const float *b, float *y, c
    the activation -- a [shortcut] folded into the conv before it (Darknet: act_s(conv + from)). ---- */
 typedef struct { const float *x, *w, *b, *r; float *y; int64_t Ci, Co, CoP; int act; } dk_pw;
 
-static inline void pw_store(float *out, const float *res, v8 v, int m, int act) {
+#ifdef __AVX__
+#include <immintrin.h>
+static const int32_t dk_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#endif
+
+/* out[0:m] = act(v (+ res[0:m])), m <= 8.  m < 8 (a layer's last channels, e.g. Yolo-Fastest's 4):
+   masked AVX loads/stores -- element copies through a stack vector stalled on store forwarding
+   (a 160x160 8->4 conv with its residual took 2x the time of one without). */
+static inline __attribute__((always_inline)) void pw_store(float *out, const float *res, v8 v, int m, const int act) {
     if (m >= 8) {
         if (res) v += ld(res);
         st(out, vact(v, act));
         return;
     }
+#ifdef __AVX__
+    if (m == 4) {   /* (AMD's masked stores are slow: a half-vector store when it is exactly one) */
+        __m128 lo = _mm256_castps256_ps128((__m256)v);
+        if (res) lo = _mm_add_ps(lo, _mm_loadu_ps(res));
+        v8 w = vact((v8)_mm256_castps128_ps256(lo), act);
+        _mm_storeu_ps(out, _mm256_castps256_ps128((__m256)w));
+        return;
+    }
+    const __m256i lanes = _mm256_loadu_si256((const __m256i *)(dk_lanes + 8 - m));
+    if (res) v += (v8)_mm256_maskload_ps(res, lanes);
+    _mm256_maskstore_ps(out, lanes, (__m256)vact(v, act));
+#else
     float t[8] = {0};
     if (res) {
         for (int j = 0; j < m; j++) t[j] = res[j];
@@ -320,6 +396,7 @@ static inline void pw_store(float *out, const float *res, v8 v, int m, int act) 
     }
     st(t, vact(v, act));
     for (int j = 0; j < m; j++) out[j] = t[j];
+#endif
 }
 
 /* The last 8 output channels when CoP % 16 == 8 (all of them when Co <= 8): one vector per pixel,
@@ -328,8 +405,9 @@ static inline void pw_store(float *out, const float *res, v8 v, int m, int act) 
    160x160 maps). */
 #define PR8 12
 /* 12 pixels of the 8-channel strip: xp rows of Ci inputs, outputs (and residuals) rows of `ys` floats. */
-static inline void pw8_block(const float *xp, int64_t Ci, const float *wc, int64_t CoP, v8 b0, float *yp,
-                             const float *rp, int64_t ys, int m0, int act) {
+static inline __attribute__((always_inline)) void pw8_block(const float *xp, int64_t Ci, const float *wc, int64_t CoP,
+                                                            v8 b0, float *yp, const float *rp, int64_t ys, int m0,
+                                                            const int act) {
     v8 a[PR8];
     for (int r = 0; r < PR8; r++) a[r] = b0;
     for (int64_t ci = 0; ci < Ci; ci++) {
@@ -339,16 +417,22 @@ static inline void pw8_block(const float *xp, int64_t Ci, const float *wc, int64
     for (int r = 0; r < PR8; r++) pw_store(yp + r * ys, rp ? rp + r * ys : 0, a[r], m0, act);
 }
 
-static void pw_strip8(const dk_pw *d, int64_t c0, int64_t lo, int64_t hi) {
+static inline __attribute__((always_inline)) void pw_strip8(const dk_pw *d, int64_t c0, int64_t lo, int64_t hi,
+                                                            const int act, const int res) {
     const int64_t Ci = d->Ci, Co = d->Co;
     const float *wc = d->w + c0;
     const v8 b0 = ld(d->b + c0);
     const int m0 = Co - c0 >= 8 ? 8 : (int)(Co - c0);
     int64_t p = lo;
-    for (; p + PR8 <= hi; p += PR8)
-        pw8_block(d->x + p * Ci, Ci, wc, d->CoP, b0, d->y + p * Co + c0, d->r ? d->r + p * Co + c0 : 0, Co, m0, d->act);
+    /* The last block ends at hi, overlapping the one before (its pixels come out the same: each
+       pixel's sum is the same code wherever its block starts): no one-pixel tail per range, which
+       the fused blocks, calling this per image row, would pay on every row. */
+    for (; p < hi && hi - lo >= PR8; p += PR8) {
+        int64_t q = p + PR8 <= hi ? p : hi - PR8;
+        pw8_block(d->x + q * Ci, Ci, wc, d->CoP, b0, d->y + q * Co + c0, res ? d->r + q * Co + c0 : 0, Co, m0, act);
+    }
     if (p < hi) {
-        /* The last < 12 pixels go through the same block code on copies (zero-padded): a one-pixel
+        /* Fewer than 12 pixels in all: the same block code on copies (zero-padded): a one-pixel
            loop compiles to other roundings (GCC fuses one form into FMAs, not the other), and a
            pixel's value must not depend on where the thread split fell. */
         const int n = (int)(hi - p);
@@ -357,25 +441,29 @@ static void pw_strip8(const dk_pw *d, int64_t c0, int64_t lo, int64_t hi) {
         if (!xs) return;   /* (unreachable in practice: a few KB) */
         memset(xs, 0, sizeof(float) * PR8 * Ci);
         memcpy(xs, d->x + p * Ci, sizeof(float) * n * Ci);
-        for (int r = 0; r < n && d->r; r++) memcpy(rt + r * 8, d->r + (p + r) * Co + c0, sizeof(float) * m0);
-        pw8_block(xs, Ci, wc, d->CoP, b0, yt, d->r ? rt : 0, 8, m0, d->act);
+        for (int r = 0; r < n && res; r++) memcpy(rt + r * 8, d->r + (p + r) * Co + c0, sizeof(float) * m0);
+        pw8_block(xs, Ci, wc, d->CoP, b0, yt, res ? rt : 0, 8, m0, act);
         for (int r = 0; r < n; r++) memcpy(d->y + (p + r) * Co + c0, yt + r * 8, sizeof(float) * m0);
         if (xs != stack) free(xs);
     }
 }
 
 #define PR 6
-static void pw_part(void *ctx, int64_t lo, int64_t hi) {
-    const dk_pw *d = (const dk_pw *)ctx;
+/* Pixels [lo, hi).  act and res (a residual is added) are compile-time constants in each of the
+   instances pw_part picks from: the stores then have no per-pixel tests (with 4 input channels,
+   those were half the time of Yolo-Fastest's 160x160 1x1 convs). */
+static inline __attribute__((always_inline)) void pw_range(const dk_pw *d, int64_t lo, int64_t hi, const int act,
+                                                           const int res) {
     const int64_t Ci = d->Ci, Co = d->Co, CoP = d->CoP;
-    if (CoP % 16 == 8) pw_strip8(d, CoP - 8, lo, hi);
+    if (CoP % 16 == 8) pw_strip8(d, CoP - 8, lo, hi, act, res);
     for (int64_t c0 = 0; c0 + 16 <= CoP; c0 += 16) {
         const float *wc = d->w + c0;
         v8 b0 = ld(d->b + c0), b1 = ld(d->b + c0 + 8);
         int m0 = Co - c0 >= 8 ? 8 : (int)(Co - c0), m1 = Co - c0 - 8 >= 8 ? 8 : (int)(Co - c0 - 8);
         int64_t p = lo;
-        for (; p + PR <= hi; p += PR) {
-            const float *xp = d->x + p * Ci;
+        for (; p < hi && hi - lo >= PR; p += PR) {   /* the last block ends at hi (see pw_strip8) */
+            const int64_t q = p + PR <= hi ? p : hi - PR;
+            const float *xp = d->x + q * Ci;
             v8 a[PR][2];
             for (int r = 0; r < PR; r++) { a[r][0] = b0; a[r][1] = b1; }
             for (int64_t ci = 0; ci < Ci; ci++) {
@@ -387,10 +475,10 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
                 }
             }
             for (int r = 0; r < PR; r++) {
-                int64_t at = (p + r) * Co + c0;
-                const float *res = d->r ? d->r + at : 0;
-                pw_store(d->y + at, res, a[r][0], m0, d->act);
-                if (m1 > 0) pw_store(d->y + at + 8, res ? res + 8 : 0, a[r][1], m1, d->act);
+                int64_t at = (q + r) * Co + c0;
+                const float *rp = res ? d->r + at : 0;
+                pw_store(d->y + at, rp, a[r][0], m0, act);
+                if (m1 > 0) pw_store(d->y + at + 8, res ? rp + 8 : 0, a[r][1], m1, act);
             }
         }
         for (; p < hi; p++) {
@@ -401,10 +489,22 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
                 a0 += xv * ld(wc + ci * CoP); a1 += xv * ld(wc + ci * CoP + 8);
             }
             int64_t at = p * Co + c0;
-            const float *res = d->r ? d->r + at : 0;
-            pw_store(d->y + at, res, a0, m0, d->act);
-            if (m1 > 0) pw_store(d->y + at + 8, res ? res + 8 : 0, a1, m1, d->act);
+            const float *rp = res ? d->r + at : 0;
+            pw_store(d->y + at, rp, a0, m0, act);
+            if (m1 > 0) pw_store(d->y + at + 8, res ? rp + 8 : 0, a1, m1, act);
         }
+    }
+}
+
+static void pw_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_pw *d = (const dk_pw *)ctx;
+    switch (d->act * 2 + (d->r != 0)) {
+        case 0: pw_range(d, lo, hi, 0, 0); break;
+        case 1: pw_range(d, lo, hi, 0, 1); break;
+        case 2: pw_range(d, lo, hi, 1, 0); break;
+        case 3: pw_range(d, lo, hi, 1, 1); break;
+        case 4: pw_range(d, lo, hi, 2, 0); break;
+        default: pw_range(d, lo, hi, 2, 1); break;
     }
 }
 
