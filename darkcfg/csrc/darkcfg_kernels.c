@@ -691,6 +691,25 @@ void darkcfg_block_nhwc(const float *x, const float *we, const float *be, const 
     dk_split(block_part, &f, rows, 1, (int)g[13], rows * g[5] * per_pixel);
 }
 
+/* ---- Batched GEMM out[e] = v[e] u[e] (e < E; v [E][M][C], u [E][C][K], out [E][M][K], K % 8 == 0):
+   Winograd's (m+2)^2 products.  The 1x1 kernel's 6 x 16 register blocks (bias zero, no activation);
+   threads split the batch, so each product is one thread's and its bits do not depend on the split. ---- */
+typedef struct { const float *v, *u, *z; float *out; int64_t M, C, K; } dk_bg;
+
+static void bg_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_bg *d = (const dk_bg *)ctx;
+    for (int64_t e = lo; e < hi; e++) {
+        dk_pw p = {d->v + e * d->M * d->C, d->u + e * d->C * d->K, d->z, 0, d->out + e * d->M * d->K, d->C, d->K, d->K, 0};
+        pw_range(&p, 0, d->M, 0, 0);
+    }
+}
+
+/* g: E, M, C, K, threads (<= 0: torch's); z: K zeros */
+void darkcfg_bgemm(const float *v, const float *u, const float *z, float *out, const int64_t *g) {
+    dk_bg d = {v, u, z, out, g[1], g[2], g[3]};
+    dk_split(bg_part, &d, g[0], 1, (int)g[4], g[0] * g[1] * g[2] * g[3]);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Darknet's [maxpool] on NHWC float32 (forward_maxpool_layer): every output starts at -FLT_MAX
  * and takes an in-bounds input only when it is greater (`val > max ? val : max`: a NaN never
