@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,11 @@ WINOGRAD_CASES = {"cfg-yolov4", "cfg-yolov4-tiny", "csp-csresnext50-panet-spp", 
                   "cfg-yolov4-sam-mish-csp-reorg-bfm", "cfg-yolov7-tiny", "real-tiny-darknet"}
 
 
+#: Dense cases whose first conv takes the stem kernel (3x3 on the RGB image; csresnext50's is 7x7,
+#: yolov4-csp-swish's activation is swish: oneDNN runs those).
+STEM_CASES = WINOGRAD_CASES - {"csp-csresnext50-panet-spp", "cfg-yolov4-csp-swish"}
+
+
 @pytest.mark.parametrize("name", OPTIMIZED_CASES if CASES else ["no-shared"])
 def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pytest.MonkeyPatch) -> None:
     from darkcfg import native
@@ -73,6 +79,16 @@ def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pyte
     from darkcfg.layers.winograd import WinogradConv
 
     calls = {kind: count_calls(monkeypatch, kind) for kind in (DirectConv, WinogradConv)}
+    kinds: list = []  # the direct kernels' kinds that produced an output
+    launch = DirectConv._launch
+
+    def recorded(self: DirectConv, *args: Any) -> Any:
+        y = launch(self, *args)
+        if y is not None:
+            kinds.append(self.kind)
+        return y
+
+    monkeypatch.setattr(DirectConv, "_launch", recorded)
     result = conformance.run_case(CASES_DIR / name, shared, make_weights, optimized=True)
     assert result.passed, f"{name} optimized: " + "\n  ".join(result.failures)
     if native.library() is None:
@@ -81,4 +97,6 @@ def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pyte
         assert sum(calls[DirectConv]) > 0, f"{name}: the direct kernels did not run"
     if name in WINOGRAD_CASES:
         assert sum(calls[WinogradConv]) > 0, f"{name}: Winograd did not run"
+    if name in STEM_CASES:
+        assert "stem" in kinds, f"{name}: the RGB stem conv did not take its kernel"
 
