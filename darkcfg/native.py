@@ -143,8 +143,8 @@ def library() -> Optional[ctypes.CDLL]:
                     # x, expand w/b, depthwise w/b, project w/b, residual, y, geometry
                     lib.darkcfg_block_nhwc.argtypes = [ptr] * 10
                     lib.darkcfg_block_nhwc.restype = None
-                    lib.darkcfg_bgemm.argtypes = [ptr] * 5  # v, u, zeros, out, geometry
-                    lib.darkcfg_bgemm.restype = None
+                    lib.darkcfg_bgemm_packed.argtypes = [ptr] * 4  # v, packed u, out, geometry
+                    lib.darkcfg_bgemm_packed.restype = None
                     lib.darkcfg_maxpool_nhwc.argtypes = [ptr] * 3  # x, y, geometry
                     lib.darkcfg_maxpool_nhwc.restype = None
                     lib.darkcfg_wino_in_nhwc.argtypes = [ptr] * 3  # x, transformed tiles, geometry

@@ -105,13 +105,44 @@ def test_weight_transform_is_the_float64_product(m: int, monkeypatch: pytest.Mon
     last bit but for summation order, and the torch fallback (no library) is that einsum."""
     torch.manual_seed(m)
     conv = torch.nn.Conv2d(24, 40, 3, 1, 1)
-    u, bias = WinogradConv(conv, "leaky").weights(m)
+    u, bias = WinogradConv(conv, "leaky").transformed(m)
     g = torch.tensor(winograd._G[m], dtype=torch.float64)
     ref = torch.einsum("ij,kcjl,ml->imck", g, conv.weight.detach().double(), g).reshape((m + 2) ** 2, 24, 40).float()
     assert u.shape == ref.shape and torch.allclose(u, ref, rtol=1.2e-7, atol=1e-9)
     assert torch.equal(bias, conv.bias.detach())
     monkeypatch.setattr(native, "library", lambda: None)
-    assert torch.equal(WinogradConv(conv, "leaky").weights(m)[0], ref)
+    assert torch.equal(WinogradConv(conv, "leaky").transformed(m)[0], ref)
+
+
+# products, rows (tiles), input channels, output channels: rows off the 6- and 12-row blocks and below
+# them, outputs off the 16-column strips
+GEMMS = [(36, 96, 64, 64), (16, 49, 40, 24), (36, 5, 16, 72), (4, 1, 8, 8), (16, 13, 24, 40), (36, 11, 32, 8)]
+
+
+@pytest.mark.parametrize("case", GEMMS, ids=lambda c: "e{}m{}c{}k{}".format(*c))
+def test_packed_batched_gemm_is_the_products(case: tuple) -> None:
+    """``darkcfg_bgemm_packed`` on :func:`winograd.pack`ed weights gives ``torch.bmm``'s products
+    (float64 reference; rounding only), and each product is one thread's: 1 or 2 threads, same bits."""
+    e, rows, c, k = case
+    torch.manual_seed(rows * 7 + k)
+    v, u = torch.randn(e, rows, c), torch.randn(e, c, k)
+    packed = winograd.pack(u)
+    assert packed.shape == (e, c * k)
+    lib = native.library()
+    geometry = torch.tensor([e, rows, c, k, 0])  # (held: the kernel reads it through a pointer)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = torch.full((e, rows, k), float("nan"))
+            lib.darkcfg_bgemm_packed(v.data_ptr(), packed.data_ptr(), out.data_ptr(), geometry.data_ptr())
+            outs.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    ref = torch.bmm(v.double(), u.double())
+    assert torch.equal(outs[0], outs[1])
+    assert float((outs[0] - ref).abs().max()) < 1e-5 * float(ref.abs().max())
 
 
 def test_cost_model_picks_by_map_size() -> None:

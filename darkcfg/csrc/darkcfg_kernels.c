@@ -691,23 +691,76 @@ void darkcfg_block_nhwc(const float *x, const float *we, const float *be, const 
     dk_split(block_part, &f, rows, 1, (int)g[13], rows * g[5] * per_pixel);
 }
 
-/* ---- Batched GEMM out[e] = v[e] u[e] (e < E; v [E][M][C], u [E][C][K], out [E][M][K], K % 8 == 0):
-   Winograd's (m+2)^2 products.  The 1x1 kernel's 6 x 16 register blocks (bias zero, no activation);
-   threads split the batch, so each product is one thread's and its bits do not depend on the split. ---- */
-typedef struct { const float *v, *u, *z; float *out; int64_t M, C, K; } dk_bg;
-
-static void bg_part(void *ctx, int64_t lo, int64_t hi) {
-    const dk_bg *d = (const dk_bg *)ctx;
-    for (int64_t e = lo; e < hi; e++) {
-        dk_pw p = {d->v + e * d->M * d->C, d->u + e * d->C * d->K, d->z, 0, d->out + e * d->M * d->K, d->C, d->K, d->K, 0};
-        pw_range(&p, 0, d->M, 0, 0);
+/* ---- Batched GEMM out[e] = v[e] u[e] (Winograd's (m+2)^2 products; v [E][M][C], out [E][M][K], K % 8 == 0)
+   on pre-packed weights: u[e] stored strip by strip (16 columns,
+   then 8 if K % 16 == 8): strip s is a contiguous [C][16] block, so the weights stream from memory
+   in order once per product, with no per-call packing (what MKL does on every torch.bmm: for the
+   few-row products of Winograd on small maps -- 49 rows for a 26x26 map -- that packing is as
+   much work as the products).  6 x 16 (12 x 8) register blocks; the last block of rows overlaps
+   the one before instead of a one-row tail, so every row comes from the same code. ---- */
+static inline __attribute__((always_inline)) void gemm_strip16(const float *A, int64_t M, int64_t C, const float *B,
+                                                               float *Y, int64_t ldy) {
+    for (int64_t p = 0; p < M; p += 6) {   /* M >= 12 (pg_part pads smaller products) */
+        const int64_t q = p + 6 <= M ? p : M - 6;
+        v8 a[6][2];
+        for (int r = 0; r < 6; r++) a[r][0] = a[r][1] = splat(0.0f);
+        const float *x = A + q * C;
+        for (int64_t ci = 0; ci < C; ci++) {
+            v8 w0 = ld(B + ci * 16), w1 = ld(B + ci * 16 + 8);
+            for (int r = 0; r < 6; r++) {
+                v8 xv = splat(x[r * C + ci]);
+                a[r][0] += xv * w0;
+                a[r][1] += xv * w1;
+            }
+        }
+        for (int r = 0; r < 6; r++) { st(Y + (q + r) * ldy, a[r][0]); st(Y + (q + r) * ldy + 8, a[r][1]); }
     }
 }
 
-/* g: E, M, C, K, threads (<= 0: torch's); z: K zeros */
-void darkcfg_bgemm(const float *v, const float *u, const float *z, float *out, const int64_t *g) {
-    dk_bg d = {v, u, z, out, g[1], g[2], g[3]};
-    dk_split(bg_part, &d, g[0], 1, (int)g[4], g[0] * g[1] * g[2] * g[3]);
+static inline __attribute__((always_inline)) void gemm_strip8(const float *A, int64_t M, int64_t C, const float *B,
+                                                              float *Y, int64_t ldy) {
+    for (int64_t p = 0; p < M; p += 12) {
+        const int64_t q = p + 12 <= M ? p : M - 12;
+        v8 a[12];
+        for (int r = 0; r < 12; r++) a[r] = splat(0.0f);
+        const float *x = A + q * C;
+        for (int64_t ci = 0; ci < C; ci++) {
+            v8 w0 = ld(B + ci * 8);
+            for (int r = 0; r < 12; r++) a[r] += splat(x[r * C + ci]) * w0;
+        }
+        for (int r = 0; r < 12; r++) st(Y + (q + r) * ldy, a[r]);
+    }
+}
+
+typedef struct { const float *v, *u; float *out; int64_t M, C, K; } dk_pg;
+
+static void pg_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_pg *d = (const dk_pg *)ctx;
+    const int64_t M = d->M, C = d->C, K = d->K, K16 = K / 16 * 16;
+    /* Fewer than 12 rows: the same block code on a zero-padded copy (a row's value must not
+       depend on how many rows its product has: chunks of tiles differ in size). */
+    const int64_t MP = M < 12 ? 12 : M;
+    float *pad = M < 12 ? (float *)calloc((size_t)(MP * (C + K)), sizeof(float)) : 0;
+    if (M < 12 && !pad) return;   /* (a few KB) */
+    for (int64_t e = lo; e < hi; e++) {
+        const float *A = d->v + e * M * C, *U = d->u + e * C * K;
+        float *Y = d->out + e * M * K;
+        if (pad) {
+            memcpy(pad, A, sizeof(float) * (size_t)(M * C));
+            A = pad;
+            Y = pad + MP * C;
+        }
+        for (int64_t k0 = 0; k0 < K16; k0 += 16) gemm_strip16(A, MP, C, U + k0 * C, Y + k0, K);
+        if (K16 < K) gemm_strip8(A, MP, C, U + K16 * C, Y + K16, K);
+        if (pad) memcpy(d->out + e * M * K, Y, sizeof(float) * (size_t)(M * K));
+    }
+    free(pad);
+}
+
+/* g: E, M, C, K, threads (<= 0: torch's); K % 8 == 0; u packed as above. */
+void darkcfg_bgemm_packed(const float *v, const float *u, float *out, const int64_t *g) {
+    dk_pg d = {v, u, out, g[1], g[2], g[3]};
+    dk_split(pg_part, &d, g[0], 1, (int)g[4], g[0] * g[1] * g[2] * g[3]);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -5,10 +5,13 @@ Why: the 3x3 stride-1 convolutions are most of the arithmetic of the dense Darkn
 near the machine's peak (~145 GFLOP/s here): only doing fewer multiplications is faster.
 Winograd's F(m x m, 3 x 3) computes an m x m output tile from an (m+2) x (m+2) input tile with
 (m+2)^2 multiplications per channel pair instead of 9 m^2: 4x fewer for F(4x4), 2.25x for
-F(2x2).  The multiplications become (m+2)^2 independent GEMMs (``torch.bmm``, which runs near
-peak), between two cheap linear transforms written in C (``csrc/darkcfg_kernels.c``:
-``darkcfg_wino_in_nhwc`` / ``darkcfg_wino_out_nhwc``; the output one also adds the bias and
-applies a fused leaky/relu).  The weights are transformed once, in float64.
+F(2x2).  The multiplications become (m+2)^2 independent GEMMs, between two cheap linear
+transforms, all in C (``csrc/darkcfg_kernels.c``: ``darkcfg_wino_in_nhwc``,
+``darkcfg_bgemm_packed``, ``darkcfg_wino_out_nhwc``; the output one also adds the bias and
+applies a fused leaky/relu/mish).  The weights are transformed once, in float64, and packed in
+16-column strips so each GEMM streams them in order: ``torch.bmm`` (MKL) re-packs them on every
+call, which on small maps -- 49 rows per product for a 26x26 map -- cost as much as the
+products (the packed kernel: 48-74 GMAC/s on 2 cores where ``torch.bmm`` gave 37-54).
 
 Accuracy: the transforms add float32 roundings.  Measured against a float64 convolution, the
 largest error relative to the output's scale is ~5e-6 for F(4x4) and ~4e-7 for F(2x2) (oneDNN:
@@ -19,7 +22,7 @@ Which variant (:func:`choose`): a cost model in units of the machine's GEMM spee
 multiply-adds of each variant plus the weight bytes each must stream, per call -- picks F(4x4),
 F(2x2) or none (oneDNN's direct conv).  F(4x4) wins on large maps; on 13x13 maps with 512
 channels its 36 transformed weight matrices (38 MB) cost more to read than it saves, and
-F(2x2) or the direct conv win.  Tiles are processed in chunks whose transformed input and
+F(2x2) wins; on a 1x1 map, the direct conv.  Tiles are processed in chunks whose transformed input and
 output fit in a few MB, so they stay in cache between the three passes.
 
 Used by :meth:`darkcfg.layers.conv.ConvLayer.enable_onednn` (so by :meth:`Darknet.optimize`)
@@ -56,21 +59,16 @@ CHUNK_BYTES = 2 << 20
 
 #: Cost model (:func:`choose`): a byte of weights streamed per call costs as much as this many
 #: multiply-adds, and the two transforms cost this many per transformed value.  Fitted to
-#: per-layer timings of the 20 distinct 3x3 stride-1 shapes of yolov4-tiny @416, yolov4 @608
-#: and csresnext50-panet-spp @512 on 2 AVX2 cores: the pick is within 2% of the fastest of the
-#: three on each (with 4 instead, 16% off on the 19x19 512-channel layers, and F(4x4)'s
-#: weights there take 2.25x the memory of F(2x2)'s).
-BYTE_COST = 12.0
+#: per-layer timings (4 round-robin rounds, fastest of each) of the 29 distinct 3x3 stride-1
+#: shapes of yolov4-tiny @416 (batch 1 and 4), yolov4 @608 and csresnext50-panet-spp @512 on 2
+#: AVX2 cores with the packed GEMM: the pick is the fastest of the three on every one (so is any
+#: BYTE_COST from 3 to 5.5; 12, fitted to torch.bmm's per-call packing, now took F(2x2) on the
+#: 19x19 512-channel layers where F(4x4) is 21% faster).
+BYTE_COST = 4.0
 TRANSFORM_COST = 12.0
 
 #: Activation -> the output transform's code: the direct kernels' (linear, leaky, relu) and mish.
 ACTIVATION_CODES = {**ACTIVATIONS, "mish": 3}
-
-#: Layers with at most this many input x output channels multiply in the native batched GEMM
-#: (``darkcfg_bgemm``: 15-30% faster than ``torch.bmm`` on these small products, whose few rows
-#: -- the tiles of a chunk -- leave MKL's blocking half idle); bigger ones in ``torch.bmm``
-#: (level with it at 256 x 256, which streams its weights from memory either way).
-NATIVE_GEMM_WEIGHTS = 128 * 128
 
 #: Smallest channel counts worth it (below, oneDNN's direct conv is as fast; the kernels need
 #: multiples of 8).
@@ -143,14 +141,17 @@ def _scratch(floats: int) -> Tensor:
     return buf
 
 
-def _zeros(k: int) -> Tensor:
-    """A per-thread float buffer of at least ``k`` zeros (the batched GEMM's bias)."""
-    z: Optional[Tensor] = getattr(_local, "zeros", None)
-    if z is None or z.numel() < k:
-        with torch.inference_mode(False):  # (see _scratch)
-            z = torch.zeros(k)
-        _local.zeros = z
-    return z
+def pack(u: Tensor) -> Tensor:
+    """[E, C, K] product weights in ``darkcfg_bgemm_packed``'s layout, [E, C * K]: per e, the
+    columns in strips of 16 (then one of 8 where K % 16 == 8), each strip a contiguous [C][16]
+    block, so a product streams its weights in order (see the C kernel)."""
+    e, c, k = u.shape
+    k16 = k // 16 * 16
+    parts = [u[:, :, :k16].reshape(e, c, k16 // 16, 16).permute(0, 2, 1, 3).reshape(e, c * k16)]
+    if k16 < k:
+        parts.append(u[:, :, k16:].reshape(e, c * (k - k16)))
+    with torch.inference_mode(False):  # a normal tensor whatever the caller's mode (see _scratch)
+        return torch.cat(parts, 1).contiguous()
 
 
 class WinogradConv:
@@ -216,9 +217,29 @@ class WinogradConv:
             chunks.append((count * tw, geometry_in, geometry_out, geometry_gemm))
         return _ShapePlan(m, (n, k, h, w), chunks, a2 * rows * tw * (c + k))
 
-    def weights(self, m: int) -> Tuple[Tensor, Tensor]:
+    def transformed(self, m: int) -> Tuple[Tensor, Tensor]:
         """(U, bias): U[e] = (G w G^T)[e] as a [(m+2)^2, C, K] float32 tensor, transformed in
-        float64 from the layer's current weights."""
+        float64 from the layer's current weights (not cached: see :meth:`weights`)."""
+        params = self.conv._parameters
+        weight, b = params["weight"], params.get("bias")
+        assert weight is not None
+        g = torch.tensor(_G[m], dtype=torch.float64)
+        w = weight.detach()
+        k, c, a = w.shape[0], w.shape[1], m + 2
+        lib = self._library()
+        if lib is not None and w.dtype == torch.float32 and w.is_cpu:
+            w = w.contiguous()
+            with torch.inference_mode(False):
+                u = torch.empty(a * a, c, k)
+            lib.darkcfg_wino_weights(w.data_ptr(), u.data_ptr(), g.data_ptr(), k, c, a, 0)
+        else:  # the same float64 products, by torch (slower: ~0.4 s per 4.7M weights)
+            u = torch.einsum("ij,kcjl,ml->imck", g, w.double(), g).reshape(a * a, c, k).float().contiguous()
+        bias = torch.zeros(k) if b is None else b.detach().float()
+        return u, bias.contiguous()
+
+    def weights(self, m: int) -> Tuple[Tensor, Tensor]:
+        """(packed U, bias), cached until the layer's weight or bias changes: :meth:`transformed`
+        in the batched GEMM's layout (:func:`pack`)."""
         params = self.conv._parameters
         weight, b = params["weight"], params.get("bias")
         assert weight is not None
@@ -227,19 +248,8 @@ class WinogradConv:
             self._weights, self._key = {}, key
         cached = self._weights.get(m)
         if cached is None:
-            g = torch.tensor(_G[m], dtype=torch.float64)
-            w = weight.detach()
-            k, c, a = w.shape[0], w.shape[1], m + 2
-            lib = self._library()
-            if lib is not None and w.dtype == torch.float32 and w.is_cpu:
-                w = w.contiguous()
-                with torch.inference_mode(False):
-                    u = torch.empty(a * a, c, k)
-                lib.darkcfg_wino_weights(w.data_ptr(), u.data_ptr(), g.data_ptr(), k, c, a, 0)
-            else:  # the same float64 products, by torch (slower: ~0.4 s per 4.7M weights)
-                u = torch.einsum("ij,kcjl,ml->imck", g, w.double(), g).reshape(a * a, c, k).float().contiguous()
-            bias = torch.zeros(k) if b is None else b.detach().float()
-            cached = self._weights[m] = (u, bias.contiguous())
+            u, bias = self.transformed(m)
+            cached = self._weights[m] = (pack(u), bias)
         return cached
 
     def __call__(self, x: Tensor) -> Optional[Tensor]:
@@ -262,18 +272,14 @@ class WinogradConv:
         if lib is None:
             return None
         u, bias = self.weights(plan.m)
-        a2, c, k = u.shape
+        a2 = (plan.m + 2) ** 2
+        c, k = self.conv.in_channels, self.conv.out_channels
         y = torch.empty(plan.out_shape, memory_format=torch.channels_last)
         buf = _scratch(plan.scratch)
-        native_gemm = c * k <= NATIVE_GEMM_WEIGHTS
-        zeros = _zeros(k) if native_gemm else None
         for tiles, geometry_in, geometry_out, geometry_gemm in plan.chunks:
-            v = buf[:a2 * tiles * c].view(a2, tiles, c)
-            out = buf[a2 * tiles * c:a2 * tiles * (c + k)].view(a2, tiles, k)
+            v = buf[:a2 * tiles * c]
+            out = buf[a2 * tiles * c:a2 * tiles * (c + k)]
             lib.darkcfg_wino_in_nhwc(x.data_ptr(), v.data_ptr(), geometry_in.data_ptr())
-            if zeros is not None:
-                lib.darkcfg_bgemm(v.data_ptr(), u.data_ptr(), zeros.data_ptr(), out.data_ptr(), geometry_gemm.data_ptr())
-            else:
-                torch.bmm(v, u, out=out)
+            lib.darkcfg_bgemm_packed(v.data_ptr(), u.data_ptr(), out.data_ptr(), geometry_gemm.data_ptr())
             lib.darkcfg_wino_out_nhwc(out.data_ptr(), bias.data_ptr(), y.data_ptr(), geometry_out.data_ptr())
         return y
