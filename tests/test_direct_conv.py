@@ -66,7 +66,8 @@ def test_depthwise_kernel_equals_conv2d(case: tuple, activation: str) -> None:
 # in channels, out channels, input (h, w), batch
 POINTWISE = [(8, 4, (16, 16), 1), (4, 24, (9, 11), 2), (1, 1, (3, 3), 1), (33, 17, (7, 5), 1), (16, 48, (6, 6), 3),
              (224, 48, (10, 10), 1), (3, 255, (5, 4), 1), (256, 256, (2, 3), 1), (7, 16, (1, 1), 1),
-             (300, 8, (5, 5), 1)]  # > 256 inputs on the 8-channel strip: its tail copy is heap-allocated
+             (300, 8, (5, 5), 1),  # > 256 inputs on the 8-channel strip: its tail copy is heap-allocated
+             (64, 40, (40, 41), 1), (512, 24, (9, 7), 2)]  # several L2-sized pixel chunks, with a remainder
 
 
 @pytest.mark.parametrize("activation", sorted(direct_conv.ACTIVATIONS))
@@ -187,6 +188,25 @@ def test_fused_block_refuses_what_a_kernel_refuses(monkeypatch: pytest.MonkeyPat
         assert direct_conv.fused_block(ex, dw, pw, x, None, 0) is None
 
 
+def test_pointwise_chunks_and_thread_splits_change_no_bit() -> None:
+    """Where a pixel block, an L2 chunk or a thread's range starts does not change a value."""
+    conv = torch.nn.Conv2d(64, 40, 1)
+    plan = DirectConv(conv, "leaky")
+    x = nhwc(torch.randn(1, 64, 53, 47))  # 2491 pixels: 2 chunks of 1024 + remainder per thread count
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = plan(x)
+            torch.set_num_threads(2)
+            two = plan(x)
+            whole = torch.cat([plan(x[:, :, :20]), plan(x[:, :, 20:])], 2)  # other block starts
+    finally:
+        torch.set_num_threads(threads)
+    assert one is not None and two is not None
+    assert torch.equal(one, two) and torch.equal(one, whole)
+
+
 def test_leaky_is_darknets_on_both_sides_of_zero() -> None:
     """x > 0 ? x : 0.1 * x, bit for bit (a 1x1 identity conv isolates the activation)."""
     conv = torch.nn.Conv2d(8, 8, 1)
@@ -206,7 +226,7 @@ def test_what_the_kernels_do_not_take() -> None:
     assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=8), "leaky").usable is False
     assert DirectConv(torch.nn.Conv2d(8, 16, 3, 1, 1), "leaky").usable is False  # dense 3x3: oneDNN
     assert DirectConv(torch.nn.Conv2d(8, 16, 1, 2), "leaky").usable is False  # strided 1x1
-    assert DirectConv(torch.nn.Conv2d(512, 256, 1), "leaky").usable is False  # a real GEMM: oneDNN
+    assert DirectConv(torch.nn.Conv2d(1024, 512, 1), "leaky").usable is False  # a big GEMM: oneDNN
     plan = DirectConv(dw, "leaky")
     assert not plan.applies(x)  # grad enabled and a trainable weight: the eager conv, differentiable
     with torch.no_grad():

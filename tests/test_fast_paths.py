@@ -35,6 +35,7 @@ def _small_maps_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
     tests/test_direct_conv.py and tests/test_winograd.py."""
     monkeypatch.setattr(onednn, "MIN_INPUT_ELEMENTS", 0)
     monkeypatch.setattr(direct_conv, "MAX_MACS", -1)
+    monkeypatch.setattr(direct_conv, "MAX_POINTWISE_MACS", -1)
     monkeypatch.setattr(direct_conv, "MAX_STEM_CHANNELS", 0)  # the RGB convs too
     monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
 

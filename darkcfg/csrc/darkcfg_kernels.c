@@ -496,8 +496,7 @@ static inline __attribute__((always_inline)) void pw_range(const dk_pw *d, int64
     }
 }
 
-static void pw_part(void *ctx, int64_t lo, int64_t hi) {
-    const dk_pw *d = (const dk_pw *)ctx;
+static void pw_chunk(const dk_pw *d, int64_t lo, int64_t hi) {
     switch (d->act * 2 + (d->r != 0)) {
         case 0: pw_range(d, lo, hi, 0, 0); break;
         case 1: pw_range(d, lo, hi, 0, 1); break;
@@ -505,6 +504,21 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
         case 3: pw_range(d, lo, hi, 1, 1); break;
         case 4: pw_range(d, lo, hi, 2, 0); break;
         default: pw_range(d, lo, hi, 2, 1); break;
+    }
+}
+
+/* Pixels in chunks of ~256 KB of inputs, every output strip per chunk: the strips then re-read the
+   chunk from L2, not the thread's whole range from memory (the dense nets' 1x1 convs on 104x104
+   maps: 2.7 MB of inputs per range, once per 16 outputs).  The last chunk takes the remainder
+   (a pixel's value does not depend on where its block or chunk starts). */
+static void pw_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_pw *d = (const dk_pw *)ctx;
+    int64_t chunk = (65536 / (d->Ci > 0 ? d->Ci : 1)) / 12 * 12;
+    if (chunk < 96) chunk = 96;
+    for (int64_t p = lo; p < hi; p += chunk) {
+        int64_t end = hi - (p + chunk) < chunk ? hi : p + chunk;
+        pw_chunk(d, p, end);
+        if (end == hi) break;
     }
 }
 

@@ -7,9 +7,11 @@ vectorised C kernels of ``csrc/darkcfg_kernels.c`` (:mod:`darkcfg.native`) have 
 
 When a conv takes this path (:meth:`DirectConv.applies`): CPU float32 NHWC input (the layout
 :meth:`Darknet.optimize` picks for such nets) outside autograd and tracing, a depthwise conv
-(``groups == channels``, no dilation) or a 1x1 stride-1 dense conv of at most 256 x 256
-channels, an activation the kernel fuses (linear, leaky, relu), and at most
-:data:`MAX_MACS` multiply-adds in the call.  The kernels split their rows over torch's own
+(``groups == channels``, no dilation) or a 1x1 stride-1 dense conv of at most
+:data:`MAX_POINTWISE_WEIGHTS` input x output channels, an activation the kernel fuses (linear,
+leaky, relu), and at most :data:`MAX_MACS` (depthwise) or :data:`MAX_POINTWISE_MACS` (1x1)
+multiply-adds in the call; or a net's first conv on the image (:data:`MAX_STEM_CHANNELS` input
+channels, NCHW or NHWC, mish too).  The kernels split their rows over torch's own
 OpenMP team where torch uses GNU OpenMP (:func:`darkcfg.native.uses_openmp`), else run on the
 calling thread.  Float sums run in another order than oneDNN's: rounding only
 (tests/test_direct_conv.py bounds it; tests/test_conformance.py runs optimized models against
@@ -33,12 +35,20 @@ from .onednn import version
 #: Activation -> the kernel's code (the ones it computes exactly as Darknet's ``activate``).
 ACTIVATIONS = {"linear": 0, "leaky": 1, "relu": 2}
 
-#: Calls above this many multiply-adds go to oneDNN, whose blocked GEMMs win on big layers
-#: (Yolo-Fastest 1.1 @320, 2 threads: batch 1 15.5 -> 9.3 ms, batch 4 31 -> 27 ms with this cap).
+#: Depthwise calls above this many multiply-adds go to oneDNN, whose blocked convs win on big
+#: layers (Yolo-Fastest 1.1 @320, 2 threads: batch 1 15.5 -> 9.3 ms, batch 4 31 -> 27 ms with this cap).
 MAX_MACS = 16_000_000
 
-#: 1x1 convs up to this many input x output channels (bigger ones are GEMMs oneDNN does better).
-MAX_POINTWISE_WEIGHTS = 256 * 256
+#: 1x1 calls up to this many multiply-adds (and MAX_POINTWISE_WEIGHTS) take the kernel, which
+#: since it works in L2-sized pixel chunks beats oneDNN on the dense nets' 1x1 convs on small
+#: maps (2 threads, same process: yolov4-tiny's 64->64 @104 1.45x, 256->128 @13 1.7x, 512->255
+#: @13 1.2x, 128->128 @52 .. 384->256 @26 1.03-1.1x); above, oneDNN (64->64 @104 at batch 4,
+#: 177M: 0.85x; 64->64 @304: 0.87x).
+MAX_POINTWISE_MACS = 80_000_000
+
+#: 1x1 convs up to this many input x output channels (bigger ones -- 1024 -> 512: 0.6x -- are
+#: GEMMs oneDNN does better).
+MAX_POINTWISE_WEIGHTS = 512 * 256
 
 #: Dense convs with at most this many input channels and windows of at most MAX_STEM_TAPS take the
 #: stem kernel (a network's first conv, on the RGB image: oneDNN's blocked convs want long sums and
@@ -154,7 +164,7 @@ class DirectConv:
             oh, ow = h, width
             geometry = [n * h * width, c, conv.out_channels, self.padded_out, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
-        if min(oh, ow) <= 0 or macs > MAX_MACS:
+        if min(oh, ow) <= 0 or macs > (MAX_POINTWISE_MACS if self.kind == "pointwise" else MAX_MACS):
             return None
         return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
 
