@@ -143,7 +143,9 @@ def test_what_the_stem_kernel_does_not_take() -> None:
 BLOCKS = [(0, 8, 3, 1, 4, True, (16, 16), 1), (8, 32, 3, 1, 8, True, (9, 13), 2), (4, 24, 3, 2, 8, False, (15, 12), 1),
           (16, 48, 5, 1, 16, False, (10, 10), 1), (0, 96, 3, 1, 16, True, (7, 5), 1), (5, 13, 3, 1, 24, False, (6, 9), 1),
           (40, 224, 3, 1, 40, True, (5, 5), 1), (8, 16, 3, 1, 8, True, (1, 1), 3), (8, 24, 3, 2, 16, False, (2, 9), 2),
-          (12, 16, 5, 2, 12, False, (11, 7), 1)]
+          (12, 16, 5, 2, 12, False, (11, 7), 1),
+          # maps whose rows do not fit the slab buffer: the ring of expanded rows
+          (8, 32, 3, 1, 8, True, (90, 60), 1), (4, 24, 3, 2, 8, False, (96, 100), 2)]
 
 
 @pytest.mark.parametrize("act", [0, 1])
@@ -185,7 +187,8 @@ def test_fused_block_refuses_what_a_kernel_refuses(monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(direct_conv, "MAX_MACS", 16 * 36 * 9 - 1)  # the depthwise part now too big
         assert direct_conv.fused_block(None, dw, pw, nhwc(torch.randn(1, 16, 6, 7)), None, 0) is None
         monkeypatch.setattr(native, "library", lambda: None)
-        assert direct_conv.fused_block(ex, dw, pw, x, None, 0) is None
+        fresh = DirectConv(pw.conv, "linear")  # (a plan looks the library up at its first call)
+        assert direct_conv.fused_block(ex, dw, fresh, x, None, 0) is None
 
 
 def test_pointwise_chunks_and_thread_splits_change_no_bit() -> None:

@@ -650,8 +650,8 @@ void darkcfg_conv_nhwc(const float *x, const float *w, const float *b, float *y,
    rows, depthwise rows as in darkcfg_dw_nhwc): bit-identical to running them one by one. ---- */
 typedef struct { dk_pw ex; dk_dw dw; dk_pw pw; int expand; } dk_block;
 
-static void block_part(void *ctx, int64_t lo, int64_t hi) {
-    const dk_block *f = (const dk_block *)ctx;
+/* Output rows [lo, hi) row by row: the expanded rows in a ring of kh row buffers (large maps). */
+static void block_ring(const dk_block *f, int64_t lo, int64_t hi) {
     const dk_dw *d = &f->dw;
     const int64_t W = d->W, C = d->C, OW = d->OW, Co = f->pw.Co, kh = d->kh;
     const int64_t ring_rows = f->expand ? kh : 0;
@@ -687,6 +687,59 @@ static void block_part(void *ctx, int64_t lo, int64_t hi) {
         pw_part(&p, 0, OW);
     }
     free(buf);
+}
+
+/* Output rows [lo, hi) of one image as a slab (small maps, whose slab fits in L2): one 1x1 call
+   for all the expanded rows it needs, the depthwise rows into a buffer, one 1x1 call for all of
+   them -- row-sized calls left the 1x1 blocks a third empty on 10x10 maps.  Same values. */
+static void block_slab(const dk_block *f, int64_t lo, int64_t hi, int64_t iy_lo, int64_t iy_hi, float *buf) {
+    const dk_dw *d = &f->dw;
+    const int64_t W = d->W, C = d->C, OW = d->OW, Co = f->pw.Co, n = lo / d->OH;
+    float *mid = buf + (f->expand ? (iy_hi - iy_lo) * W * C : 0);
+    if (f->expand) {
+        dk_pw e = f->ex;
+        e.x = f->ex.x + (n * d->H + iy_lo) * W * f->ex.Ci;
+        e.y = buf;
+        pw_part(&e, 0, (iy_hi - iy_lo) * W);
+    }
+    for (int64_t row = lo; row < hi; row++) {
+        int64_t nn, iy0;
+        int ky0, ky1;
+        dw_window(d, row, &nn, &iy0, &ky0, &ky1);
+        const float *rows[DW_MAX_K];
+        for (int ky = ky0; ky < ky1; ky++)
+            rows[ky] = f->expand ? buf + (iy0 + ky - iy_lo) * W * C : d->x + ((n * d->H + iy0 + ky) * W) * C;
+        dw_rows(d, rows, ky0, ky1, mid + (row - lo) * OW * C);
+    }
+    dk_pw p = f->pw;
+    p.x = mid;
+    p.y = f->pw.y + lo * OW * Co;
+    p.r = f->pw.r ? f->pw.r + lo * OW * Co : 0;
+    pw_part(&p, 0, (hi - lo) * OW);
+}
+
+/* A slab's buffers at most this many floats (256 KB: L2) */
+#define BLOCK_SLAB_FLOATS 65536
+
+static void block_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_block *f = (const dk_block *)ctx;
+    const dk_dw *d = &f->dw;
+    for (int64_t start = lo; start < hi;) {   /* per image */
+        const int64_t n = start / d->OH, end = (n + 1) * d->OH < hi ? (n + 1) * d->OH : hi;
+        const int64_t oy_lo = start - n * d->OH, oy_hi = end - n * d->OH;
+        int64_t iy_lo = oy_lo * d->sy - d->py, iy_hi = (oy_hi - 1) * d->sy - d->py + d->kh;
+        iy_lo = iy_lo < 0 ? 0 : iy_lo;
+        iy_hi = iy_hi > d->H ? d->H : iy_hi;
+        const int64_t floats = (f->expand ? (iy_hi - iy_lo) * d->W * d->C : 0) + (end - start) * d->OW * d->C;
+        float *buf = floats <= BLOCK_SLAB_FLOATS ? (float *)malloc(sizeof(float) * (size_t)(floats + 8)) : 0;
+        if (buf) {
+            block_slab(f, start, end, iy_lo, iy_hi, buf);
+            free(buf);
+        } else {
+            block_ring(f, start, end);
+        }
+        start = end;
+    }
 }
 
 /* g: the depthwise geometry of darkcfg_dw_nhwc (N, H, W, C, OH, OW, kh, kw, sy, sx, py, px, act, threads),

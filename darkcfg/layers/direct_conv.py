@@ -63,6 +63,22 @@ DEPTHWISE_MAX_K = 32
 STEM_ACTIVATIONS = {**ACTIVATIONS, "mish": 3}
 
 
+_STRIDES: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
+
+
+def nhwc_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The strides of an NHWC (channels-last) tensor of NCHW ``shape``, cached per shape: outputs
+    are made with ``torch.empty_strided`` (half the cost of ``empty(memory_format=...)``, per
+    layer and frame)."""
+    strides = _STRIDES.get(shape)
+    if strides is None:
+        n, c, h, w = shape
+        strides = (h * w * c, 1, w * c, c)
+        if len(_STRIDES) < 4096:
+            _STRIDES[tuple(shape)] = strides
+    return strides
+
+
 def _inference_nhwc(t: Tensor) -> bool:
     """A CPU float32 NHWC tensor outside autograd and tracing: what every kernel here reads.
     (Runs for every small layer of every frame: the cheapest checks first.)"""
@@ -223,7 +239,7 @@ class DirectConv:
             return None
         self._lib = lib
         w, b = self._weights()
-        y = torch.empty(out_shape, memory_format=torch.channels_last)
+        y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
         if residual is not None:
             lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
                                          geometry.data_ptr(), act)
@@ -241,28 +257,31 @@ def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: 
     depthwise output row live in per-thread buffers (see :mod:`darkcfg.fusion`; bit-identical to
     the separate kernels).  None where any of the kernels refuses this input (the caller then runs
     the layers one by one)."""
-    if (depthwise.kind != "depthwise" or pointwise.kind != "pointwise"
-            or (expand is not None and expand.kind != "pointwise")):
-        return None
-    first = expand if expand is not None else depthwise
-    if first._geometry(x) is None:
-        return None
-    key = (tuple(x.shape), act, expand is not None)
+    # (Per block and frame: the cheapest checks first, the shape's plan from a cache.)
+    key = (x.shape, act, expand is not None)
     fused = pointwise._fused.get(key, False)
     if fused is False:
-        fused = pointwise._fused[key] = _block_geometry(expand, depthwise, pointwise, tuple(x.shape), act)
-    if fused is None:
+        fused = None
+        if (depthwise.kind == "depthwise" and pointwise.kind == "pointwise"
+                and (expand is None or expand.kind == "pointwise")):
+            fused = _block_geometry(expand, depthwise, pointwise, tuple(x.shape), act)
+        pointwise._fused[key] = fused
+    if fused is None or not _inference_nhwc(x):
         return None
-    out_shape, geometry = fused  # type: ignore[misc]
-    if residual is not None and (tuple(residual.shape) != out_shape or not _inference_nhwc(residual)):
+    convs = (depthwise, pointwise) if expand is None else (expand, depthwise, pointwise)
+    if torch.is_grad_enabled() and any(c.conv.weight.requires_grad for c in convs):
+        return None  # autograd wants the eager convs
+    out_shape, out_strides, geometry = fused  # type: ignore[misc]
+    if residual is not None and (residual.shape != out_shape or not _inference_nhwc(residual)):
         return None
-    lib = native.library()
+    lib = pointwise._lib if pointwise._lib is not None else native.library()
     if lib is None:
         return None
+    pointwise._lib = lib
     we, be = expand._weights() if expand is not None else (None, None)
     wd, bd = depthwise._weights()
     wp, bp = pointwise._weights()
-    y = torch.empty(out_shape, memory_format=torch.channels_last)
+    y = torch.empty_strided(out_shape, out_strides)
     lib.darkcfg_block_nhwc(x.data_ptr(), None if we is None else we.data_ptr(), None if be is None else be.data_ptr(),
                            wd.data_ptr(), bd.data_ptr(), wp.data_ptr(), bp.data_ptr(),
                            None if residual is None else residual.data_ptr(), y.data_ptr(), geometry.data_ptr())
@@ -270,9 +289,9 @@ def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: 
 
 
 def _block_geometry(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: DirectConv,
-                    shape: Tuple[int, ...], act: int) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
-    """(output shape, the block kernel's geometry) for an input of ``shape``, or None where one of
-    the three kernels would refuse its part (each checks its own limits)."""
+                    shape: Tuple[int, ...], act: int) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...], Tensor]]:
+    """(output shape, its NHWC strides, the block kernel's geometry) for an input of ``shape``, or
+    None where one of the three kernels would refuse its part (each checks its own limits)."""
     mid = shape
     if expand is not None:
         planned = expand._plan_shape(shape, ())
@@ -287,7 +306,7 @@ def _block_geometry(expand: Optional[DirectConv], depthwise: DirectConv, pointwi
         return None
     tail = [pointwise.conv.out_channels, pointwise.padded_out, act]
     tail += [expand.conv.in_channels, expand.padded_out, expand.act] if expand is not None else [0, 0, 0]
-    return pw[0], torch.cat([dw[1], torch.tensor(tail, dtype=torch.int64)])
+    return pw[0], nhwc_strides(pw[0]), torch.cat([dw[1], torch.tensor(tail, dtype=torch.int64)])
 
 
 #: Pools reading more than this many taps go to the separable torch path (a window of k x k
@@ -322,6 +341,6 @@ def maxpool_nhwc(x: Tensor, size: int, stride_x: int, stride_y: int, padding: in
         if len(_POOL_GEOMETRY) < 256:
             _POOL_GEOMETRY[key] = plan
     out_shape, geometry = plan
-    y = torch.empty(out_shape, memory_format=torch.channels_last)
+    y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
     lib.darkcfg_maxpool_nhwc(x.data_ptr(), y.data_ptr(), geometry.data_ptr())
     return y

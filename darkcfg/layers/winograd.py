@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .. import native
-from .direct_conv import ACTIVATIONS
+from .direct_conv import ACTIVATIONS, nhwc_strides
 from .onednn import version
 
 #: The filter transforms G (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"),
@@ -274,7 +274,7 @@ class WinogradConv:
         u, bias = self.weights(plan.m)
         a2 = (plan.m + 2) ** 2
         c, k = self.conv.in_channels, self.conv.out_channels
-        y = torch.empty(plan.out_shape, memory_format=torch.channels_last)
+        y = torch.empty_strided(plan.out_shape, nhwc_strides(plan.out_shape))
         buf = _scratch(plan.scratch)
         for tiles, geometry_in, geometry_out, geometry_gemm in plan.chunks:
             v = buf[:a2 * tiles * c]
