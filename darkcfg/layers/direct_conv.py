@@ -118,6 +118,7 @@ class DirectConv:
         self._source: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)  # the tensors packed
         self._lib: Optional[ctypes.CDLL] = None  # the native library, found at the first call
         self._shapes: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
+        self._uncapped: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}  # with_residual's
         #: (block input shape, activation, expanded?) -> (output shape, geometry) of :func:`fused_block`
         self._fused: Dict[tuple, Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
 
@@ -129,13 +130,13 @@ class DirectConv:
     def __getstate__(self) -> dict:
         """Copies and pickles leave the caches behind (rebuilt on first use)."""
         return {**self.__dict__, "_packed": None, "_key": None, "_source": (None, None), "_shapes": {},
-                "_fused": {}, "_lib": None}
+                "_uncapped": {}, "_fused": {}, "_lib": None}
 
     def applies(self, x: Tensor) -> bool:
         """Whether this call can take the kernel (see the module docstring)."""
         return self._geometry(x) is not None
 
-    def _geometry(self, x: Tensor) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+    def _geometry(self, x: Tensor, uncapped: bool = False) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
         """(output shape, the kernel's int64 geometry array) for this call, or None where the
         kernel does not apply.  Shape-only answers are cached per input shape."""
         w = self.conv._parameters["weight"]  # (no nn.Module lookup: this runs per layer and frame)
@@ -150,12 +151,16 @@ class DirectConv:
             key = x.shape
         else:
             return None
-        plan = self._shapes.get(key, False)
+        cache = self._uncapped if uncapped else self._shapes
+        plan = cache.get(key, False)
         if plan is False:
-            plan = self._shapes[tuple(key)] = self._plan_shape(tuple(x.shape), tuple(x.stride()))
+            plan = cache[tuple(key)] = self._plan_shape(tuple(x.shape), tuple(x.stride()), uncapped)
         return plan  # type: ignore[return-value]
 
-    def _plan_shape(self, shape: Tuple[int, ...], strides: Tuple[int, ...]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+    def _plan_shape(self, shape: Tuple[int, ...], strides: Tuple[int, ...],
+                    uncapped: bool = False) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+        """(output shape, geometry) for an input of ``shape``, or None.  ``uncapped``: no limit on
+        the multiply-adds (a 1x1 conv with a folded residual: see :meth:`with_residual`)."""
         conv = self.conv
         if not self.usable or len(shape) != 4 or shape[1] != conv.in_channels:
             return None
@@ -180,7 +185,7 @@ class DirectConv:
             oh, ow = h, width
             geometry = [n * h * width, c, conv.out_channels, self.padded_out, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
-        if min(oh, ow) <= 0 or macs > (MAX_POINTWISE_MACS if self.kind == "pointwise" else MAX_MACS):
+        if min(oh, ow) <= 0 or (not uncapped and macs > (MAX_POINTWISE_MACS if self.kind == "pointwise" else MAX_MACS)):
             return None
         return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
 
@@ -222,13 +227,15 @@ class DirectConv:
     def with_residual(self, x: Tensor, residual: Tensor, act: int) -> Optional[Tensor]:
         """``act(conv(x) + b + residual)`` for a linear 1x1 layer: a ``[shortcut]`` folded into the
         conv before it (Darknet computes ``act_s(conv_out + from)``: the same float32 sum and the
-        same add, so bit-identical).  None where it does not apply."""
+        same add, so bit-identical).  None where it does not apply.  No cap on the multiply-adds:
+        the shortcut's own pass over three maps costs more than oneDNN's edge on big 1x1 convs
+        (csresnext50-panet-spp's 128x128 maps: 7-11 ms per shortcut)."""
         if self.kind != "pointwise" or self.act != 0 or act < 0:
             return None
         return self._launch(x, residual, act)
 
     def _launch(self, x: Tensor, residual: Optional[Tensor], act: int) -> Optional[Tensor]:
-        plan = self._geometry(x)
+        plan = self._geometry(x, uncapped=residual is not None)
         if plan is None:
             return None
         out_shape, geometry = plan
