@@ -438,6 +438,19 @@ def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, ext
     assert calls == ["block", "block"]  # one kernel call per fused chain, none refused
 
 
+def test_residual_fold_has_no_multiply_add_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1x1 conv too big for the plain kernel call (oneDNN's) still folds its shortcut."""
+    monkeypatch.setattr(direct_conv, "MAX_POINTWISE_MACS", 100)
+    conv = torch.nn.Conv2d(16, 8, 1)
+    plan = DirectConv(conv, "linear")
+    x, r = nhwc(torch.randn(1, 16, 9, 7)), nhwc(torch.randn(1, 8, 9, 7))
+    with torch.no_grad():
+        assert plan(x) is None  # 16 * 8 * 63 multiply-adds > 100
+        y = plan.with_residual(x, r, 1)
+        ref = torch.nn.functional.leaky_relu(reference(conv, "linear", x) + r, 0.1)
+    assert y is not None and rel(y, ref) < 1e-6
+
+
 def test_refused_fusion_runs_the_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = darkcfg.load(_fusion_cfg(tmp_path, False))
     m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
