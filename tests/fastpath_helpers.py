@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytest
 import torch
@@ -56,3 +56,17 @@ def reference(conv: torch.nn.Conv2d, activation: str, x: torch.Tensor) -> torch.
     y = F.conv2d(x.contiguous().double(), conv.weight.double(), conv.bias.double(), conv.stride, conv.padding,
                  conv.dilation, conv.groups)
     return ACTIVATIONS[activation](y).float()
+
+
+def one_and_two_threads(run: Callable[[], Any]) -> Tuple[Any, Any]:
+    """``run()`` on 1 thread, then on 2, under ``torch.no_grad`` (the thread count restored after):
+    the kernels split rows, pixels or products over threads, and no value may depend on where."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = run()
+            torch.set_num_threads(2)
+            return one, run()
+    finally:
+        torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ from darkcfg.layers.conv import ConvLayer
 from darkcfg.fusion import Fusion
 from darkcfg.layers.direct_conv import DirectConv
 from darkcfg.weights import synthetic_weights
-from fastpath_helpers import count_calls, nhwc, reference, rel
+from fastpath_helpers import count_calls, nhwc, one_and_two_threads, reference, rel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,16 +112,9 @@ def test_stem_kernel_reads_strided_inputs_and_splits_rows_exactly() -> None:
     plan = DirectConv(conv, "leaky")
     big = torch.rand(2, 7, 41, 37)
     sliced = big[:, 2:5]
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            one = plan(sliced)
-            torch.set_num_threads(2)
-            two = plan(sliced)
-            ref = reference(conv, "leaky", sliced)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = one_and_two_threads(lambda: plan(sliced))
+    with torch.no_grad():
+        ref = reference(conv, "leaky", sliced)
     assert one is not None and two is not None
     assert torch.equal(one, two)
     assert rel(one, ref) < 1e-6
@@ -196,16 +189,9 @@ def test_pointwise_chunks_and_thread_splits_change_no_bit() -> None:
     conv = torch.nn.Conv2d(64, 40, 1)
     plan = DirectConv(conv, "leaky")
     x = nhwc(torch.randn(1, 64, 53, 47))  # 2491 pixels: 2 chunks of 1024 + remainder per thread count
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            one = plan(x)
-            torch.set_num_threads(2)
-            two = plan(x)
-            whole = torch.cat([plan(x[:, :, :20]), plan(x[:, :, 20:])], 2)  # other block starts
-    finally:
-        torch.set_num_threads(threads)
+    one, two = one_and_two_threads(lambda: plan(x))
+    with torch.no_grad():
+        whole = torch.cat([plan(x[:, :, :20]), plan(x[:, :, 20:])], 2)  # other block starts
     assert one is not None and two is not None
     assert torch.equal(one, two) and torch.equal(one, whole)
 

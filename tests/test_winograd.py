@@ -17,7 +17,7 @@ from darkcfg.layers import winograd
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.layers.functional import upsample
 from darkcfg.layers.winograd import WinogradConv
-from fastpath_helpers import count_calls, fused_and_optimized, nhwc, reference, rel
+from fastpath_helpers import count_calls, fused_and_optimized, nhwc, one_and_two_threads, reference, rel
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -130,16 +130,13 @@ def test_packed_batched_gemm_is_the_products(case: tuple) -> None:
     assert packed.shape == (e, c * k)
     lib = native.library()
     geometry = torch.tensor([e, rows, c, k, 0])  # (held: the kernel reads it through a pointer)
-    outs = []
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            out = torch.full((e, rows, k), float("nan"))
-            lib.darkcfg_bgemm_packed(v.data_ptr(), packed.data_ptr(), out.data_ptr(), geometry.data_ptr())
-            outs.append(out)
-    finally:
-        torch.set_num_threads(threads)
+
+    def run() -> torch.Tensor:
+        out = torch.full((e, rows, k), float("nan"))
+        lib.darkcfg_bgemm_packed(v.data_ptr(), packed.data_ptr(), out.data_ptr(), geometry.data_ptr())
+        return out
+
+    outs = one_and_two_threads(run)
     ref = torch.bmm(v.double(), u.double())
     assert torch.equal(outs[0], outs[1])
     assert float((outs[0] - ref).abs().max()) < 1e-5 * float(ref.abs().max())
