@@ -119,8 +119,8 @@ class DirectConv:
         self._lib: Optional[ctypes.CDLL] = None  # the native library, found at the first call
         self._shapes: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
         self._uncapped: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}  # with_residual's
-        #: (block input shape, activation, expanded?) -> (output shape, geometry) of :func:`fused_block`
-        self._fused: Dict[tuple, Optional[Tuple[Tuple[int, ...], Tensor]]] = {}
+        #: (block input shape, activation, expanded?) -> (output shape, its strides, geometry) of :func:`fused_block`
+        self._fused: Dict[tuple, Optional[Tuple[Tuple[int, ...], Tuple[int, ...], Tensor]]] = {}
 
     @property
     def usable(self) -> bool:
