@@ -152,7 +152,7 @@ def library() -> Optional[ctypes.CDLL]:
                     lib.darkcfg_wino_out_nhwc.argtypes = [ptr] * 4  # GEMM output, bias, y, geometry
                     lib.darkcfg_wino_out_nhwc.restype = None
                     lib.darkcfg_wino_weights.argtypes = [ptr] * 3 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                                                      ctypes.c_int]  # w, u, G, K, C, a, threads
+                                                                      ctypes.c_int, ctypes.c_int]  # w, u, G, K, C, a, threads, packed
                     lib.darkcfg_wino_weights.restype = None
                     lib.darkcfg_openmp.argtypes = []
                     lib.darkcfg_openmp.restype = ctypes.c_int

@@ -110,8 +110,10 @@ def test_weight_transform_is_the_float64_product(m: int, monkeypatch: pytest.Mon
     ref = torch.einsum("ij,kcjl,ml->imck", g, conv.weight.detach().double(), g).reshape((m + 2) ** 2, 24, 40).float()
     assert u.shape == ref.shape and torch.allclose(u, ref, rtol=1.2e-7, atol=1e-9)
     assert torch.equal(bias, conv.bias.detach())
+    assert torch.equal(WinogradConv(conv, "leaky").transformed(m, packed=True)[0], winograd.pack(u))
     monkeypatch.setattr(native, "library", lambda: None)
     assert torch.equal(WinogradConv(conv, "leaky").transformed(m)[0], ref)
+    assert torch.equal(WinogradConv(conv, "leaky").transformed(m, packed=True)[0], winograd.pack(ref))
 
 
 # products, rows (tiles), input channels, output channels: rows off the 6- and 12-row blocks and below

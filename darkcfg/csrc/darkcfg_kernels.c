@@ -1030,7 +1030,7 @@ void darkcfg_wino_out_nhwc(const float *mm, const float *b, float *y, const int6
 /* The Winograd filter transform U = G w G^T for every (k, c) pair, in float64, rounded once:
    w [K][C][3][3] -> u [a*a][C][K] (the GEMMs' layout); g: G, a x 3, float64 row-major.
    Why C: torch's einsum spent ~0.4 s per 4.7M-weight layer (yolov4: 1.5 s on the first frame). */
-typedef struct { const float *w; float *u; const double *g; int64_t K, C; int a; } dk_wt;
+typedef struct { const float *w; float *u; const double *g; int64_t K, C; int a, packed; } dk_wt;
 
 static void wino_weights_part(void *ctx, int64_t lo, int64_t hi) {
     const dk_wt *d = (const dk_wt *)ctx;
@@ -1043,14 +1043,18 @@ static void wino_weights_part(void *ctx, int64_t lo, int64_t hi) {
             for (int i = 0; i < a; i++)
                 for (int l = 0; l < 3; l++)
                     t[i][l] = d->g[i * 3] * f[l] + d->g[i * 3 + 1] * f[3 + l] + d->g[i * 3 + 2] * f[6 + l];
-            float *out = d->u + c * K + k;
+            /* packed: darkcfg_bgemm_packed's strips ([C][16] blocks, then [C][8]) straight away */
+            const int64_t K16 = K / 16 * 16;
+            float *out = d->u + (!d->packed ? c * K + k : k < K16 ? (k / 16) * 16 * C + c * 16 + k % 16
+                                                                  : K16 * C + c * 8 + (k - K16));
             for (int i = 0; i < a; i++)
                 for (int m = 0; m < a; m++)
                     out[(i * a + m) * plane] = (float)(t[i][0] * d->g[m * 3] + t[i][1] * d->g[m * 3 + 1] + t[i][2] * d->g[m * 3 + 2]);
         }
 }
 
-void darkcfg_wino_weights(const float *w, float *u, const double *g, int64_t K, int64_t C, int a, int threads) {
-    dk_wt d = {w, u, g, K, C, a};
+void darkcfg_wino_weights(const float *w, float *u, const double *g, int64_t K, int64_t C, int a, int threads,
+                          int packed) {
+    dk_wt d = {w, u, g, K, C, a, packed};
     dk_split(wino_weights_part, &d, C, 1, threads, K * C * a * a);
 }

@@ -217,9 +217,10 @@ class WinogradConv:
             chunks.append((count * tw, geometry_in, geometry_out, geometry_gemm))
         return _ShapePlan(m, (n, k, h, w), chunks, a2 * rows * tw * (c + k))
 
-    def transformed(self, m: int) -> Tuple[Tensor, Tensor]:
+    def transformed(self, m: int, packed: bool = False) -> Tuple[Tensor, Tensor]:
         """(U, bias): U[e] = (G w G^T)[e] as a [(m+2)^2, C, K] float32 tensor, transformed in
-        float64 from the layer's current weights (not cached: see :meth:`weights`)."""
+        float64 from the layer's current weights (not cached: see :meth:`weights`).  ``packed``:
+        in the batched GEMM's layout instead (:func:`pack`; the C transform writes it directly)."""
         params = self.conv._parameters
         weight, b = params["weight"], params.get("bias")
         assert weight is not None
@@ -230,10 +231,11 @@ class WinogradConv:
         if lib is not None and w.dtype == torch.float32 and w.is_cpu:
             w = w.contiguous()
             with torch.inference_mode(False):
-                u = torch.empty(a * a, c, k)
-            lib.darkcfg_wino_weights(w.data_ptr(), u.data_ptr(), g.data_ptr(), k, c, a, 0)
+                u = torch.empty(a * a, c * k) if packed else torch.empty(a * a, c, k)
+            lib.darkcfg_wino_weights(w.data_ptr(), u.data_ptr(), g.data_ptr(), k, c, a, 0, int(packed))
         else:  # the same float64 products, by torch (slower: ~0.4 s per 4.7M weights)
             u = torch.einsum("ij,kcjl,ml->imck", g, w.double(), g).reshape(a * a, c, k).float().contiguous()
+            u = pack(u) if packed else u
         bias = torch.zeros(k) if b is None else b.detach().float()
         return u, bias.contiguous()
 
@@ -248,8 +250,7 @@ class WinogradConv:
             self._weights, self._key = {}, key
         cached = self._weights.get(m)
         if cached is None:
-            u, bias = self.transformed(m)
-            cached = self._weights[m] = (pack(u), bias)
+            cached = self._weights[m] = self.transformed(m, packed=True)
         return cached
 
     def __call__(self, x: Tensor) -> Optional[Tensor]:
