@@ -89,7 +89,7 @@ class Darknet(nn.Module):
         empty = x.new_empty(0)
         casts: Sequence[Optional[torch.dtype]] = self.layer_dtypes or [None] * len(self.layers)
         fusions = self.fusions if (not keep_all and not self.training and self.layer_dtypes is None
-                                            and not torch.jit.is_tracing()) else {}
+                                   and not torch.jit.is_tracing() and not torch.compiler.is_compiling()) else {}
         done = -1  # layers up to this index were computed by a fused call (fusion.py)
         for i, (layer, inputs, release, cast) in enumerate(zip(self.layers, self.layer_inputs, self.release_after,
                                                                casts)):
