@@ -24,7 +24,7 @@ it), outside training, autograd and tracing.  A call the kernels refuse runs the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from torch import Tensor
 
@@ -59,9 +59,8 @@ def _direct(model: "Darknet", i: int, kind: str) -> Optional[DirectConv]:
     return direct if direct is not None and direct.kind == kind and direct.usable else None
 
 
-def _shortcut_chains(model: "Darknet", readers: Dict[int, List[int]]) -> Dict[int, Fusion]:
+def _shortcut_chains(model: "Darknet", sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
     """1x1 linear conv -> dropout* -> shortcut chains, by conv index."""
-    outputs = set(model.output_layers)
     chains: Dict[int, Fusion] = {}
     for s, layer in enumerate(model.layers):
         if not isinstance(layer, Shortcut) or layer.legacy or layer.weight is not None or not layer.equal_shapes:
@@ -79,7 +78,7 @@ def _shortcut_chains(model: "Darknet", readers: Dict[int, List[int]]) -> Dict[in
         direct = _direct(model, conv_index, "pointwise")
         if direct is None or direct.act != 0 or not 0 <= src < conv_index:
             continue  # a linear 1x1 with a kernel, and a residual computed before it
-        if any(readers.get(k, []) != [k + 1] or k in outputs for k in range(conv_index, s)):
+        if not all(sole_reader(k) for k in range(conv_index, s)):
             continue  # someone else reads the conv or a dropout: its own output must exist
         chains[conv_index] = Fusion(last=s, pointwise=conv_index, residual=src, act=act)
     return chains
@@ -92,11 +91,14 @@ def plan(model: "Darknet") -> Fusions:
         for j in inputs:
             readers.setdefault(j, []).append(i)
     outputs = set(model.output_layers)
-    fusions: Fusions = {}
-    fusions.update(_shortcut_chains(model, readers))
 
-    def private(i: int) -> bool:  # layer i's output is read by layer i + 1 alone and is no network output
-        return readers.get(i, []) == [i + 1] and model.layer_inputs[i + 1] == [i] and i not in outputs
+    def sole_reader(i: int) -> bool:  # layer i's output is read by layer i + 1 alone and is no network output
+        return readers.get(i, []) == [i + 1] and i not in outputs
+
+    def private(i: int) -> bool:  # ... and layer i + 1 reads nothing else
+        return sole_reader(i) and model.layer_inputs[i + 1] == [i]
+
+    fusions: Fusions = _shortcut_chains(model, sole_reader)
 
     last_covered = -1  # the chains below run in layer order; a layer belongs to one chain at most
     for pw_index in range(1, len(model.layers)):

@@ -449,6 +449,27 @@ static inline __attribute__((always_inline)) void pw_strip8(const dk_pw *d, int6
 }
 
 #define PR 6
+/* 6 pixels x 16 channels: xp rows of Ci inputs, weights rows CoP apart, outputs (and residuals)
+   rows of `ys` floats; m0, m1: the channels of each half that exist. */
+static inline __attribute__((always_inline)) void pw16_block(const float *xp, int64_t Ci, const float *wc, int64_t CoP,
+                                                             v8 b0, v8 b1, float *yp, const float *rp, int64_t ys,
+                                                             int m0, int m1, const int act) {
+    v8 a[PR][2];
+    for (int r = 0; r < PR; r++) { a[r][0] = b0; a[r][1] = b1; }
+    for (int64_t ci = 0; ci < Ci; ci++) {
+        v8 w0 = ld(wc + ci * CoP), w1 = ld(wc + ci * CoP + 8);
+        for (int r = 0; r < PR; r++) {
+            v8 xv = splat(xp[r * Ci + ci]);
+            a[r][0] += xv * w0;
+            a[r][1] += xv * w1;
+        }
+    }
+    for (int r = 0; r < PR; r++) {
+        pw_store(yp + r * ys, rp ? rp + r * ys : 0, a[r][0], m0, act);
+        if (m1 > 0) pw_store(yp + r * ys + 8, rp ? rp + r * ys + 8 : 0, a[r][1], m1, act);
+    }
+}
+
 /* Pixels [lo, hi).  act and res (a residual is added) are compile-time constants in each of the
    instances pw_part picks from: the stores then have no per-pixel tests (with 4 input channels,
    those were half the time of Yolo-Fastest's 160x160 1x1 convs). */
@@ -463,23 +484,8 @@ static inline __attribute__((always_inline)) void pw_range(const dk_pw *d, int64
         int64_t p = lo;
         for (; p < hi && hi - lo >= PR; p += PR) {   /* the last block ends at hi (see pw_strip8) */
             const int64_t q = p + PR <= hi ? p : hi - PR;
-            const float *xp = d->x + q * Ci;
-            v8 a[PR][2];
-            for (int r = 0; r < PR; r++) { a[r][0] = b0; a[r][1] = b1; }
-            for (int64_t ci = 0; ci < Ci; ci++) {
-                v8 w0 = ld(wc + ci * CoP), w1 = ld(wc + ci * CoP + 8);
-                for (int r = 0; r < PR; r++) {
-                    v8 xv = splat(xp[r * Ci + ci]);
-                    a[r][0] += xv * w0;
-                    a[r][1] += xv * w1;
-                }
-            }
-            for (int r = 0; r < PR; r++) {
-                int64_t at = (q + r) * Co + c0;
-                const float *rp = res ? d->r + at : 0;
-                pw_store(d->y + at, rp, a[r][0], m0, act);
-                if (m1 > 0) pw_store(d->y + at + 8, res ? rp + 8 : 0, a[r][1], m1, act);
-            }
+            pw16_block(d->x + q * Ci, Ci, wc, CoP, b0, b1, d->y + q * Co + c0, res ? d->r + q * Co + c0 : 0, Co, m0,
+                       m1, act);
         }
         for (; p < hi; p++) {
             const float *xp = d->x + p * Ci;
@@ -765,37 +771,22 @@ void darkcfg_block_nhwc(const float *x, const float *we, const float *be, const 
    few-row products of Winograd on small maps -- 49 rows for a 26x26 map -- that packing is as
    much work as the products).  6 x 16 (12 x 8) register blocks; the last block of rows overlaps
    the one before instead of a one-row tail, so every row comes from the same code. ---- */
+/* One strip of products: the 1x1 kernel's blocks with a zero bias and no activation (rows
+   M >= 12: pg_part pads smaller products; the last block overlaps the one before). */
 static inline __attribute__((always_inline)) void gemm_strip16(const float *A, int64_t M, int64_t C, const float *B,
                                                                float *Y, int64_t ldy) {
-    for (int64_t p = 0; p < M; p += 6) {   /* M >= 12 (pg_part pads smaller products) */
-        const int64_t q = p + 6 <= M ? p : M - 6;
-        v8 a[6][2];
-        for (int r = 0; r < 6; r++) a[r][0] = a[r][1] = splat(0.0f);
-        const float *x = A + q * C;
-        for (int64_t ci = 0; ci < C; ci++) {
-            v8 w0 = ld(B + ci * 16), w1 = ld(B + ci * 16 + 8);
-            for (int r = 0; r < 6; r++) {
-                v8 xv = splat(x[r * C + ci]);
-                a[r][0] += xv * w0;
-                a[r][1] += xv * w1;
-            }
-        }
-        for (int r = 0; r < 6; r++) { st(Y + (q + r) * ldy, a[r][0]); st(Y + (q + r) * ldy + 8, a[r][1]); }
+    const v8 zero = splat(0.0f);
+    for (int64_t p = 0; p < M; p += PR) {
+        const int64_t q = p + PR <= M ? p : M - PR;
+        pw16_block(A + q * C, C, B, 16, zero, zero, Y + q * ldy, 0, ldy, 8, 8, 0);
     }
 }
 
 static inline __attribute__((always_inline)) void gemm_strip8(const float *A, int64_t M, int64_t C, const float *B,
                                                               float *Y, int64_t ldy) {
-    for (int64_t p = 0; p < M; p += 12) {
-        const int64_t q = p + 12 <= M ? p : M - 12;
-        v8 a[12];
-        for (int r = 0; r < 12; r++) a[r] = splat(0.0f);
-        const float *x = A + q * C;
-        for (int64_t ci = 0; ci < C; ci++) {
-            v8 w0 = ld(B + ci * 8);
-            for (int r = 0; r < 12; r++) a[r] += splat(x[r * C + ci]) * w0;
-        }
-        for (int r = 0; r < 12; r++) st(Y + (q + r) * ldy, a[r]);
+    for (int64_t p = 0; p < M; p += PR8) {
+        const int64_t q = p + PR8 <= M ? p : M - PR8;
+        pw8_block(A + q * C, C, B, 8, splat(0.0f), Y + q * ldy, 0, ldy, 8, 0);
     }
 }
 

@@ -79,12 +79,16 @@ def nhwc_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     return strides
 
 
-def _inference_nhwc(t: Tensor) -> bool:
-    """A CPU float32 NHWC tensor outside autograd and tracing: what every kernel here reads.
+def _inference(t: Tensor) -> bool:
+    """A CPU float32 tensor outside autograd and tracing (the stem kernel reads any layout).
     (Runs for every small layer of every frame: the cheapest checks first.)"""
     return (t.dtype == torch.float32 and t.is_cpu and torch._C._get_tracing_state() is None
-            and not (torch.is_grad_enabled() and t.requires_grad)
-            and t.is_contiguous(memory_format=torch.channels_last))
+            and not (torch.is_grad_enabled() and t.requires_grad))
+
+
+def _inference_nhwc(t: Tensor) -> bool:
+    """:func:`_inference` and NHWC: what every other kernel here reads."""
+    return _inference(t) and t.is_contiguous(memory_format=torch.channels_last)
 
 
 class DirectConv:
@@ -132,6 +136,12 @@ class DirectConv:
         return {**self.__dict__, "_packed": None, "_key": None, "_source": (None, None), "_shapes": {},
                 "_uncapped": {}, "_fused": {}, "_lib": None}
 
+    def _library(self) -> Optional[ctypes.CDLL]:
+        """The native library, looked up at the first call (None where it cannot be built)."""
+        if self._lib is None:
+            self._lib = native.library()
+        return self._lib
+
     def applies(self, x: Tensor) -> bool:
         """Whether this call can take the kernel (see the module docstring)."""
         return self._geometry(x) is not None
@@ -143,8 +153,7 @@ class DirectConv:
         if w is None or w.dtype != torch.float32 or (torch.is_grad_enabled() and w.requires_grad):
             return None
         if self.kind == "stem":  # reads its input through the strides: NCHW (the image) or NHWC
-            if not (x.dtype == torch.float32 and x.is_cpu and torch._C._get_tracing_state() is None
-                    and not (torch.is_grad_enabled() and x.requires_grad)):
+            if not _inference(x):
                 return None
             key: Tuple[int, ...] = (*x.shape, *x.stride())
         elif _inference_nhwc(x):
@@ -165,24 +174,19 @@ class DirectConv:
         if not self.usable or len(shape) != 4 or shape[1] != conv.in_channels:
             return None
         n, c, h, width = shape
+        kh, kw = conv.kernel_size
+        sy, sx = conv.stride
+        py, px = (int(p) for p in conv.padding)
+        oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
         if self.kind == "stem":
-            kh, kw = conv.kernel_size
-            sy, sx = conv.stride
-            py, px = (int(p) for p in conv.padding)
-            oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
             if min(oh, ow) <= 0 or min(strides) < 0:
                 return None
             geometry = [n, h, width, c, oh, ow, conv.out_channels, self.padded_out, kh, kw, sy, sx, py, px,
                         self.act, 0, *strides]
             return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
         if self.kind == "depthwise":
-            kh, kw = conv.kernel_size
-            sy, sx = conv.stride
-            py, px = (int(p) for p in conv.padding)
-            oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
             geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 0]
-        else:
-            oh, ow = h, width
+        else:  # 1x1, stride 1, no padding: oh, ow = h, width
             geometry = [n * h * width, c, conv.out_channels, self.padded_out, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
         if min(oh, ow) <= 0 or (not uncapped and macs > (MAX_POINTWISE_MACS if self.kind == "pointwise" else MAX_MACS)):
@@ -241,10 +245,9 @@ class DirectConv:
         out_shape, geometry = plan
         if residual is not None and (tuple(residual.shape) != out_shape or not _inference_nhwc(residual)):
             return None
-        lib = self._lib if self._lib is not None else native.library()
+        lib = self._library()
         if lib is None:
             return None
-        self._lib = lib
         w, b = self._weights()
         y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
         if residual is not None:
@@ -281,10 +284,9 @@ def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: 
     out_shape, out_strides, geometry = fused  # type: ignore[misc]
     if residual is not None and (residual.shape != out_shape or not _inference_nhwc(residual)):
         return None
-    lib = pointwise._lib if pointwise._lib is not None else native.library()
+    lib = pointwise._library()
     if lib is None:
         return None
-    pointwise._lib = lib
     we, be = expand._weights() if expand is not None else (None, None)
     wd, bd = depthwise._weights()
     wp, bp = pointwise._weights()
