@@ -15,6 +15,16 @@ and each pays a Python call.  Two folds remove most of that:
   expanded and depthwise maps -- the block's largest tensors -- never go through memory.  Every
   value comes from the same code as the separate kernels: bit-identical too.
 
+A third fold is for the dense CSP nets: a ``[route]`` of several maps read by the layer after it
+alone never makes its concatenation (the largest copies of those nets) when that layer is
+
+* a ``[maxpool]`` (yolov4-tiny's three stages): each part is pooled straight into its channels of
+  the output (:func:`darkcfg.layers.direct_conv.pool_concat_nhwc`; a max pool works channel by
+  channel, so the values are the route-then-pool's);
+* a 1x1 conv with the direct kernel, on two parts (yolov4-tiny's other three routes): the kernel
+  reads both in place (:meth:`darkcfg.layers.direct_conv.DirectConv.on_parts`; the same sums in
+  the same order, bit-identical).
+
 Only where nothing else can tell: the skipped layers' outputs are read by the chain alone and are
 not network outputs; the shortcut has no weights, two inputs of equal shapes and an activation the
 kernel applies; and only in ``forward`` (``layer_outputs`` returns every layer as Darknet computes
@@ -24,14 +34,15 @@ it), outside training, autograd and tracing.  A call the kernels refuse runs the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from torch import Tensor
 
 from .layers.conv import ConvLayer
-from .layers.direct_conv import ACTIVATIONS, DirectConv, fused_block
-from .layers.merge import Shortcut
+from .layers.direct_conv import ACTIVATIONS, DirectConv, fused_block, pool_concat_nhwc
+from .layers.merge import Route, Shortcut, route_parts
 from .layers.misc import Dropout
+from .layers.pool import PaddedMaxPool
 
 if TYPE_CHECKING:
     from .model import Darknet
@@ -49,8 +60,15 @@ class Fusion:
     expand: Optional[int] = None  # the 1x1 conv before the depthwise one (the chain's start), if folded
 
 
+@dataclass(frozen=True)
+class FoldedRoute:
+    """A ``[route]`` and the layer after it, its only reader (a ``[maxpool]`` or a 1x1 conv), as one call."""
+
+    last: int  # the reader
+
+
 #: start layer -> its fusion
-Fusions = Dict[int, Fusion]
+Fusions = Dict[int, Union[Fusion, FoldedRoute]]
 
 
 def _direct(model: "Darknet", i: int, kind: str) -> Optional[DirectConv]:
@@ -84,6 +102,20 @@ def _shortcut_chains(model: "Darknet", sole_reader: Callable[[int], bool]) -> Di
     return chains
 
 
+def _folded_routes(model: "Darknet", private: Callable[[int], bool], taken: Callable[[int], bool]) -> Dict[int, FoldedRoute]:
+    """``[route]`` (two maps or more, channel slices allowed) -> plain ``[maxpool]`` or 1x1 conv
+    (two maps) pairs, by route index; ``taken``: whether a layer is in another fold already."""
+    found: Dict[int, FoldedRoute] = {}
+    for r, route in enumerate(model.layers[:-1]):
+        reader, parts = model.layers[r + 1], len(model.layer_inputs[r])
+        if not isinstance(route, Route) or not route.bounds or parts < 2 or not private(r) or taken(r) or taken(r + 1):
+            continue
+        if (type(reader) is PaddedMaxPool and not reader.antialiasing) or (
+                parts == 2 and _direct(model, r + 1, "pointwise") is not None):
+            found[r] = FoldedRoute(r + 1)
+    return found
+
+
 def plan(model: "Darknet") -> Fusions:
     """The foldable chains of ``model`` (after its layers' ``enable_onednn``), by start layer."""
     readers: Dict[int, List[int]] = {}
@@ -98,24 +130,36 @@ def plan(model: "Darknet") -> Fusions:
     def private(i: int) -> bool:  # ... and layer i + 1 reads nothing else
         return sole_reader(i) and model.layer_inputs[i + 1] == [i]
 
-    fusions: Fusions = _shortcut_chains(model, sole_reader)
+    chains = _shortcut_chains(model, sole_reader)
 
     last_covered = -1  # the chains below run in layer order; a layer belongs to one chain at most
     for pw_index in range(1, len(model.layers)):
         pointwise, d = _direct(model, pw_index, "pointwise"), pw_index - 1
         if pointwise is None or _direct(model, d, "depthwise") is None or not private(d) or d <= last_covered:
             continue
-        chain = fusions.pop(pw_index, None) or Fusion(pw_index, pw_index, act=pointwise.act)
+        chain = chains.pop(pw_index, None) or Fusion(pw_index, pw_index, act=pointwise.act)
         e = d - 1
         expand = e if e > last_covered and _direct(model, e, "pointwise") is not None and private(e) else None
-        fusions[d if expand is None else expand] = Fusion(chain.last, pw_index, d, chain.residual, chain.act, expand)
+        chains[d if expand is None else expand] = Fusion(chain.last, pw_index, d, chain.residual, chain.act, expand)
         last_covered = chain.last
+    covered = {k for start, f in chains.items() for k in range(start, f.last + 1)}
+    fusions: Fusions = {**chains, **_folded_routes(model, private, covered.__contains__)}
     return fusions
 
 
-def run(model: "Darknet", fusion: Fusion, x: Tensor, outs: List[Tensor]) -> Optional[Tensor]:
-    """``fusion``'s layers as one kernel call on the first layer's input ``x`` (earlier outputs in
+def run(model: "Darknet", fusion: Union[Fusion, FoldedRoute], xs: List[Tensor], outs: List[Tensor]) -> Optional[Tensor]:
+    """``fusion``'s layers as one kernel call on the first layer's inputs ``xs`` (earlier outputs in
     ``outs``), or None where the kernels refuse this call (the caller runs the layers one by one)."""
+    if isinstance(fusion, FoldedRoute):
+        route, reader = model.layers[fusion.last - 1], model.layers[fusion.last]
+        parts = route_parts(route, xs) if isinstance(route, Route) else None
+        if parts is None:
+            return None
+        if type(reader) is PaddedMaxPool:  # (not its LocalAvgPool subclass)
+            return pool_concat_nhwc(parts, reader.size, reader.stride_x, reader.stride_y, reader.padding)
+        conv = _direct(model, fusion.last, "pointwise")
+        return None if conv is None else conv.on_parts(parts)
+    x = xs[0]
     pointwise = _direct(model, fusion.pointwise, "pointwise")
     if pointwise is None:
         return None

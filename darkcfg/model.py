@@ -98,7 +98,7 @@ class Darknet(nn.Module):
                 if cast is not None:
                     xs = [t.to(cast) for t in xs]
                 chain = fusions.get(i)
-                fused = None if chain is None else fusion.run(self, chain, xs[0], outs)
+                fused = None if chain is None else fusion.run(self, chain, xs, outs)
                 if fused is None:
                     outs.append(layer(xs))
                 else:  # several layers as one kernel call; nobody reads the skipped outputs

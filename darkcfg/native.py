@@ -138,6 +138,8 @@ def library() -> Optional[ctypes.CDLL]:
                     for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc", "darkcfg_conv_nhwc"):  # x, w, b, y, geometry
                         getattr(lib, name).argtypes = [ptr] * 5
                         getattr(lib, name).restype = None
+                    lib.darkcfg_pw_split_nhwc.argtypes = [ptr] * 6  # x, x2, w, b, y, geometry
+                    lib.darkcfg_pw_split_nhwc.restype = None
                     lib.darkcfg_pw_residual_nhwc.argtypes = [ptr] * 6 + [ctypes.c_int]  # x, w, b, r, y, g, act
                     lib.darkcfg_pw_residual_nhwc.restype = None
                     # x, expand w/b, depthwise w/b, project w/b, residual, y, geometry
@@ -147,6 +149,8 @@ def library() -> Optional[ctypes.CDLL]:
                     lib.darkcfg_bgemm_packed.restype = None
                     lib.darkcfg_maxpool_nhwc.argtypes = [ptr] * 3  # x, y, geometry
                     lib.darkcfg_maxpool_nhwc.restype = None
+                    lib.darkcfg_concat_nhwc.argtypes = [ptr] * 3  # part pointers, y, geometry
+                    lib.darkcfg_concat_nhwc.restype = None
                     lib.darkcfg_wino_in_nhwc.argtypes = [ptr] * 3  # x, transformed tiles, geometry
                     lib.darkcfg_wino_in_nhwc.restype = None
                     lib.darkcfg_wino_out_nhwc.argtypes = [ptr] * 4  # GEMM output, bias, y, geometry

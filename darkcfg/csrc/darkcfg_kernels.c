@@ -360,8 +360,18 @@ void darkcfg_dw_nhwc(const float *x, const float *w, const float *b, float *y, c
 
 /* ---- 1x1 stride 1, NHWC: y[p][co] = act(b[co] + sum_ci x[p][ci] w[ci][co] (+ r[p][co]));
    w is [Ci][CoP], b [CoP], CoP % 8 == 0 (16-channel strips, the last 8 on their own).  r (may be NULL): a residual of y's shape added before
-   the activation -- a [shortcut] folded into the conv before it (Darknet: act_s(conv + from)). ---- */
-typedef struct { const float *x, *w, *b, *r; float *y; int64_t Ci, Co, CoP; int act; } dk_pw;
+   the activation -- a [shortcut] folded into the conv before it (Darknet: act_s(conv + from)).
+   x: pixel rows xs floats apart (Ci: a whole NHWC map).  x2 (may be NULL): the input's channels
+   Ca..Ci-1 come from there, rows xs2 apart -- a [route] of two maps read in place by the 1x1 conv
+   after it (the same sums in the same order as on the concatenation). ---- */
+typedef struct { const float *x, *w, *b, *r; float *y; int64_t Ci, Co, CoP; int act; const float *x2; int64_t xs, xs2, Ca; } dk_pw;
+
+/* dk_pw of a 1x1 conv on one whole NHWC map */
+static inline dk_pw pw_plain(const float *x, const float *w, const float *b, const float *r, float *y, int64_t Ci,
+                             int64_t Co, int64_t CoP, int act) {
+    dk_pw d = {x, w, b, r, y, Ci, Co, CoP, act, 0, Ci, 0, Ci};
+    return d;
+}
 
 #ifdef __AVX__
 #include <immintrin.h>
@@ -405,21 +415,26 @@ static inline __attribute__((always_inline)) void pw_store(float *out, const flo
    160x160 maps). */
 #define PR8 12
 /* 12 pixels of the 8-channel strip: xp rows of Ci inputs, outputs (and residuals) rows of `ys` floats. */
-static inline __attribute__((always_inline)) void pw8_block(const float *xp, int64_t Ci, const float *wc, int64_t CoP,
+static inline __attribute__((always_inline)) void pw8_block(const float *xp, int64_t xs, int64_t Ci, const float *xp2,
+                                                            int64_t xs2, int64_t Ci2, const float *wc, int64_t CoP,
                                                             v8 b0, float *yp, const float *rp, int64_t ys, int m0,
                                                             const int act) {
     v8 a[PR8];
     for (int r = 0; r < PR8; r++) a[r] = b0;
     for (int64_t ci = 0; ci < Ci; ci++) {
         v8 w0 = ld(wc + ci * CoP);
-        for (int r = 0; r < PR8; r++) a[r] += splat(xp[r * Ci + ci]) * w0;
+        for (int r = 0; r < PR8; r++) a[r] += splat(xp[r * xs + ci]) * w0;
+    }
+    for (int64_t ci = 0; ci < Ci2; ci++) {   /* a second part's channels (see dk_pw) */
+        v8 w0 = ld(wc + (Ci + ci) * CoP);
+        for (int r = 0; r < PR8; r++) a[r] += splat(xp2[r * xs2 + ci]) * w0;
     }
     for (int r = 0; r < PR8; r++) pw_store(yp + r * ys, rp ? rp + r * ys : 0, a[r], m0, act);
 }
 
 static inline __attribute__((always_inline)) void pw_strip8(const dk_pw *d, int64_t c0, int64_t lo, int64_t hi,
                                                             const int act, const int res) {
-    const int64_t Ci = d->Ci, Co = d->Co;
+    const int64_t Ci = d->Ci, Co = d->Co, Ca = d->Ca, xs = d->xs, xs2 = d->xs2;
     const float *wc = d->w + c0;
     const v8 b0 = ld(d->b + c0);
     const int m0 = Co - c0 >= 8 ? 8 : (int)(Co - c0);
@@ -429,7 +444,8 @@ static inline __attribute__((always_inline)) void pw_strip8(const dk_pw *d, int6
        the fused blocks, calling this per image row, would pay on every row. */
     for (; p < hi && hi - lo >= PR8; p += PR8) {
         int64_t q = p + PR8 <= hi ? p : hi - PR8;
-        pw8_block(d->x + q * Ci, Ci, wc, d->CoP, b0, d->y + q * Co + c0, res ? d->r + q * Co + c0 : 0, Co, m0, act);
+        pw8_block(d->x + q * xs, xs, Ca, d->x2 + q * xs2, xs2, Ci - Ca, wc, d->CoP, b0, d->y + q * Co + c0,
+                  res ? d->r + q * Co + c0 : 0, Co, m0, act);
     }
     if (p < hi) {
         /* Fewer than 12 pixels in all: the same block code on copies (zero-padded): a one-pixel
@@ -437,21 +453,25 @@ static inline __attribute__((always_inline)) void pw_strip8(const dk_pw *d, int6
            pixel's value must not depend on where the thread split fell. */
         const int n = (int)(hi - p);
         float stack[PR8 * 256], yt[PR8 * 8], rt[PR8 * 8];
-        float *xs = Ci <= 256 ? stack : (float *)malloc(sizeof(float) * PR8 * Ci);
-        if (!xs) return;   /* (unreachable in practice: a few KB) */
-        memset(xs, 0, sizeof(float) * PR8 * Ci);
-        memcpy(xs, d->x + p * Ci, sizeof(float) * n * Ci);
+        float *xt = Ci <= 256 ? stack : (float *)malloc(sizeof(float) * PR8 * Ci);
+        if (!xt) return;   /* (unreachable in practice: a few KB) */
+        memset(xt, 0, sizeof(float) * PR8 * Ci);
+        for (int r = 0; r < n; r++) {   /* (both parts' channels side by side in the copy) */
+            memcpy(xt + r * Ci, d->x + (p + r) * xs, sizeof(float) * Ca);
+            if (Ci > Ca) memcpy(xt + r * Ci + Ca, d->x2 + (p + r) * xs2, sizeof(float) * (Ci - Ca));
+        }
         for (int r = 0; r < n && res; r++) memcpy(rt + r * 8, d->r + (p + r) * Co + c0, sizeof(float) * m0);
-        pw8_block(xs, Ci, wc, d->CoP, b0, yt, res ? rt : 0, 8, m0, act);
+        pw8_block(xt, Ci, Ci, 0, 0, 0, wc, d->CoP, b0, yt, res ? rt : 0, 8, m0, act);
         for (int r = 0; r < n; r++) memcpy(d->y + (p + r) * Co + c0, yt + r * 8, sizeof(float) * m0);
-        if (xs != stack) free(xs);
+        if (xt != stack) free(xt);
     }
 }
 
 #define PR 6
 /* 6 pixels x 16 channels: xp rows of Ci inputs, weights rows CoP apart, outputs (and residuals)
    rows of `ys` floats; m0, m1: the channels of each half that exist. */
-static inline __attribute__((always_inline)) void pw16_block(const float *xp, int64_t Ci, const float *wc, int64_t CoP,
+static inline __attribute__((always_inline)) void pw16_block(const float *xp, int64_t xs, int64_t Ci, const float *xp2,
+                                                             int64_t xs2, int64_t Ci2, const float *wc, int64_t CoP,
                                                              v8 b0, v8 b1, float *yp, const float *rp, int64_t ys,
                                                              int m0, int m1, const int act) {
     v8 a[PR][2];
@@ -459,7 +479,16 @@ static inline __attribute__((always_inline)) void pw16_block(const float *xp, in
     for (int64_t ci = 0; ci < Ci; ci++) {
         v8 w0 = ld(wc + ci * CoP), w1 = ld(wc + ci * CoP + 8);
         for (int r = 0; r < PR; r++) {
-            v8 xv = splat(xp[r * Ci + ci]);
+            v8 xv = splat(xp[r * xs + ci]);
+            a[r][0] += xv * w0;
+            a[r][1] += xv * w1;
+        }
+    }
+    for (int64_t ci = 0; ci < Ci2; ci++) {   /* a second part's channels (see dk_pw) */
+        const float *wk = wc + (Ci + ci) * CoP;
+        v8 w0 = ld(wk), w1 = ld(wk + 8);
+        for (int r = 0; r < PR; r++) {
+            v8 xv = splat(xp2[r * xs2 + ci]);
             a[r][0] += xv * w0;
             a[r][1] += xv * w1;
         }
@@ -475,7 +504,7 @@ static inline __attribute__((always_inline)) void pw16_block(const float *xp, in
    those were half the time of Yolo-Fastest's 160x160 1x1 convs). */
 static inline __attribute__((always_inline)) void pw_range(const dk_pw *d, int64_t lo, int64_t hi, const int act,
                                                            const int res) {
-    const int64_t Ci = d->Ci, Co = d->Co, CoP = d->CoP;
+    const int64_t Ci = d->Ci, Co = d->Co, CoP = d->CoP, Ca = d->Ca, xs = d->xs, xs2 = d->xs2;
     if (CoP % 16 == 8) pw_strip8(d, CoP - 8, lo, hi, act, res);
     for (int64_t c0 = 0; c0 + 16 <= CoP; c0 += 16) {
         const float *wc = d->w + c0;
@@ -484,14 +513,14 @@ static inline __attribute__((always_inline)) void pw_range(const dk_pw *d, int64
         int64_t p = lo;
         for (; p < hi && hi - lo >= PR; p += PR) {   /* the last block ends at hi (see pw_strip8) */
             const int64_t q = p + PR <= hi ? p : hi - PR;
-            pw16_block(d->x + q * Ci, Ci, wc, CoP, b0, b1, d->y + q * Co + c0, res ? d->r + q * Co + c0 : 0, Co, m0,
-                       m1, act);
+            pw16_block(d->x + q * xs, xs, Ca, d->x2 + q * xs2, xs2, Ci - Ca, wc, CoP, b0, b1, d->y + q * Co + c0,
+                       res ? d->r + q * Co + c0 : 0, Co, m0, m1, act);
         }
         for (; p < hi; p++) {
-            const float *xp = d->x + p * Ci;
+            const float *xp = d->x + p * xs, *xp2 = d->x2 + p * xs2;
             v8 a0 = b0, a1 = b1;
             for (int64_t ci = 0; ci < Ci; ci++) {
-                v8 xv = splat(xp[ci]);
+                v8 xv = splat(ci < Ca ? xp[ci] : xp2[ci - Ca]);
                 a0 += xv * ld(wc + ci * CoP); a1 += xv * ld(wc + ci * CoP + 8);
             }
             int64_t at = p * Co + c0;
@@ -530,13 +559,22 @@ static void pw_part(void *ctx, int64_t lo, int64_t hi) {
 
 /* g: P (pixels, N*H*W), Ci, Co, CoP, act, threads (<= 0: torch's); r: residual or NULL */
 void darkcfg_pw_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
-    dk_pw d = {x, w, b, 0, y, g[1], g[2], g[3], (int)g[4]};
+    dk_pw d = pw_plain(x, w, b, 0, y, g[1], g[2], g[3], (int)g[4]);
     dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
 }
 
 void darkcfg_pw_residual_nhwc(const float *x, const float *w, const float *b, const float *r, float *y,
                               const int64_t *g, int act) {
-    dk_pw d = {x, w, b, r, y, g[1], g[2], g[3], act};
+    dk_pw d = pw_plain(x, w, b, r, y, g[1], g[2], g[3], act);
+    dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
+}
+
+/* The 1x1 conv on a [route] of two maps, each read in place: g as darkcfg_pw_nhwc's, then Ca (the
+   first part's channels) and the parts' pixel strides (floats). */
+void darkcfg_pw_split_nhwc(const float *x, const float *x2, const float *w, const float *b, float *y,
+                           const int64_t *g) {
+    dk_pw d = pw_plain(x, w, b, 0, y, g[1], g[2], g[3], (int)g[4]);
+    d.x2 = x2; d.Ca = g[6]; d.xs = g[7]; d.xs2 = g[8];
     dk_split(pw_part, &d, g[0], PR, (int)g[5], g[0] * g[1] * g[2]);
 }
 
@@ -755,10 +793,10 @@ static void block_part(void *ctx, int64_t lo, int64_t hi) {
 void darkcfg_block_nhwc(const float *x, const float *we, const float *be, const float *wd, const float *bd,
                         const float *wp, const float *bp, const float *r, float *y, const int64_t *g) {
     const int expand = g[17] > 0;
-    dk_block f = {{x, we, be, 0, 0, g[17], g[3], g[18], (int)g[19]},
+    dk_block f = {pw_plain(x, we, be, 0, 0, g[17], g[3], g[18], (int)g[19]),
                   {expand ? 0 : x, wd, bd, 0, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8],
                    (int)g[9], (int)g[10], (int)g[11], (int)g[12]},
-                  {0, wp, bp, r, y, g[3], g[14], g[15], (int)g[16]}, expand};
+                  pw_plain(0, wp, bp, r, y, g[3], g[14], g[15], (int)g[16]), expand};
     int64_t rows = g[0] * g[4];
     int64_t per_pixel = g[3] * (g[6] * g[7] + g[14] + (expand ? g[17] * g[8] * g[9] : 0));
     dk_split(block_part, &f, rows, 1, (int)g[13], rows * g[5] * per_pixel);
@@ -778,7 +816,7 @@ static inline __attribute__((always_inline)) void gemm_strip16(const float *A, i
     const v8 zero = splat(0.0f);
     for (int64_t p = 0; p < M; p += PR) {
         const int64_t q = p + PR <= M ? p : M - PR;
-        pw16_block(A + q * C, C, B, 16, zero, zero, Y + q * ldy, 0, ldy, 8, 8, 0);
+        pw16_block(A + q * C, C, C, 0, 0, 0, B, 16, zero, zero, Y + q * ldy, 0, ldy, 8, 8, 0);
     }
 }
 
@@ -786,7 +824,7 @@ static inline __attribute__((always_inline)) void gemm_strip8(const float *A, in
                                                               float *Y, int64_t ldy) {
     for (int64_t p = 0; p < M; p += PR8) {
         const int64_t q = p + PR8 <= M ? p : M - PR8;
-        pw8_block(A + q * C, C, B, 8, splat(0.0f), Y + q * ldy, 0, ldy, 8, 0);
+        pw8_block(A + q * C, C, C, 0, 0, 0, B, 8, splat(0.0f), Y + q * ldy, 0, ldy, 8, 0);
     }
 }
 
@@ -830,7 +868,7 @@ void darkcfg_bgemm_packed(const float *v, const float *u, float *out, const int6
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
     const float *x; float *y;
-    int64_t H, W, C, OH, OW; int size, sy, sx, pt, pl;
+    int64_t H, W, C, OH, OW; int size, sy, sx, pt, pl; int64_t xs, ys;   /* xs, ys: pixel strides (floats) */
 } dk_mp;
 
 static inline v8 vmax_darknet(v8 m, v8 v) {
@@ -840,10 +878,10 @@ static inline v8 vmax_darknet(v8 m, v8 v) {
 
 static void maxpool_part(void *ctx, int64_t lo, int64_t hi) {
     const dk_mp *d = (const dk_mp *)ctx;
-    const int64_t C = d->C, W = d->W, H = d->H, C8 = C / 8 * 8;
+    const int64_t C = d->C, W = d->W, H = d->H, C8 = C / 8 * 8, xs = d->xs;
     for (int64_t row = lo; row < hi; row++) {
         int64_t n = row / d->OH, oy = row % d->OH;
-        const float *xn = d->x + n * H * W * C;
+        const float *xn = d->x + n * H * W * xs;
         int64_t iy0 = oy * d->sy - d->pt;
         int ky0, ky1;
         dk_taps(iy0, d->size, H, &ky0, &ky1);
@@ -851,19 +889,19 @@ static void maxpool_part(void *ctx, int64_t lo, int64_t hi) {
             int64_t ix0 = ox * d->sx - d->pl;
             int kx0, kx1;
             dk_taps(ix0, d->size, W, &kx0, &kx1);
-            float *out = d->y + (row * d->OW + ox) * C;
+            float *out = d->y + (row * d->OW + ox) * d->ys;
             for (int64_t c0 = 0; c0 < C8; c0 += 8) {
                 v8 m = splat(-3.402823466e+38f);
                 for (int ky = ky0; ky < ky1; ky++)
                     for (int kx = kx0; kx < kx1; kx++)
-                        m = vmax_darknet(m, ld(xn + ((iy0 + ky) * W + ix0 + kx) * C + c0));
+                        m = vmax_darknet(m, ld(xn + ((iy0 + ky) * W + ix0 + kx) * xs + c0));
                 st(out + c0, m);
             }
             for (int64_t c = C8; c < C; c++) {
                 float m = -3.402823466e+38f;
                 for (int ky = ky0; ky < ky1; ky++)
                     for (int kx = kx0; kx < kx1; kx++) {
-                        float v = xn[((iy0 + ky) * W + ix0 + kx) * C + c];
+                        float v = xn[((iy0 + ky) * W + ix0 + kx) * xs + c];
                         m = v > m ? v : m;
                     }
                 out[c] = m;
@@ -872,9 +910,12 @@ static void maxpool_part(void *ctx, int64_t lo, int64_t hi) {
     }
 }
 
-/* g: N, H, W, C, OH, OW, size, sy, sx, pad_top, pad_left, threads (<= 0: torch's) */
+/* g: N, H, W, C, OH, OW, size, sy, sx, pad_top, pad_left, threads (<= 0: torch's), then the pixel
+   strides of x and y (C for a whole NHWC map; more for a channel slice: a [route]'s part pooled
+   straight into its channels of the pooled concatenation) */
 void darkcfg_maxpool_nhwc(const float *x, float *y, const int64_t *g) {
-    dk_mp d = {x, y, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8], (int)g[9], (int)g[10]};
+    dk_mp d = {x, y, g[1], g[2], g[3], g[4], g[5], (int)g[6], (int)g[7], (int)g[8], (int)g[9], (int)g[10],
+               g[12], g[13]};
     dk_split(maxpool_part, &d, g[0] * g[4], 1, (int)g[11], g[0] * g[4] * g[5] * g[3] * g[6] * g[6]);
 }
 
@@ -1048,4 +1089,37 @@ void darkcfg_wino_weights(const float *w, float *u, const double *g, int64_t K, 
                           int packed) {
     dk_wt d = {w, u, g, K, C, a, packed};
     dk_split(wino_weights_part, &d, C, 1, threads, K * C * a * a);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * [route] on NHWC maps: each output pixel is its parts' channel runs one after another.  Why:
+ * torch.cat along the channels of channels-last tensors ran at a quarter of copy speed (64+64
+ * channels @104x104: 0.70 ms vs 0.18 ms for a flat copy of the same bytes).  A part is any view
+ * whose pixels lie at a fixed stride (a channel slice of an NHWC map: Darknet's groups/group_id).
+ * g: P, pixels, Ct (output channels), threads, then per part: channels, pixel stride (floats).
+ * ------------------------------------------------------------------------------------------- */
+typedef struct { const int64_t *src; float *y; const int64_t *g; } dk_cat;
+
+static inline void copy_run(const float *s, float *y, int64_t c) {
+    int64_t i = 0;
+    for (; i + 8 <= c; i += 8) st(y + i, ld(s + i));
+    for (; i < c; i++) y[i] = s[i];
+}
+
+static void cat_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_cat *d = (const dk_cat *)ctx;
+    const int64_t P = d->g[0], Ct = d->g[2];
+    for (int64_t p = lo; p < hi; p++) {
+        float *y = d->y + p * Ct;
+        for (int64_t i = 0; i < P; i++) {
+            const int64_t c = d->g[4 + 2 * i];
+            copy_run((const float *)(intptr_t)d->src[i] + p * d->g[5 + 2 * i], y, c);
+            y += c;
+        }
+    }
+}
+
+void darkcfg_concat_nhwc(const int64_t *src, float *y, const int64_t *g) {
+    dk_cat d = {src, y, g};
+    dk_split(cat_part, &d, g[1], 16, (int)g[3], g[1] * g[2]);
 }

@@ -23,7 +23,7 @@ any of it (the callers step aside while it traces).
 from __future__ import annotations
 
 import ctypes
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -125,6 +125,7 @@ class DirectConv:
         self._uncapped: Dict[Tuple[int, ...], Optional[Tuple[Tuple[int, ...], Tensor]]] = {}  # with_residual's
         #: (block input shape, activation, expanded?) -> (output shape, its strides, geometry) of :func:`fused_block`
         self._fused: Dict[tuple, Optional[Tuple[Tuple[int, ...], Tuple[int, ...], Tensor]]] = {}
+        self._split: Dict[tuple, Optional[Tuple[Tuple[int, ...], Tensor]]] = {}  # :meth:`on_parts`' plans
 
     @property
     def usable(self) -> bool:
@@ -134,7 +135,7 @@ class DirectConv:
     def __getstate__(self) -> dict:
         """Copies and pickles leave the caches behind (rebuilt on first use)."""
         return {**self.__dict__, "_packed": None, "_key": None, "_source": (None, None), "_shapes": {},
-                "_uncapped": {}, "_fused": {}, "_lib": None}
+                "_uncapped": {}, "_fused": {}, "_split": {}, "_lib": None}
 
     def _library(self) -> Optional[ctypes.CDLL]:
         """The native library, looked up at the first call (None where it cannot be built)."""
@@ -238,6 +239,39 @@ class DirectConv:
             return None
         return self._launch(x, residual, act)
 
+    def on_parts(self, parts: Sequence[Tensor]) -> Optional[Tensor]:
+        """This 1x1 conv on ``torch.cat(parts, 1)`` for two parts, each read in place (a ``[route]``
+        read only by this conv: the concatenation is never made).  The same sums in the same order
+        as on the concatenated map: bit-identical.  None where the plain call would not take the
+        kernel, or the parts are not what :func:`_pixel_strides` takes."""
+        if self.kind != "pointwise" or len(parts) != 2:
+            return None
+        key = _part_key(parts)
+        if key in self._split:
+            plan = self._split[key]
+        else:
+            plan = None
+            strides = _pixel_strides(parts)
+            if strides is not None:
+                a, b = parts
+                whole = self._plan_shape((a.shape[0], a.shape[1] + b.shape[1], a.shape[2], a.shape[3]), ())
+                if whole is not None:
+                    plan = whole[0], torch.cat([whole[1], torch.tensor([a.shape[1], *strides], dtype=torch.int64)])
+            if len(self._split) < 64:
+                self._split[key] = plan
+        w = self.conv._parameters["weight"]
+        if plan is None or not _parts_inference(parts) or w is None or (torch.is_grad_enabled() and w.requires_grad):
+            return None
+        lib = self._library()
+        if lib is None:
+            return None
+        out_shape, geometry = plan
+        weights, bias = self._weights()
+        y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
+        lib.darkcfg_pw_split_nhwc(parts[0].data_ptr(), parts[1].data_ptr(), weights.data_ptr(), bias.data_ptr(),
+                                  y.data_ptr(), geometry.data_ptr())
+        return y
+
     def _launch(self, x: Tensor, residual: Optional[Tensor], act: int) -> Optional[Tensor]:
         plan = self._geometry(x, uncapped=residual is not None)
         if plan is None:
@@ -322,34 +356,110 @@ def _block_geometry(expand: Optional[DirectConv], depthwise: DirectConv, pointwi
 #: taps per output loses to k + k strided maxima once k and the map are large: yolov4's 13x13 SPP).
 MAX_POOL_TAPS = 8_000_000
 
-#: (input shape, size, strides, padding) -> (output shape, the kernel's geometry array)
-_POOL_GEOMETRY: Dict[Tuple[int, ...], Tuple[Tuple[int, ...], Tensor]] = {}
+def _pixel_strides(parts: Sequence[Tensor]) -> Optional[List[int]]:
+    """Each part's pixel stride (floats), or None unless every part is a CPU float32 image of the
+    first's N x H x W whose pixels lie at one fixed stride with their channels adjacent: an NHWC map
+    or a channel slice of one (a ``[route]``'s parts), outside autograd and tracing."""
+    first = parts[0]
+    if first.dim() != 4 or not _inference(first):
+        return None
+    n, _, h, w = first.shape
+    strides = []
+    for x in parts:
+        s = x.stride()
+        if (x.dim() != 4 or x.dtype != torch.float32 or not x.is_cpu or (x.shape[0], x.shape[2], x.shape[3]) != (n, h, w)
+                or s[1] != 1 or s[3] < x.shape[1] or s[2] != w * s[3] or (n > 1 and s[0] != h * w * s[3])
+                or (x.requires_grad and torch.is_grad_enabled())):
+            return None
+        strides.append(s[3])
+    return strides
+
+
+def _part_key(parts: Sequence[Tensor]) -> tuple:
+    return tuple((x.shape, x.stride(), x.dtype, x.device.type) for x in parts)
+
+
+def _parts_inference(parts: Sequence[Tensor]) -> bool:
+    """What a cached plan still checks per call: no tracing, no autograd through any part."""
+    return _inference(parts[0]) and not (torch.is_grad_enabled() and any(x.requires_grad for x in parts))
+
+
+#: (the parts' key, size, strides, padding) -> (output shape, one geometry array per part)
+_POOL_GEOMETRY: Dict[tuple, Tuple[Tuple[int, ...], List[Tensor]]] = {}
 
 
 def maxpool_nhwc(x: Tensor, size: int, stride_x: int, stride_y: int, padding: int) -> Optional[Tensor]:
-    """Darknet's ``[maxpool]`` by the native kernel for a CPU float32 NHWC ``x`` at inference
-    (what :func:`darkcfg.layers.functional.darknet_maxpool` computes: total ``padding`` split
-    floor/ceil, ``-FLT_MAX`` start; a NaN input never wins, as in Darknet's ``val > max``), or
-    None where it does not apply (the torch path runs).  Yolo-Fastest's SPP pools on 48x10x10:
-    ~150 us as strided-slice maxima, a few us here."""
-    if x.dim() != 4 or not _inference_nhwc(x):
+    """Darknet's ``[maxpool]`` by the native kernel for a CPU float32 NHWC ``x`` (or a channel slice
+    of one) at inference (what :func:`darkcfg.layers.functional.darknet_maxpool` computes: total
+    ``padding`` split floor/ceil, ``-FLT_MAX`` start; a NaN input never wins, as in Darknet's
+    ``val > max``), or None where it does not apply (the torch path runs).  Yolo-Fastest's SPP
+    pools on 48x10x10: ~150 us as strided-slice maxima, a few us here."""
+    return pool_concat_nhwc([x], size, stride_x, stride_y, padding)
+
+
+def pool_concat_nhwc(parts: Sequence[Tensor], size: int, stride_x: int, stride_y: int,
+                     padding: int) -> Optional[Tensor]:
+    """``maxpool(torch.cat(parts, 1))`` as each part pooled straight into its channels of the output
+    (a max pool works channel by channel, so the values are the same): a ``[route]`` read only by a
+    ``[maxpool]`` (yolov4-tiny's CSP stages) never makes its concatenation.  None where a part is
+    not what :func:`_pixel_strides` takes, or the pool exceeds :data:`MAX_POOL_TAPS`."""
+    key = (_part_key(parts), size, stride_x, stride_y, padding)
+    plan = _POOL_GEOMETRY.get(key)
+    if plan is None:
+        strides = _pixel_strides(parts)
+        if strides is None:
+            return None
+        n, _, h, w = parts[0].shape
+        total = sum(x.shape[1] for x in parts)
+        left, right, top, bottom = pool_pads_hw(h, w, size, stride_x, stride_y, padding)
+        oh, ow = (h + top + bottom - size) // stride_y + 1, (w + left + right - size) // stride_x + 1
+        if min(oh, ow) <= 0 or n * oh * ow * total * size * size > MAX_POOL_TAPS:
+            return None
+        plan = ((n, total, oh, ow), [torch.tensor([n, h, w, x.shape[1], oh, ow, size, stride_y, stride_x, top, left, 0,
+                                                   xs, total], dtype=torch.int64) for x, xs in zip(parts, strides)])
+        if len(_POOL_GEOMETRY) < 256:
+            _POOL_GEOMETRY[key] = plan
+    elif not _parts_inference(parts):
         return None
     lib = native.library()
     if lib is None:
         return None
-    n, c, h, w = x.shape
-    key = (n, c, h, w, size, stride_x, stride_y, padding)
-    plan = _POOL_GEOMETRY.get(key)
+    out_shape, geometries = plan
+    y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
+    at = y.data_ptr()
+    for x, geometry in zip(parts, geometries):
+        lib.darkcfg_maxpool_nhwc(x.data_ptr(), at, geometry.data_ptr())
+        at += x.shape[1] * 4
+    return y
+
+
+#: the parts' key -> (output shape, geometry) of :func:`concat_nhwc`.
+_CONCAT_GEOMETRY: Dict[tuple, Tuple[Tuple[int, ...], Tensor]] = {}
+
+
+def concat_nhwc(parts: Sequence[Tensor]) -> Optional[Tensor]:
+    """``torch.cat(parts, 1)`` into a new NHWC map by the native kernel, for the parts
+    :func:`_pixel_strides` takes (a ``[route]``'s on NHWC maps), or None (the caller's
+    ``torch.cat`` runs).  Why: torch.cat ran NHWC maps at a quarter to two thirds of copy speed."""
+    key = _part_key(parts)
+    plan = _CONCAT_GEOMETRY.get(key)
     if plan is None:
-        left, right, top, bottom = pool_pads_hw(h, w, size, stride_x, stride_y, padding)
-        oh, ow = (h + top + bottom - size) // stride_y + 1, (w + left + right - size) // stride_x + 1
-        if min(oh, ow) <= 0 or n * oh * ow * c * size * size > MAX_POOL_TAPS:
+        strides = _pixel_strides(parts)
+        if strides is None:
             return None
-        plan = ((n, c, oh, ow),
-                torch.tensor([n, h, w, c, oh, ow, size, stride_y, stride_x, top, left, 0], dtype=torch.int64))
-        if len(_POOL_GEOMETRY) < 256:
-            _POOL_GEOMETRY[key] = plan
+        n, _, h, w = parts[0].shape
+        total = sum(x.shape[1] for x in parts)
+        runs = [v for x, xs in zip(parts, strides) for v in (x.shape[1], xs)]
+        plan = ((n, total, h, w), torch.tensor([len(parts), n * h * w, total, 0, *runs], dtype=torch.int64))
+        if len(_CONCAT_GEOMETRY) < 1024:
+            _CONCAT_GEOMETRY[key] = plan
+    elif not _parts_inference(parts):
+        return None
+    lib = native.library()
+    if lib is None:
+        return None
     out_shape, geometry = plan
     y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
-    lib.darkcfg_maxpool_nhwc(x.data_ptr(), y.data_ptr(), geometry.data_ptr())
+    sources = (ctypes.c_int64 * len(parts))(*[x.data_ptr() for x in parts])
+    lib.darkcfg_concat_nhwc(sources, y.data_ptr(), geometry.data_ptr())
     return y

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
+from .direct_conv import concat_nhwc
 from .registry import BuildContext, WeightedLayer, builder
 from .tracing import as_map
 
@@ -35,11 +36,16 @@ class Route(nn.Module):
     def forward(self, xs: List[Tensor]) -> Tensor:
         if len(xs) == 1 and self.groups == 1:
             return xs[0]
-        bounds = self.bounds
-        if bounds and (torch.jit.is_tracing() or _same_images(xs, self.channels)):
-            if len(xs) == 1:
-                return xs[0][:, bounds[0][0]:bounds[0][1]]
-            return torch.cat([x[:, lo:hi] for x, (lo, hi) in zip(xs, bounds)], 1)
+        tracing = torch.jit.is_tracing()
+        parts = [x[:, lo:hi] for x, (lo, hi) in zip(xs, self.bounds)] if tracing else route_parts(self, xs)
+        if parts:
+            if len(parts) == 1:
+                return parts[0]
+            if not tracing and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+                y = concat_nhwc(parts)  # NHWC maps (optimize()): the native copy, 1.3-1.5x torch.cat's speed
+                if y is not None:
+                    return y
+            return torch.cat(parts, 1)
         if self.flat:
             parts = [x.flatten(1) for x in xs]
             parts = [p.chunk(self.groups, 1)[self.group_id] if self.groups > 1 else p for p in parts]
@@ -48,6 +54,14 @@ class Route(nn.Module):
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, group_id={self.group_id}" if self.groups > 1 else ""
+
+
+def route_parts(route: Route, xs: List[Tensor]) -> Optional[List[Tensor]]:
+    """The channel slices ``route`` concatenates, when its inputs are images of one H x W with the
+    graph's channel counts (the one-Concat case of :class:`Route`), else None."""
+    if not route.bounds or not _same_images(xs, route.channels):
+        return None
+    return [x[:, lo:hi] for x, (lo, hi) in zip(xs, route.bounds)]
 
 
 def _same_images(xs: List[Tensor], channels: Optional[List[int]]) -> bool:
