@@ -135,7 +135,7 @@ def library() -> Optional[ctypes.CDLL]:
                                                        ctypes.c_int64, ctypes.c_int]
                     lib.darkcfg_scale_rows.restype = None
                     ptr = ctypes.c_void_p
-                    for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc", "darkcfg_conv_nhwc"):  # x, w, b, y, geometry
+                    for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc", "darkcfg_conv_nhwc", "darkcfg_gconv_nhwc"):  # x, w, b, y, geometry
                         getattr(lib, name).argtypes = [ptr] * 5
                         getattr(lib, name).restype = None
                     lib.darkcfg_pw_split_nhwc.argtypes = [ptr] * 6  # x, x2, w, b, y, geometry

@@ -72,6 +72,10 @@ WINOGRAD_CASES = {"cfg-yolov4", "cfg-yolov4-tiny", "csp-csresnext50-panet-spp", 
 STEM_CASES = WINOGRAD_CASES - {"csp-csresnext50-panet-spp", "cfg-yolov4-csp-swish"}
 
 
+#: ResNeXt cases whose 32-group 3x3 convs (4 and 8 channels a group) take the grouped kernel.
+GROUPED_CASES = {"csp-csresnext50-panet-spp", "legacy-csp-resnext50"}
+
+
 @pytest.mark.parametrize("name", OPTIMIZED_CASES if CASES else ["no-shared"])
 def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pytest.MonkeyPatch) -> None:
     from darkcfg import native
@@ -99,4 +103,6 @@ def test_case_optimized(name: str, shared: Path, make_weights, monkeypatch: pyte
         assert sum(calls[WinogradConv]) > 0, f"{name}: Winograd did not run"
     if name in STEM_CASES:
         assert "stem" in kinds, f"{name}: the RGB stem conv did not take its kernel"
+    if name in GROUPED_CASES:
+        assert "grouped" in kinds, f"{name}: the 32-group 3x3 convs did not take the grouped kernel"
 

@@ -120,6 +120,39 @@ def test_stem_kernel_reads_strided_inputs_and_splits_rows_exactly() -> None:
     assert rel(one, ref) < 1e-6
 
 
+# in channels, out channels, groups, size, stride, padding, input (h, w), batch
+GROUPED = [(128, 128, 32, 3, 1, 1, (13, 21), 1),  # csresnext50's: 4 channels a group (2 groups per 8 lanes)
+           (64, 64, 8, 3, 2, 1, (15, 16), 2),  # 8 a group, stride 2
+           (16, 32, 2, 3, 1, 1, (9, 30), 1),  # 8 in, 16 out a group (one group, two vectors)
+           (12, 24, 6, 3, 1, 1, (7, 7), 1),  # 2 in, 4 out a group
+           (8, 8, 4, 5, 1, 2, (11, 12), 1),  # 2 a group (4 groups per 8 lanes), 5x5
+           (32, 64, 4, 1, 1, 0, (5, 6), 1),  # 1x1 grouped
+           (16, 16, 2, 3, 1, 1, (2, 3), 1),  # fewer pixels than a block: every pixel on the single path
+           (24, 24, 3, 3, 3, 0, (13, 14), 1)]  # stride 3, no padding
+
+
+@pytest.mark.parametrize("activation", sorted(direct_conv.ACTIVATIONS))
+@pytest.mark.parametrize("case", GROUPED, ids=lambda c: "{}to{}g{}k{}s{}p{}_{}x{}b{}".format(*c[:6], *c[6], c[7]))
+def test_grouped_kernel_equals_conv2d(case: tuple, activation: str) -> None:
+    """Grouped (not depthwise) convs against a float64 conv: groups joined into 8-lane blocks or
+    spanning several, borders, strides 1-3, 1x1 to 5x5."""
+    cin, cout, groups, size, stride, pad, (h, w), batch = case
+    torch.manual_seed(cin + cout * 10 + groups)
+    conv = torch.nn.Conv2d(cin, cout, size, stride, pad, groups=groups)
+    _check_kernel(conv, activation, (batch, cin, h, w), "grouped")
+
+
+def test_grouped_kernel_splits_rows_exactly_and_steps_aside() -> None:
+    """1 or 2 threads give the same bits; an NCHW input goes to oneDNN (None here)."""
+    conv = torch.nn.Conv2d(64, 64, 3, 1, 1, groups=16)
+    plan = DirectConv(conv, "leaky")
+    x = torch.randn(1, 64, 23, 29)
+    one, two = one_and_two_threads(lambda: plan(nhwc(x)))
+    assert one is not None and two is not None and torch.equal(one, two)
+    with torch.no_grad():
+        assert plan(x) is None
+
+
 def test_what_the_stem_kernel_does_not_take() -> None:
     assert DirectConv(torch.nn.Conv2d(3, 16, 5, 1, 2), "leaky").kind == ""  # 75-term sums: oneDNN does well
     assert DirectConv(torch.nn.Conv2d(5, 16, 3, 1, 1), "leaky").kind == ""  # more input channels: oneDNN
@@ -211,7 +244,9 @@ def test_what_the_kernels_do_not_take() -> None:
     dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
     x = nhwc(torch.randn(1, 8, 6, 6))
     assert DirectConv(dw, "mish").usable is False  # activation not fused: oneDNN + the mish kernel instead
-    assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 1, groups=2), "leaky").usable is False  # grouped, not depthwise
+    assert DirectConv(torch.nn.Conv2d(32, 32, 3, 1, 1, groups=2), "leaky").usable is False  # 16 inputs a group: oneDNN
+    assert DirectConv(torch.nn.Conv2d(9, 9, 3, 1, 1, groups=3), "leaky").usable is False  # 3 outputs a group: no 8 lanes
+    assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 1, groups=2), "mish").usable is False  # the grouped kernel: no mish
     assert DirectConv(torch.nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=8), "leaky").usable is False
     assert DirectConv(torch.nn.Conv2d(8, 16, 3, 1, 1), "leaky").usable is False  # dense 3x3: oneDNN
     assert DirectConv(torch.nn.Conv2d(8, 16, 1, 2), "leaky").usable is False  # strided 1x1

@@ -625,23 +625,29 @@ static inline __attribute__((always_inline)) void cv_block(const dk_cv *d, const
         }
 }
 
-/* One output row, channels [c0, c0 + 8 V): blocks of P pixels whose windows lie inside the
-   image, single pixels (clipped windows) elsewhere.  One function per (V, P, K): each is small
-   enough for the compiler to keep its V x P sums in registers (inlined into one routine they
-   spilled).  A pixel's sum runs over the taps in the same order on either path. */
+/* One output row, channels [c0, c0 + 8 V): blocks of P pixels over the pixels whose windows lie
+   inside the image (the last block overlapping the one before rather than leaving a tail: one
+   accumulator per pixel there waited on the FMA latency), single pixels (clipped windows) at the
+   borders.  One function per (V, P, K): each is small enough for the compiler to keep its V x P
+   sums in registers (inlined into one routine they spilled).  A pixel's sum runs over the taps in
+   the same order on either path, wherever its block starts. */
 #define CV_ROW(V, P, K)                                                                                    \
     static __attribute__((noinline)) void cv_row_##V##_##K(const dk_cv *d, const float *xn, int64_t iy0,    \
                                                            int ky0, int ky1, float *orow, int64_t c0) {     \
+        int64_t lo = (d->px + d->sx - 1) / d->sx, hi = (d->W + d->px - d->kw) / d->sx + 1;                  \
+        if (hi > d->OW) hi = d->OW;                                                                         \
+        if (hi - lo < P) lo = hi = d->OW;   /* too few inner pixels for a block: all single */              \
         for (int64_t ox = 0; ox < d->OW;) {                                                                 \
             int64_t ix0 = ox * d->sx - d->px;                                                               \
-            float *yo = orow + ox * d->Co;                                                                  \
-            if (ix0 >= 0 && ox + P <= d->OW && (ox + P - 1) * d->sx - d->px + d->kw <= d->W) {             \
-                cv_block(d, xn + iy0 * d->sh + ix0 * d->sw, ky0, ky1, 0, d->kw, c0, yo, V, P, K);          \
-                ox += P;                                                                                    \
+            if (ox >= lo && ox < hi) {                                                                      \
+                int64_t q = ox + P <= hi ? ox : hi - P;                                                     \
+                cv_block(d, xn + iy0 * d->sh + (q * d->sx - d->px) * d->sw, ky0, ky1, 0, d->kw, c0,         \
+                         orow + q * d->Co, V, P, K);                                                        \
+                ox = q + P;                                                                                 \
             } else {                                                                                        \
                 int kx0, kx1;                                                                               \
                 dk_taps(ix0, d->kw, d->W, &kx0, &kx1);                                                      \
-                cv_block(d, xn + iy0 * d->sh + ix0 * d->sw, ky0, ky1, kx0, kx1, c0, yo, V, 1, 0);          \
+                cv_block(d, xn + iy0 * d->sh + ix0 * d->sw, ky0, ky1, kx0, kx1, c0, orow + ox * d->Co, V, 1, 0); \
                 ox += 1;                                                                                    \
             }                                                                                               \
         }                                                                                                   \
@@ -649,31 +655,33 @@ static inline __attribute__((always_inline)) void cv_block(const dk_cv *d, const
 CV_ROW(4, 3, 3)
 CV_ROW(3, 4, 3)
 CV_ROW(2, 6, 3)
-CV_ROW(1, 12, 3)
+CV_ROW(1, 8, 3)
 CV_ROW(4, 3, 0)
 CV_ROW(3, 4, 0)
 CV_ROW(2, 6, 0)
-CV_ROW(1, 12, 0)
+CV_ROW(1, 8, 0)
 
 typedef void (*cv_row_fn)(const dk_cv *, const float *, int64_t, int, int, float *, int64_t);
 
+/* One output row (all of d's output channels). */
+static void cv_one_row(const dk_cv *d, int64_t row) {
+    int64_t n = row / d->OH, oy = row % d->OH;
+    const float *xn = d->x + n * d->sn;
+    float *orow = d->y + row * d->OW * d->Co;
+    int64_t iy0 = oy * d->sy - d->py;
+    int ky0, ky1;
+    dk_taps(iy0, d->kh, d->H, &ky0, &ky1);
+    const int k3 = d->kw == 3;
+    static const cv_row_fn rows3[5] = {0, cv_row_1_3, cv_row_2_3, cv_row_3_3, cv_row_4_3};
+    static const cv_row_fn rows0[5] = {0, cv_row_1_0, cv_row_2_0, cv_row_3_0, cv_row_4_0};
+    int64_t c0 = 0;
+    for (; c0 + 32 <= d->CoP; c0 += 32) (k3 ? rows3 : rows0)[4](d, xn, iy0, ky0, ky1, orow, c0);
+    if (c0 < d->CoP) (k3 ? rows3 : rows0)[(d->CoP - c0) / 8](d, xn, iy0, ky0, ky1, orow, c0);
+    if (d->act == 3) mish_f32(orow, orow, d->OW * d->Co);
+}
+
 static void cv_part(void *ctx, int64_t lo, int64_t hi) {
-    const dk_cv *d = (const dk_cv *)ctx;
-    for (int64_t row = lo; row < hi; row++) {
-        int64_t n = row / d->OH, oy = row % d->OH;
-        const float *xn = d->x + n * d->sn;
-        float *orow = d->y + row * d->OW * d->Co;
-        int64_t iy0 = oy * d->sy - d->py;
-        int ky0, ky1;
-        dk_taps(iy0, d->kh, d->H, &ky0, &ky1);
-        const int k3 = d->kw == 3;
-        static const cv_row_fn rows3[5] = {0, cv_row_1_3, cv_row_2_3, cv_row_3_3, cv_row_4_3};
-        static const cv_row_fn rows0[5] = {0, cv_row_1_0, cv_row_2_0, cv_row_3_0, cv_row_4_0};
-        int64_t c0 = 0;
-        for (; c0 + 32 <= d->CoP; c0 += 32) (k3 ? rows3 : rows0)[4](d, xn, iy0, ky0, ky1, orow, c0);
-        if (c0 < d->CoP) (k3 ? rows3 : rows0)[(d->CoP - c0) / 8](d, xn, iy0, ky0, ky1, orow, c0);
-        if (d->act == 3) mish_f32(orow, orow, d->OW * d->Co);
-    }
+    for (int64_t row = lo; row < hi; row++) cv_one_row((const dk_cv *)ctx, row);
 }
 
 /* g: N, H, W, C, OH, OW, Co, CoP, kh, kw, sy, sx, py, px, act (0 linear, 1 leaky, 2 relu, 3 mish),
@@ -683,6 +691,36 @@ void darkcfg_conv_nhwc(const float *x, const float *w, const float *b, float *y,
                (int)g[8], (int)g[9], (int)g[10], (int)g[11], (int)g[12], (int)g[13], (int)g[14]};
     int64_t rows = g[0] * g[4];
     dk_split(cv_part, &d, rows, 1, (int)g[15], rows * g[5] * g[6] * g[3] * g[8] * g[9]);
+}
+
+/* ---- Grouped k x k conv (not depthwise), NHWC: ResNeXt's 32-group 3x3s.  oneDNN ran those with 4
+   or 8 channels per group at 8-22 GMAC/s.  Groups are taken S at a time as "super-groups" of Os
+   outputs (Os % 8 == 0: 2 groups of 4 outputs, or 1 group of 8, 16, ...) over their Cs inputs,
+   each a small dense conv by the stem kernel's row code (weights [S][kh][kw][Cs][Os], zero
+   between the groups a super-group joins), its output Os channels of the full rows. ---- */
+typedef struct { dk_cv cv; int64_t S, Cs, Os; } dk_gcv;
+
+static void gcv_part(void *ctx, int64_t lo, int64_t hi) {
+    const dk_gcv *g = (const dk_gcv *)ctx;
+    const int64_t wsize = (int64_t)g->cv.kh * g->cv.kw * g->Cs * g->Os;
+    for (int64_t row = lo; row < hi; row++)
+        for (int64_t s = 0; s < g->S; s++) {
+            dk_cv e = g->cv;
+            e.x += s * g->Cs * e.sc;
+            e.w += s * wsize;
+            e.b += s * g->Os;
+            e.y += s * g->Os;
+            cv_one_row(&e, row);
+        }
+}
+
+/* g: darkcfg_conv_nhwc's, with C = Cs, Co = all output channels (the output's pixel stride),
+   CoP = Os, act 0-2; then S, Cs, Os */
+void darkcfg_gconv_nhwc(const float *x, const float *w, const float *b, float *y, const int64_t *g) {
+    dk_gcv d = {{x, w, b, y, g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[16], g[17], g[18], g[19],
+                 (int)g[8], (int)g[9], (int)g[10], (int)g[11], (int)g[12], (int)g[13], (int)g[14]}, g[20], g[21], g[22]};
+    int64_t rows = g[0] * g[4];
+    dk_split(gcv_part, &d, rows, 1, (int)g[15], rows * g[5] * g[6] * g[3] * g[8] * g[9]);
 }
 
 /* ---- [1x1 expand ->] depthwise k x k -> 1x1 (-> + residual), NHWC, one pass: the inverted-residual

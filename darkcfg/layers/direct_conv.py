@@ -1,4 +1,4 @@
-"""Direct NHWC convolutions (and max pools) for the small layers of depthwise-heavy nets (CPU inference).
+"""Direct NHWC convolutions (and max pools, route copies) for the layers oneDNN runs poorly (CPU inference).
 
 Why: Yolo-Fastest and the MobileNet-style YOLOs are ~85 convolutions of a few MFLOPs each
 (depthwise k x k, and 1x1 with 4..256 channels).  oneDNN and ``F.conv2d`` spend ~40-100 us of
@@ -11,12 +11,15 @@ When a conv takes this path (:meth:`DirectConv.applies`): CPU float32 NHWC input
 :data:`MAX_POINTWISE_WEIGHTS` input x output channels, an activation the kernel fuses (linear,
 leaky, relu), and at most :data:`MAX_MACS` (depthwise) or :data:`MAX_POINTWISE_MACS` (1x1)
 multiply-adds in the call; or a net's first conv on the image (:data:`MAX_STEM_CHANNELS` input
-channels, NCHW or NHWC, mish too).  The kernels split their rows over torch's own
+channels, NCHW or NHWC, mish too); or a grouped conv of at most :data:`MAX_GROUPED_CHANNELS`
+input channels a group (ResNeXt's 32-group 3x3s, where oneDNN ran at 8-22 GMAC/s; any size: the
+stem's row code on each block of groups).  The kernels split their rows over torch's own
 OpenMP team where torch uses GNU OpenMP (:func:`darkcfg.native.uses_openmp`), else run on the
 calling thread.  Float sums run in another order than oneDNN's: rounding only
 (tests/test_direct_conv.py bounds it; tests/test_conformance.py runs optimized models against
-Darknet's own outputs).  :meth:`DirectConv.with_residual` and :func:`fused_block` serve :mod:`darkcfg.fusion`;
-:func:`maxpool_nhwc` serves ``[maxpool]`` on the same NHWC nets.  ``torch.compile`` never sees
+Darknet's own outputs).  :meth:`DirectConv.with_residual`, :meth:`DirectConv.on_parts`,
+:func:`fused_block` and :func:`pool_concat_nhwc` serve :mod:`darkcfg.fusion`; :func:`maxpool_nhwc`
+serves ``[maxpool]`` and :func:`concat_nhwc` ``[route]`` on NHWC maps.  ``torch.compile`` never sees
 any of it (the callers step aside while it traces).
 """
 
@@ -56,12 +59,31 @@ MAX_POINTWISE_WEIGHTS = 512 * 256
 MAX_STEM_CHANNELS = 4
 MAX_STEM_TAPS = 9
 
+#: Grouped (not depthwise) convs with at most this many input channels per group take the grouped
+#: kernel (csresnext50's 32-group 3x3s, 2 threads: 4 channels @128x128 1.33x oneDNN, 8 @64x64
+#: 1.26x, 8 @128x128 stride 2 1.2x; 16 and 32 channels: 0.8-0.95x, oneDNN keeps those).
+MAX_GROUPED_CHANNELS = 8
+MAX_GROUPED_TAPS = 25
+
+
+def _super_group(per_group: int) -> int:
+    """Output channels the grouped kernel computes together for groups of ``per_group`` outputs:
+    whole groups making a multiple of its 8 lanes (2 groups of 4, 1 of 8, 16...), or 0 if none."""
+    if per_group % 8 == 0:
+        return per_group
+    return 8 if per_group > 0 and 8 % per_group == 0 else 0
+
+
 #: The tallest depthwise window the kernels take (their per-row pointer arrays).
 DEPTHWISE_MAX_K = 32
 
 #: The stem kernel's activation codes: the others' plus mish (applied to each output row in cache).
 STEM_ACTIVATIONS = {**ACTIVATIONS, "mish": 3}
 
+
+#: DirectConv kind -> its native function (arguments: x, weights, bias, y, geometry)
+_KERNELS = {"depthwise": "darkcfg_dw_nhwc", "pointwise": "darkcfg_pw_nhwc", "stem": "darkcfg_conv_nhwc",
+            "grouped": "darkcfg_gconv_nhwc"}
 
 _STRIDES: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
 
@@ -114,6 +136,9 @@ class DirectConv:
               and tuple(conv.dilation) == (1, 1)):
             self.kind = "stem"
             self.act = STEM_ACTIVATIONS.get(activation, -1)
+        elif (conv.groups > 1 and in_per_group <= MAX_GROUPED_CHANNELS and tuple(conv.dilation) == (1, 1)
+              and _super_group(out_c // conv.groups) and kh * kw <= MAX_GROUPED_TAPS):
+            self.kind = "grouped"
         self.macs_per_output_pixel = kh * kw * in_per_group * out_c
         #: 1x1: output channels rounded up to the kernel's 8-channel strips (weights zero beyond).
         self.padded_out = (out_c + 7) // 8 * 8
@@ -185,6 +210,14 @@ class DirectConv:
             geometry = [n, h, width, c, oh, ow, conv.out_channels, self.padded_out, kh, kw, sy, sx, py, px,
                         self.act, 0, *strides]
             return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
+        if self.kind == "grouped":  # super-groups of os_ outputs over cs inputs (darkcfg_gconv_nhwc)
+            os_ = _super_group(conv.out_channels // conv.groups)
+            cs = conv.in_channels // conv.groups * (os_ // (conv.out_channels // conv.groups))
+            if min(oh, ow) <= 0:
+                return None
+            geometry = [n, h, width, cs, oh, ow, conv.out_channels, os_, kh, kw, sy, sx, py, px, self.act, 0,
+                        *nhwc_strides(shape), conv.out_channels // os_, cs, os_]
+            return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
         if self.kind == "depthwise":
             geometry = [n, h, width, c, oh, ow, kh, kw, sy, sx, py, px, self.act, 0]
         else:  # 1x1, stride 1, no padding: oh, ow = h, width
@@ -208,6 +241,15 @@ class DirectConv:
             if self.kind == "depthwise":
                 packed = w.reshape(out_c, w.shape[2], w.shape[3]).permute(1, 2, 0).contiguous()
                 self._packed = (packed, bias.contiguous())
+            elif self.kind == "grouped":  # [super-group][kh][kw][its inputs][its outputs], zero across groups
+                per_out = out_c // self.conv.groups
+                os_ = _super_group(per_out)
+                joined, supers, cg = os_ // per_out, out_c // os_, w.shape[1]
+                wv = w.reshape(supers, joined, per_out, cg, w.shape[2], w.shape[3])
+                packed = torch.zeros(supers, w.shape[2], w.shape[3], joined, cg, joined, per_out)
+                for g in range(joined):
+                    packed[:, :, :, g, :, g, :] = wv[:, g].permute(0, 3, 4, 2, 1)
+                self._packed = (packed.contiguous(), bias.contiguous())
             elif self.kind == "stem":  # [kh][kw][C][Co rounded up to 8], zeros beyond Co
                 packed = torch.zeros(w.shape[2], w.shape[3], w.shape[1], self.padded_out)
                 packed[..., :out_c] = w.permute(2, 3, 1, 0)
@@ -288,8 +330,7 @@ class DirectConv:
             lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
                                          geometry.data_ptr(), act)
         else:
-            kernel = {"depthwise": lib.darkcfg_dw_nhwc, "pointwise": lib.darkcfg_pw_nhwc,
-                      "stem": lib.darkcfg_conv_nhwc}[self.kind]
+            kernel = getattr(lib, _KERNELS[self.kind])
             kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
         return y
 
