@@ -25,6 +25,11 @@ alone never makes its concatenation (the largest copies of those nets) when that
   reads both in place (:meth:`darkcfg.layers.direct_conv.DirectConv.on_parts`; the same sums in
   the same order, bit-identical).
 
+And a linear ``[shortcut]`` after a 3x3 conv that Winograd runs (yolov4's 23 residual blocks)
+is added by the conv's output transform after its activation, while each tile is in registers
+(:class:`darkcfg.layers.winograd.WinogradConv` with a residual: Darknet's ``act(conv) + from``,
+the same float add, bit-identical).
+
 Only where nothing else can tell: the skipped layers' outputs are read by the chain alone and are
 not network outputs; the shortcut has no weights, two inputs of equal shapes and an activation the
 kernel applies; and only in ``forward`` (``layer_outputs`` returns every layer as Darknet computes
@@ -34,7 +39,7 @@ it), outside training, autograd and tracing.  A call the kernels refuse runs the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -67,8 +72,16 @@ class FoldedRoute:
     last: int  # the reader
 
 
+@dataclass(frozen=True)
+class FoldedShortcut:
+    """A 3x3 conv (Winograd) and the linear ``[shortcut]`` after it, its only reader, as one call."""
+
+    last: int  # the shortcut
+    residual: int  # the shortcut's ``from`` layer
+
+
 #: start layer -> its fusion
-Fusions = Dict[int, Union[Fusion, FoldedRoute]]
+Fusions = Dict[int, Union[Fusion, FoldedRoute, FoldedShortcut]]
 
 
 def _direct(model: "Darknet", i: int, kind: str) -> Optional[DirectConv]:
@@ -77,19 +90,36 @@ def _direct(model: "Darknet", i: int, kind: str) -> Optional[DirectConv]:
     return direct if direct is not None and direct.kind == kind and direct.usable else None
 
 
-def _shortcut_chains(model: "Darknet", sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
-    """1x1 linear conv -> dropout* -> shortcut chains, by conv index."""
-    chains: Dict[int, Fusion] = {}
+def _plain_shortcuts(model: "Darknet") -> Iterator[Tuple[int, Shortcut, int]]:
+    """(index, layer, ``from`` layer) of each weightless two-input shortcut of equal shapes whose
+    first input is the layer right before it (what a fold can take)."""
     for s, layer in enumerate(model.layers):
         if not isinstance(layer, Shortcut) or layer.legacy or layer.weight is not None or not layer.equal_shapes:
             continue
         inputs = model.layer_inputs[s]
+        if len(inputs) == 2 and inputs[0] == s - 1:
+            yield s, layer, inputs[1]
+
+
+def _winograd_shortcuts(model: "Darknet", sole_reader: Callable[[int], bool]) -> Dict[int, FoldedShortcut]:
+    """3x3 conv (Winograd, its activation fused) -> linear shortcut pairs, by conv index."""
+    found: Dict[int, FoldedShortcut] = {}
+    for s, layer, src in _plain_shortcuts(model):
+        conv = model.layers[s - 1]
+        if (layer.act.kind == "linear" and isinstance(conv, ConvLayer) and conv.winograd is not None
+                and conv.winograd.fused_activation and conv.direct is None and sole_reader(s - 1) and 0 <= src < s - 1):
+            found[s - 1] = FoldedShortcut(s, src)
+    return found
+
+
+def _shortcut_chains(model: "Darknet", sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
+    """1x1 linear conv -> dropout* -> shortcut chains, by conv index."""
+    chains: Dict[int, Fusion] = {}
+    for s, layer, src in _plain_shortcuts(model):
         act = ACTIVATIONS.get(layer.act.kind, -1)
-        if len(inputs) != 2 or act < 0:
+        if act < 0:
             continue
-        prev, src = inputs
-        if prev != s - 1:
-            continue  # the chain is the layers right before the shortcut
+        prev = s - 1
         conv_index = prev
         while isinstance(model.layers[conv_index], Dropout) and model.layer_inputs[conv_index] == [conv_index - 1]:
             conv_index -= 1
@@ -144,12 +174,19 @@ def plan(model: "Darknet") -> Fusions:
         last_covered = chain.last
     covered = {k for start, f in chains.items() for k in range(start, f.last + 1)}
     fusions: Fusions = {**chains, **_folded_routes(model, private, covered.__contains__)}
+    for start, shortcut in _winograd_shortcuts(model, sole_reader).items():  # (3x3 convs: in no fold above)
+        if start not in covered:
+            fusions[start] = shortcut
     return fusions
 
 
-def run(model: "Darknet", fusion: Union[Fusion, FoldedRoute], xs: List[Tensor], outs: List[Tensor]) -> Optional[Tensor]:
+def run(model: "Darknet", fusion: Union[Fusion, FoldedRoute, FoldedShortcut], xs: List[Tensor], outs: List[Tensor]) -> Optional[Tensor]:
     """``fusion``'s layers as one kernel call on the first layer's inputs ``xs`` (earlier outputs in
     ``outs``), or None where the kernels refuse this call (the caller runs the layers one by one)."""
+    if isinstance(fusion, FoldedShortcut):
+        layer = model.layers[fusion.last - 1]
+        winograd = layer.winograd if isinstance(layer, ConvLayer) else None
+        return None if winograd is None else winograd(xs[0], outs[fusion.residual])
     if isinstance(fusion, FoldedRoute):
         route, reader = model.layers[fusion.last - 1], model.layers[fusion.last]
         parts = route_parts(route, xs) if isinstance(route, Route) else None
@@ -157,8 +194,8 @@ def run(model: "Darknet", fusion: Union[Fusion, FoldedRoute], xs: List[Tensor], 
             return None
         if type(reader) is PaddedMaxPool:  # (not its LocalAvgPool subclass)
             return pool_concat_nhwc(parts, reader.size, reader.stride_x, reader.stride_y, reader.padding)
-        conv = _direct(model, fusion.last, "pointwise")
-        return None if conv is None else conv.on_parts(parts)
+        reads = _direct(model, fusion.last, "pointwise")
+        return None if reads is None else reads.on_parts(parts)
     x = xs[0]
     pointwise = _direct(model, fusion.pointwise, "pointwise")
     if pointwise is None:

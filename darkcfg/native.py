@@ -153,7 +153,7 @@ def library() -> Optional[ctypes.CDLL]:
                     lib.darkcfg_concat_nhwc.restype = None
                     lib.darkcfg_wino_in_nhwc.argtypes = [ptr] * 3  # x, transformed tiles, geometry
                     lib.darkcfg_wino_in_nhwc.restype = None
-                    lib.darkcfg_wino_out_nhwc.argtypes = [ptr] * 4  # GEMM output, bias, y, geometry
+                    lib.darkcfg_wino_out_nhwc.argtypes = [ptr] * 5  # GEMM output, bias, residual, y, geometry
                     lib.darkcfg_wino_out_nhwc.restype = None
                     lib.darkcfg_wino_weights.argtypes = [ptr] * 3 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                                                       ctypes.c_int, ctypes.c_int]  # w, u, G, K, C, a, threads, packed

@@ -265,3 +265,58 @@ def test_upsample_keeps_nhwc_and_every_value() -> None:
     out = upsample(nhwc(x), 2, 1.5)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, upsample(x, 2, 1.5))
+
+
+# ---------------------------------------------------------- a linear [shortcut] in the output transform
+@pytest.mark.parametrize("m", [4, 2])
+@pytest.mark.parametrize("activation", ["linear", "leaky", "mish"])
+def test_residual_is_added_after_the_activation_exactly(m: int, activation: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plan(x, r)`` is ``plan(x) + r`` to the bit (Darknet's ``act(conv) + from``: one float add)."""
+    _forced(monkeypatch, m)
+    torch.manual_seed(m)
+    plan = WinogradConv(torch.nn.Conv2d(16, 24, 3, 1, 1), activation)
+    x, r = nhwc(torch.randn(2, 16, 13, 10)), nhwc(torch.randn(2, 24, 13, 10))
+    with torch.no_grad():
+        y, plain = plan(x, r), plan(x)
+        assert y is not None and plain is not None and torch.equal(y, plain + r)
+        assert plan(x, r[:, :16]) is None and plan(x, r.contiguous()) is None  # wrong shape, NCHW: refused
+        assert WinogradConv(torch.nn.Conv2d(16, 24, 3, 1, 1), "swish")(x, r) is None  # activation not fused
+
+
+def _residual_cfg(tmp_path: Path, activation: str) -> Path:
+    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride=1\npad=1\nactivation=mish\n"
+    text = ("[net]\nwidth=40\nheight=24\nchannels=3\n" + conv.format(f=32, k=3) + conv.format(f=16, k=1)
+            + conv.format(f=32, k=3) + f"[shortcut]\nfrom=-3\nactivation={activation}\n" + conv.format(f=16, k=3))
+    path = tmp_path / f"residual-{activation}.cfg"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("activation", ["linear", "leaky"])
+def test_linear_shortcut_folds_into_the_winograd_conv(tmp_path: Path, activation: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """yolov4's residual blocks in small: 3x3 conv -> 1x1 -> 3x3 mish -> shortcut (linear: folded;
+    leaky: the activation after the add is the shortcut's own, so it runs as a layer)."""
+    from darkcfg import fusion
+    from darkcfg.fusion import FoldedShortcut
+
+    _forced(monkeypatch, 4)
+    _, fast = fused_and_optimized(_residual_cfg(tmp_path, activation))
+    folded = {i: f for i, f in fast.fusions.items() if isinstance(f, FoldedShortcut)}
+    assert folded == ({2: FoldedShortcut(3, 0)} if activation == "linear" else {})
+    x = torch.rand(2, 3, 24, 40)
+    residuals: list = []
+    call = WinogradConv.__call__
+    monkeypatch.setattr(WinogradConv, "__call__", lambda self, *a: residuals.append(len(a) > 1) or call(self, *a))
+    with torch.no_grad():
+        fused = fast(x)
+        assert residuals == ([True, False] if activation == "linear" else [False, False])  # (layer 0: the stem kernel)
+        every = fast.layer_outputs(x)
+        plans, fast.fusions = fast.fusions, {}
+        plain = fast(x)
+        fast.fusions = plans
+        assert all(torch.equal(a, b) for a, b in zip(fused, plain))
+        assert torch.equal(fused[-1], every[-1].contiguous())
+        monkeypatch.setattr(fusion, "run", lambda *a: None)  # refused: the layers one by one
+        assert all(torch.equal(a, b) for a, b in zip(fast(x), plain))

@@ -970,6 +970,7 @@ void darkcfg_maxpool_nhwc(const float *x, float *y, const int64_t *g) {
 typedef struct {
     const float *x; float *v; const float *b; float *y;
     int64_t H, W, C, TH, TW, T, row0, sn, sh, sw; int m, pad, act;   /* sn/sh/sw: x's strides (input pass) */
+    const float *r;   /* output pass: a residual of y's shape added after the activation, or NULL */
 } dk_wg;
 
 /* B^T of F(4,3) (Lavin & Gray), one 6-vector at a time */
@@ -1070,15 +1071,22 @@ static inline __attribute__((always_inline)) void wg_out_rows(const dk_wg *d, in
                     if (ox >= W) continue;
                     for (int i = 0; i < m; i++) {
                         const int64_t oy = ty * m + i;
-                        if (oy < H) st(yn + (oy * W + ox) * K + k0, vact(out[i] + bias, act));
+                        if (oy >= H) continue;
+                        const int64_t at = (n * H * W + oy * W + ox) * K + k0;
+                        v8 o = vact(out[i] + bias, act);
+                        if (d->r && d->act != 3) o += ld(d->r + at);
+                        st(d->y + at, o);
                     }
                 }
             }
             if (d->act == 3) {   /* mish, on each tile row while it is in cache (the same mish1 as the mish pass) */
                 const int64_t ox0 = tx * m, width = W - ox0 < m ? W - ox0 : m;
                 for (int i = 0; i < m && ty * m + i < H; i++) {
-                    float *p = yn + ((ty * m + i) * W + ox0) * K;
+                    const int64_t at = ((ty * m + i) * W + ox0) * K;
+                    float *p = yn + at;
                     mish_f32(p, p, width * K);
+                    if (d->r)   /* (K % 8 == 0) */
+                        for (int64_t e = 0; e < width * K; e += 8) st(p + e, ld(p + e) + ld(d->r + n * H * W * K + at + e));
                 }
             }
         }
@@ -1101,10 +1109,11 @@ void darkcfg_wino_in_nhwc(const float *x, float *v, const int64_t *g) {
 }
 
 /* g: N, H, W, K, TH, TW, m, act (0 linear, 1 leaky, 2 relu, 3 mish), threads (<= 0: torch's), row0, rows.
-   mm: [a*a][rows*TW][K] -> y NHWC */
-void darkcfg_wino_out_nhwc(const float *mm, const float *b, float *y, const int64_t *g) {
+   mm: [a*a][rows*TW][K] -> y NHWC; r (NULL: none): an NHWC residual added after the activation (a
+   linear [shortcut] after the conv: Darknet's act(conv) + from, the same float add). */
+void darkcfg_wino_out_nhwc(const float *mm, const float *b, const float *r, float *y, const int64_t *g) {
     dk_wg d = {0, (float *)mm, b, y, g[1], g[2], g[3], g[4], g[5], g[10] * g[5], g[9], 0, 0, 0, (int)g[6], 0,
-               (int)g[7]};
+               (int)g[7], r};
     dk_split(wg_out_part, &d, g[10], 1, (int)g[8], d.T * (g[6] + 2) * (g[6] + 2) * g[3]);
 }
 

@@ -253,9 +253,11 @@ class WinogradConv:
             cached = self._weights[m] = self.transformed(m, packed=True)
         return cached
 
-    def __call__(self, x: Tensor) -> Optional[Tensor]:
+    def __call__(self, x: Tensor, residual: Optional[Tensor] = None) -> Optional[Tensor]:
         """``conv(x) + b`` (with the activation if :attr:`fused_activation`) in NHWC, or None
-        where this call does not qualify (the caller then runs oneDNN)."""
+        where this call does not qualify (the caller then runs oneDNN).  ``residual``: an NHWC map
+        of the output's shape added after the activation (a linear ``[shortcut]`` folded into the
+        conv: :mod:`darkcfg.fusion`); only with a fused activation."""
         w = self.conv._parameters["weight"]
         if (w is None or x.dtype != torch.float32 or w.dtype != torch.float32 or not x.is_cpu
                 or torch._C._get_tracing_state() is not None
@@ -268,6 +270,11 @@ class WinogradConv:
             x = x.contiguous(memory_format=torch.channels_last)
             plan = self._plan(x)
         if plan is None:
+            return None
+        if residual is not None and (not self.fused_activation or tuple(residual.shape) != plan.out_shape
+                                     or residual.dtype != torch.float32 or not residual.is_cpu
+                                     or not residual.is_contiguous(memory_format=torch.channels_last)
+                                     or (torch.is_grad_enabled() and residual.requires_grad)):
             return None
         lib = self._library()
         if lib is None:
@@ -282,5 +289,6 @@ class WinogradConv:
             out = buf[a2 * tiles * c:a2 * tiles * (c + k)]
             lib.darkcfg_wino_in_nhwc(x.data_ptr(), v.data_ptr(), geometry_in.data_ptr())
             lib.darkcfg_bgemm_packed(v.data_ptr(), u.data_ptr(), out.data_ptr(), geometry_gemm.data_ptr())
-            lib.darkcfg_wino_out_nhwc(out.data_ptr(), bias.data_ptr(), y.data_ptr(), geometry_out.data_ptr())
+            lib.darkcfg_wino_out_nhwc(out.data_ptr(), bias.data_ptr(), None if residual is None else residual.data_ptr(),
+                                      y.data_ptr(), geometry_out.data_ptr())
         return y
