@@ -27,6 +27,39 @@ def fused_and_optimized(cfg: Path, seed: int = 5) -> Tuple[darkcfg.Darknet, dark
     return models[0].fuse(), models[1].optimize()
 
 
+#: A BN conv section; fill in filters (f), size (k), groups (g), activation (a).
+CONV = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride=1\npad=1\ngroups={g}\nactivation={a}\n"
+
+
+def write_cfg(tmp_path: Path, name: str, sections: str) -> Path:
+    """A test net: ``[net]`` of 40x24 RGB, then ``sections``, written to ``tmp_path / name``."""
+    path = tmp_path / name
+    path.write_text("[net]\nwidth=40\nheight=24\nchannels=3\n" + sections)
+    return path
+
+
+def optimized(cfg: Path, seed: int = 5) -> darkcfg.Darknet:
+    """``cfg`` with well-scaled synthetic weights, ``optimize()``d."""
+    m = darkcfg.load(cfg)
+    m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=seed)))
+    return m.optimize()
+
+
+def with_and_without_fusions(m: darkcfg.Darknet, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor],
+                                                                             List[torch.Tensor]]:
+    """(``m(x)`` with its fused calls, ``m.layer_outputs(x)``, ``m(x)`` with none) under no_grad:
+    what every fold is compared with (``m.fusions`` is restored)."""
+    with torch.no_grad():
+        fused = m(x)
+        every = m.layer_outputs(x)
+        plans, m.fusions = m.fusions, {}
+        try:
+            plain = m(x)
+        finally:
+            m.fusions = plans
+    return fused, every, plain
+
+
 def count_calls(monkeypatch: pytest.MonkeyPatch, kind: type) -> List[bool]:
     """Wrap ``kind.__call__`` (a kernel plan that returns None where it steps aside); the list
     gets, per call, whether the kernel produced the output."""

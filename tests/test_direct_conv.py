@@ -19,7 +19,8 @@ from darkcfg.layers.conv import ConvLayer
 from darkcfg.fusion import Fusion
 from darkcfg.layers.direct_conv import DirectConv
 from darkcfg.weights import synthetic_weights
-from fastpath_helpers import count_calls, nhwc, one_and_two_threads, reference, rel
+from fastpath_helpers import (CONV, count_calls, nhwc, one_and_two_threads, optimized, reference, rel,
+                              with_and_without_fusions, write_cfg)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -408,40 +409,28 @@ def test_maxpool_kernel_is_darknets_comparison_and_steps_aside() -> None:
 def _fusion_cfg(tmp_path: Path, extra_reader: bool) -> Path:
     """expand 1x1 -> depthwise 3x3 -> project 1x1 linear -> dropout -> shortcut (an inverted
     residual, as in Yolo-Fastest); ``extra_reader``: a route also reads the projection."""
-    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride=1\npad=1\ngroups={g}\nactivation={a}\n"
-    text = ("[net]\nwidth=24\nheight=16\nchannels=3\n"
-            + conv.format(f=8, k=3, g=1, a="leaky")
-            + conv.format(f=24, k=1, g=1, a="leaky") + conv.format(f=24, k=3, g=24, a="leaky")
-            + conv.format(f=8, k=1, g=1, a="linear")
+    text = (CONV.format(f=8, k=3, g=1, a="leaky")
+            + CONV.format(f=24, k=1, g=1, a="leaky") + CONV.format(f=24, k=3, g=24, a="leaky")
+            + CONV.format(f=8, k=1, g=1, a="linear")
             + "[dropout]\nprobability=.15\n[shortcut]\nfrom=-5\nactivation=leaky\n"
-            + conv.format(f=24, k=1, g=1, a="leaky") + conv.format(f=24, k=3, g=24, a="leaky")
-            + conv.format(f=8, k=1, g=1, a="linear")
-            + "[shortcut]\nfrom=-4\nactivation=linear\n")
-    if extra_reader:
-        text += "[route]\nlayers=-2,-1\n"
-    path = tmp_path / f"fusion{int(extra_reader)}.cfg"
-    path.write_text(text)
-    return path
+            + CONV.format(f=24, k=1, g=1, a="leaky") + CONV.format(f=24, k=3, g=24, a="leaky")
+            + CONV.format(f=8, k=1, g=1, a="linear")
+            + "[shortcut]\nfrom=-4\nactivation=linear\n" + ("[route]\nlayers=-2,-1\n" if extra_reader else ""))
+    return write_cfg(tmp_path, f"fusion{int(extra_reader)}.cfg", text)
 
 
 @pytest.mark.parametrize("extra_reader", [False, True])
 def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, extra_reader: bool,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    m = darkcfg.load(_fusion_cfg(tmp_path, extra_reader))
-    m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
-    m.optimize()
+    m = optimized(_fusion_cfg(tmp_path, extra_reader), seed=11)
     # 1 expand -> 2 depthwise -> 3 projection -> 4 dropout -> 5 shortcut; 6 -> 7 -> 8 -> 9 shortcut
     # (with extra_reader a route reads 8: the shortcut stays apart)
     second = Fusion(8, 8, 7, None, 0, 6) if extra_reader else Fusion(9, 8, 7, 5, 0, 6)
     assert m.fusions == {1: Fusion(5, 3, 2, 0, 1, 1), 6: second}
-    x = torch.rand(2, 3, 16, 24)
+    x = torch.rand(2, 3, 24, 40)
+    fused, every, plain = with_and_without_fusions(m, x)  # layer_outputs never folds: every layer as Darknet computes it
+    m.train()
     with torch.no_grad():
-        fused = m(x)
-        every = m.layer_outputs(x)  # layer_outputs never folds: every layer as Darknet computes it
-        plans, m.fusions = m.fusions, {}
-        plain = m(x)
-        m.fusions = plans
-        m.train()
         trained = m(x)  # training: dropout is live, nothing is folded
     for a, b in zip(fused, plain):
         assert torch.equal(a, b)  # the kernel adds the residual to the same float32 sum: no new rounding
@@ -476,7 +465,7 @@ def test_refused_fusion_runs_the_layers(tmp_path: Path, monkeypatch: pytest.Monk
     m = darkcfg.load(_fusion_cfg(tmp_path, False))
     m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
     m.optimize()
-    x = torch.rand(1, 3, 16, 24)
+    x = torch.rand(1, 3, 24, 40)
     with torch.no_grad():
         ref = m(x)
         monkeypatch.setattr(fusion, "fused_block", lambda *a: None)

@@ -23,7 +23,7 @@ from darkcfg.layers import direct_conv
 from darkcfg.layers import functional as DF
 from darkcfg.layers.direct_conv import DirectConv
 from darkcfg.weights import synthetic_weights
-from fastpath_helpers import nhwc
+from fastpath_helpers import CONV, nhwc, optimized, with_and_without_fusions, write_cfg
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="the native kernels need a C compiler on Linux")
 
@@ -114,24 +114,17 @@ def test_1x1_conv_on_two_parts_equals_it_on_their_concatenation(case: tuple) -> 
 
 def _cfg(tmp_path: Path, extra_reader: bool) -> Path:
     """yolov4-tiny's CSP stage in small: conv, its half by groups, two convs, routes, 1x1, maxpool."""
-    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride=1\npad=1\nactivation=leaky\n"
-    text = ("[net]\nwidth=40\nheight=24\nchannels=3\n" + conv.format(f=16, k=3)
-            + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv.format(f=8, k=3) + conv.format(f=8, k=3)
-            + "[route]\nlayers=-1,-2\n" + conv.format(f=16, k=1)
-            + "[route]\nlayers=-6,-1\n[maxpool]\nsize=2\nstride=2\n" + conv.format(f=12, k=3))
-    if extra_reader:
-        text += "[route]\nlayers=-3\n"
-    path = tmp_path / f"csp{int(extra_reader)}.cfg"
-    path.write_text(text)
-    return path
+    conv = lambda f, k: CONV.format(f=f, k=k, g=1, a="leaky")  # noqa: E731
+    text = (conv(16, 3) + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(8, 3) + conv(8, 3)
+            + "[route]\nlayers=-1,-2\n" + conv(16, 1) + "[route]\nlayers=-6,-1\n[maxpool]\nsize=2\nstride=2\n"
+            + conv(12, 3) + ("[route]\nlayers=-3\n" if extra_reader else ""))
+    return write_cfg(tmp_path, f"csp{int(extra_reader)}.cfg", text)
 
 
 @pytest.mark.parametrize("extra_reader", [False, True])
 def test_routes_read_by_one_layer_alone_are_folded_into_it(tmp_path: Path, extra_reader: bool,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    m = darkcfg.load(_cfg(tmp_path, extra_reader))
-    m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=3)))
-    m.optimize()
+    m = optimized(_cfg(tmp_path, extra_reader), seed=3)
     folded = {i: f for i, f in m.fusions.items() if isinstance(f, FoldedRoute)}
     # 0 conv, 1 route (half), 2, 3 conv, 4 route [3, 2], 5 conv 1x1, 6 route [0, 5], 7 maxpool;
     # extra: 9 reads 6 too
@@ -141,16 +134,10 @@ def test_routes_read_by_one_layer_alone_are_folded_into_it(tmp_path: Path, extra
     monkeypatch.setattr(fusion, "pool_concat_nhwc", lambda *a: calls.append("pool") or pool(*a))
     monkeypatch.setattr(DirectConv, "on_parts", lambda self, p: calls.append("1x1") or on_parts(self, p))
     x = torch.rand(2, 3, 24, 40)
-    with torch.no_grad():
-        fused = m(x)
-        every = m.layer_outputs(x)  # every layer as Darknet computes it
-        plans, m.fusions = m.fusions, {}
-        plain = m(x)
-        m.fusions = plans
+    fused, every, plain = with_and_without_fusions(m, x)
     assert calls == (["1x1"] if extra_reader else ["1x1", "pool"])
     assert all(torch.equal(a, b) for a, b in zip(fused, plain))
     assert torch.equal(fused[-1], every[m.output_layers[-1]].contiguous())
-    assert m.fusions == plans
     monkeypatch.setattr(fusion, "pool_concat_nhwc", lambda *a: None)  # refused calls run the layers
     monkeypatch.setattr(DirectConv, "on_parts", lambda self, p: None)
     with torch.no_grad():
@@ -164,9 +151,5 @@ def test_yolov4_tiny_folds_its_six_csp_routes(shared: Path) -> None:
     m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=7)))
     m.optimize()
     assert sorted(i for i, f in m.fusions.items() if isinstance(f, FoldedRoute)) == [6, 8, 14, 16, 22, 24]
-    x = torch.rand(1, 3, 128, 128)
-    with torch.no_grad():
-        fused = m(x)
-        m.fusions = {}
-        plain = m(x)
+    fused, _, plain = with_and_without_fusions(m, torch.rand(1, 3, 128, 128))
     assert all(torch.equal(a, b) for a, b in zip(fused, plain))

@@ -17,7 +17,8 @@ from darkcfg.layers import winograd
 from darkcfg.layers.conv import ConvLayer
 from darkcfg.layers.functional import upsample
 from darkcfg.layers.winograd import WinogradConv
-from fastpath_helpers import count_calls, fused_and_optimized, nhwc, one_and_two_threads, reference, rel
+from fastpath_helpers import (CONV, count_calls, fused_and_optimized, nhwc, one_and_two_threads, reference, rel,
+                              with_and_without_fusions, write_cfg)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -285,12 +286,9 @@ def test_residual_is_added_after_the_activation_exactly(m: int, activation: str,
 
 
 def _residual_cfg(tmp_path: Path, activation: str) -> Path:
-    conv = "[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride=1\npad=1\nactivation=mish\n"
-    text = ("[net]\nwidth=40\nheight=24\nchannels=3\n" + conv.format(f=32, k=3) + conv.format(f=16, k=1)
-            + conv.format(f=32, k=3) + f"[shortcut]\nfrom=-3\nactivation={activation}\n" + conv.format(f=16, k=3))
-    path = tmp_path / f"residual-{activation}.cfg"
-    path.write_text(text)
-    return path
+    conv = lambda f, k: CONV.format(f=f, k=k, g=1, a="mish")  # noqa: E731
+    text = conv(32, 3) + conv(16, 1) + conv(32, 3) + f"[shortcut]\nfrom=-3\nactivation={activation}\n" + conv(16, 3)
+    return write_cfg(tmp_path, f"residual-{activation}.cfg", text)
 
 
 @pytest.mark.parametrize("activation", ["linear", "leaky"])
@@ -309,14 +307,10 @@ def test_linear_shortcut_folds_into_the_winograd_conv(tmp_path: Path, activation
     residuals: list = []
     call = WinogradConv.__call__
     monkeypatch.setattr(WinogradConv, "__call__", lambda self, *a: residuals.append(len(a) > 1) or call(self, *a))
+    fused, every, plain = with_and_without_fusions(fast, x)
+    assert residuals[:2] == ([True, False] if activation == "linear" else [False, False])  # (layer 0: the stem kernel)
+    assert all(torch.equal(a, b) for a, b in zip(fused, plain))
+    assert torch.equal(fused[-1], every[-1].contiguous())
     with torch.no_grad():
-        fused = fast(x)
-        assert residuals == ([True, False] if activation == "linear" else [False, False])  # (layer 0: the stem kernel)
-        every = fast.layer_outputs(x)
-        plans, fast.fusions = fast.fusions, {}
-        plain = fast(x)
-        fast.fusions = plans
-        assert all(torch.equal(a, b) for a, b in zip(fused, plain))
-        assert torch.equal(fused[-1], every[-1].contiguous())
         monkeypatch.setattr(fusion, "run", lambda *a: None)  # refused: the layers one by one
         assert all(torch.equal(a, b) for a, b in zip(fast(x), plain))

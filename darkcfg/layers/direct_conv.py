@@ -26,7 +26,7 @@ any of it (the callers step aside while it traces).
 from __future__ import annotations
 
 import ctypes
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -425,6 +425,20 @@ def _parts_inference(parts: Sequence[Tensor]) -> bool:
     return _inference(parts[0]) and not (torch.is_grad_enabled() and any(x.requires_grad for x in parts))
 
 
+def _parts_plan(cache: Dict[tuple, Any], key: tuple, parts: Sequence[Tensor],
+                make: Callable[[List[int]], Any]) -> Any:
+    """The plan cached under ``key`` (``make(pixel strides)`` on a miss; None: refused), or None
+    where this call may not run natively (:func:`_pixel_strides`, :func:`_parts_inference`)."""
+    plan = cache.get(key)
+    if plan is None:
+        strides = _pixel_strides(parts)
+        plan = None if strides is None else make(strides)
+        if plan is not None and len(cache) < 1024:
+            cache[key] = plan
+        return plan
+    return plan if _parts_inference(parts) else None
+
+
 #: (the parts' key, size, strides, padding) -> (output shape, one geometry array per part)
 _POOL_GEOMETRY: Dict[tuple, Tuple[Tuple[int, ...], List[Tensor]]] = {}
 
@@ -444,26 +458,19 @@ def pool_concat_nhwc(parts: Sequence[Tensor], size: int, stride_x: int, stride_y
     (a max pool works channel by channel, so the values are the same): a ``[route]`` read only by a
     ``[maxpool]`` (yolov4-tiny's CSP stages) never makes its concatenation.  None where a part is
     not what :func:`_pixel_strides` takes, or the pool exceeds :data:`MAX_POOL_TAPS`."""
-    key = (_part_key(parts), size, stride_x, stride_y, padding)
-    plan = _POOL_GEOMETRY.get(key)
-    if plan is None:
-        strides = _pixel_strides(parts)
-        if strides is None:
-            return None
+    def make(strides: List[int]) -> Optional[Tuple[Tuple[int, ...], List[Tensor]]]:
         n, _, h, w = parts[0].shape
         total = sum(x.shape[1] for x in parts)
         left, right, top, bottom = pool_pads_hw(h, w, size, stride_x, stride_y, padding)
         oh, ow = (h + top + bottom - size) // stride_y + 1, (w + left + right - size) // stride_x + 1
         if min(oh, ow) <= 0 or n * oh * ow * total * size * size > MAX_POOL_TAPS:
             return None
-        plan = ((n, total, oh, ow), [torch.tensor([n, h, w, x.shape[1], oh, ow, size, stride_y, stride_x, top, left, 0,
-                                                   xs, total], dtype=torch.int64) for x, xs in zip(parts, strides)])
-        if len(_POOL_GEOMETRY) < 256:
-            _POOL_GEOMETRY[key] = plan
-    elif not _parts_inference(parts):
-        return None
+        return (n, total, oh, ow), [torch.tensor([n, h, w, x.shape[1], oh, ow, size, stride_y, stride_x, top, left, 0,
+                                                  xs, total], dtype=torch.int64) for x, xs in zip(parts, strides)]
+
+    plan = _parts_plan(_POOL_GEOMETRY, (_part_key(parts), size, stride_x, stride_y, padding), parts, make)
     lib = native.library()
-    if lib is None:
+    if plan is None or lib is None:
         return None
     out_shape, geometries = plan
     y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
@@ -482,22 +489,15 @@ def concat_nhwc(parts: Sequence[Tensor]) -> Optional[Tensor]:
     """``torch.cat(parts, 1)`` into a new NHWC map by the native kernel, for the parts
     :func:`_pixel_strides` takes (a ``[route]``'s on NHWC maps), or None (the caller's
     ``torch.cat`` runs).  Why: torch.cat ran NHWC maps at a quarter to two thirds of copy speed."""
-    key = _part_key(parts)
-    plan = _CONCAT_GEOMETRY.get(key)
-    if plan is None:
-        strides = _pixel_strides(parts)
-        if strides is None:
-            return None
+    def make(strides: List[int]) -> Tuple[Tuple[int, ...], Tensor]:
         n, _, h, w = parts[0].shape
         total = sum(x.shape[1] for x in parts)
         runs = [v for x, xs in zip(parts, strides) for v in (x.shape[1], xs)]
-        plan = ((n, total, h, w), torch.tensor([len(parts), n * h * w, total, 0, *runs], dtype=torch.int64))
-        if len(_CONCAT_GEOMETRY) < 1024:
-            _CONCAT_GEOMETRY[key] = plan
-    elif not _parts_inference(parts):
-        return None
+        return (n, total, h, w), torch.tensor([len(parts), n * h * w, total, 0, *runs], dtype=torch.int64)
+
+    plan = _parts_plan(_CONCAT_GEOMETRY, _part_key(parts), parts, make)
     lib = native.library()
-    if lib is None:
+    if plan is None or lib is None:
         return None
     out_shape, geometry = plan
     y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
