@@ -42,6 +42,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -158,6 +159,8 @@ def library() -> Optional[ctypes.CDLL]:
                     lib.darkcfg_wino_weights.argtypes = [ptr] * 3 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                                                       ctypes.c_int, ctypes.c_int]  # w, u, G, K, C, a, threads, packed
                     lib.darkcfg_wino_weights.restype = None
+                    lib.darkcfg_nonfinite.argtypes = [ptr, ctypes.c_int64, ctypes.c_int]  # x, n, threads
+                    lib.darkcfg_nonfinite.restype = ctypes.c_int64
                     lib.darkcfg_openmp.argtypes = []
                     lib.darkcfg_openmp.restype = ctypes.c_int
                     _library = lib
@@ -180,6 +183,16 @@ def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
         return y
 
     return mish
+
+
+def all_finite(values: "np.ndarray") -> Optional[bool]:
+    """Whether a contiguous float32 array holds no NaN/Inf, by one native pass over torch's threads
+    (no bool array per value, as ``np.isfinite(values).all()`` makes); None where the library is
+    unavailable or the array is not of that kind."""
+    lib = library()
+    if lib is None or values.dtype != np.float32 or not values.flags.c_contiguous:
+        return None
+    return lib.darkcfg_nonfinite(values.ctypes.data, values.size, torch.get_num_threads()) == 0
 
 
 def applies(x: Tensor) -> bool:

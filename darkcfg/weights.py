@@ -233,6 +233,14 @@ def _check_body(body_bytes: int, header: Header, name: str) -> None:
                            "not a whole number of float32 values")
 
 
+def _finite(values: np.ndarray) -> bool:
+    """No NaN/Inf in ``values``: the native one-pass count where it is built, else numpy."""
+    from . import native
+
+    fast = native.all_finite(values)
+    return bool(np.isfinite(values).all()) if fast is None else fast
+
+
 def _check_values(body: "np.ndarray | list[np.ndarray]", slots: list[Slot], name: str, strict: bool) -> None:
     """NaN/Inf anywhere, or a batch-norm variance below -1e-6: a file that cannot give sane outputs.
 
@@ -243,10 +251,10 @@ def _check_values(body: "np.ndarray | list[np.ndarray]", slots: list[Slot], name
     """
     problems: list[str] = []
     if isinstance(body, list):  # one array per slot (read straight into the tensors)
-        blocks, all_finite = body, all(np.isfinite(b).all() for b in body)
+        blocks, all_finite = body, all(_finite(b) for b in body)
     else:
         ends = np.cumsum([slot.count for slot in slots])
-        blocks, all_finite = [body[e - slot.count:e] for e, slot in zip(ends, slots)], bool(np.isfinite(body).all())
+        blocks, all_finite = [body[e - slot.count:e] for e, slot in zip(ends, slots)], _finite(body)
     for slot, block in zip(slots, blocks):
         where = f"layer {slot.spec.index} [{slot.spec.section.raw_type}] '{slot.role}'"
         bad = 0 if all_finite else int(block.size - np.isfinite(block).sum())

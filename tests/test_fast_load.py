@@ -129,3 +129,25 @@ def test_fresh_file_load_reads_into_the_tensors(tmp_path: Path, monkeypatch: pyt
     path.write_bytes(bytes(data[:-8]))
     with pytest.raises(WeightsError, match="file ends inside layer"):
         darkcfg.load(cfg, path)
+
+
+@pytest.mark.parametrize("size", [1, 7, 65535, 65536 * 3 + 5])
+def test_native_finite_check_finds_every_nan_and_inf(size: int) -> None:
+    """The load's one-pass NaN/Inf count (split over threads above 65536 values) agrees with numpy
+    wherever the bad value sits; denormals, FLT_MAX and -0.0 are finite."""
+    from darkcfg import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler here: numpy's isfinite checks the weights instead")
+    rng = np.random.default_rng(size)
+    clean = rng.standard_normal(size).astype(np.float32)
+    clean[::5] = np.float32(1e-45)
+    clean[1::7] = np.finfo(np.float32).max
+    clean[2::11] = -0.0
+    assert native.all_finite(clean) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in {0, size // 2, size - 1}:
+            values = clean.copy()
+            values[at] = bad
+            assert native.all_finite(values) is False, (bad, at)
+    assert native.all_finite(clean.astype(np.float64)) is None  # not float32: numpy's check runs

@@ -1181,3 +1181,32 @@ void darkcfg_concat_nhwc(const int64_t *src, float *y, const int64_t *g) {
     dk_cat d = {src, y, g};
     dk_split(cat_part, &d, g[1], 16, (int)g[3], g[1] * g[2]);
 }
+
+/* ---- The count of NaN/Inf float32 values in x[0, n) (all exponent bits set), in one pass with no
+   allocation: the weights check of every load (numpy's isfinite().all() made a bool per value
+   first: ~40 ms for yolov4's 246 MB). ---- */
+typedef struct { const uint32_t *x; int64_t counts[64]; int64_t chunk; } dk_fin;
+
+static void finite_part(void *ctx, int64_t lo, int64_t hi) {
+    dk_fin *d = (dk_fin *)ctx;
+    int64_t bad = 0;
+    for (int64_t i = lo; i < hi; i++) bad += (d->x[i] & 0x7f800000u) == 0x7f800000u;
+    d->counts[lo / d->chunk] = bad;
+}
+
+int64_t darkcfg_nonfinite(const float *x, int64_t n, int threads) {
+    dk_fin d;
+    memset(&d, 0, sizeof d);
+    d.x = (const uint32_t *)x;
+    int t = threads > 0 ? threads : 1;
+#ifdef _OPENMP
+    if (threads <= 0) t = omp_get_max_threads();
+#endif
+    if (t > 64) t = 64;
+    d.chunk = ((n + t - 1) / t + 63) / 64 * 64;   /* dk_split's ranges: multiples of this one */
+    if (d.chunk < 1) d.chunk = 1;
+    dk_split(finite_part, &d, n, d.chunk, t, n);
+    int64_t bad = 0;
+    for (int i = 0; i < 64; i++) bad += d.counts[i];
+    return bad;
+}
