@@ -448,6 +448,16 @@ def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, ext
     assert calls == ["block", "block"]  # one kernel call per fused chain, none refused
 
 
+def test_wide_1x1_convs_have_no_multiply_add_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_POINTWISE_MACS a 1x1 conv keeps the kernel with >= 64 output channels (where it
+    measured level with oneDNN or better) and goes to oneDNN with fewer."""
+    monkeypatch.setattr(direct_conv, "MAX_POINTWISE_MACS", 100)
+    x = nhwc(torch.randn(1, 16, 5, 6))
+    with torch.no_grad():
+        assert DirectConv(torch.nn.Conv2d(16, 64, 1), "leaky")(x) is not None
+        assert DirectConv(torch.nn.Conv2d(16, 56, 1), "leaky")(x) is None
+
+
 def test_residual_fold_has_no_multiply_add_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1x1 conv too big for the plain kernel call (oneDNN's) still folds its shortcut."""
     monkeypatch.setattr(direct_conv, "MAX_POINTWISE_MACS", 100)

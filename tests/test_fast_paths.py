@@ -36,6 +36,8 @@ def _small_maps_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onednn, "MIN_INPUT_ELEMENTS", 0)
     monkeypatch.setattr(direct_conv, "MAX_MACS", -1)
     monkeypatch.setattr(direct_conv, "MAX_POINTWISE_MACS", -1)
+    monkeypatch.setattr(direct_conv, "UNCAPPED_POINTWISE_OUT", 1 << 30)
+    monkeypatch.setattr(direct_conv, "MAX_GROUPED_CHANNELS", 0)
     monkeypatch.setattr(direct_conv, "MAX_STEM_CHANNELS", 0)  # the RGB convs too
     monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
 

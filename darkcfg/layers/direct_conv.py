@@ -9,8 +9,8 @@ When a conv takes this path (:meth:`DirectConv.applies`): CPU float32 NHWC input
 :meth:`Darknet.optimize` picks for such nets) outside autograd and tracing, a depthwise conv
 (``groups == channels``, no dilation) or a 1x1 stride-1 dense conv of at most
 :data:`MAX_POINTWISE_WEIGHTS` input x output channels, an activation the kernel fuses (linear,
-leaky, relu), and at most :data:`MAX_MACS` (depthwise) or :data:`MAX_POINTWISE_MACS` (1x1)
-multiply-adds in the call; or a net's first conv on the image (:data:`MAX_STEM_CHANNELS` input
+leaky, relu), and at most :data:`MAX_MACS` (depthwise) or :data:`MAX_POINTWISE_MACS` (1x1 with
+fewer than :data:`UNCAPPED_POINTWISE_OUT` outputs) multiply-adds in the call; or a net's first conv on the image (:data:`MAX_STEM_CHANNELS` input
 channels, NCHW or NHWC, mish too); or a grouped conv of at most :data:`MAX_GROUPED_CHANNELS`
 input channels a group (ResNeXt's 32-group 3x3s, where oneDNN ran at 8-22 GMAC/s; any size: the
 stem's row code on each block of groups).  The kernels split their rows over torch's own
@@ -45,9 +45,16 @@ MAX_MACS = 16_000_000
 #: 1x1 calls up to this many multiply-adds (and MAX_POINTWISE_WEIGHTS) take the kernel, which
 #: since it works in L2-sized pixel chunks beats oneDNN on the dense nets' 1x1 convs on small
 #: maps (2 threads, same process: yolov4-tiny's 64->64 @104 1.45x, 256->128 @13 1.7x, 512->255
-#: @13 1.2x, 128->128 @52 .. 384->256 @26 1.03-1.1x); above, oneDNN (64->64 @104 at batch 4,
-#: 177M: 0.85x; 64->64 @304: 0.87x).
+#: @13 1.2x, 128->128 @52 .. 384->256 @26 1.03-1.1x).  On big maps single layers measured from
+#: 0.76x to 1.45x oneDNN from one run to the next (64->64 @104 batch 4, 64->128 @128), so whole
+#: models decide the next constant.
 MAX_POINTWISE_MACS = 80_000_000
+
+#: ... unless they have at least this many output channels: those take the kernel whatever their
+#: size (whole models, same process: csresnext50-panet-spp @512 1.06x -- its 128x128 and 64x64
+#: maps' 64..256-channel 1x1s --, yolov4-tiny batch 4 1.02x, yolov4 level; with 32 outputs the
+#: kernel lost, 64->32 @304: 0.6x oneDNN, so those keep the cap).
+UNCAPPED_POINTWISE_OUT = 64
 
 #: 1x1 convs up to this many input x output channels (bigger ones -- 1024 -> 512: 0.6x -- are
 #: GEMMs oneDNN does better).
@@ -223,6 +230,7 @@ class DirectConv:
         else:  # 1x1, stride 1, no padding: oh, ow = h, width
             geometry = [n * h * width, c, conv.out_channels, self.padded_out, self.act, 0]
         macs = n * oh * ow * self.macs_per_output_pixel
+        uncapped = uncapped or (self.kind == "pointwise" and self.padded_out >= UNCAPPED_POINTWISE_OUT)
         if min(oh, ow) <= 0 or (not uncapped and macs > (MAX_POINTWISE_MACS if self.kind == "pointwise" else MAX_MACS)):
             return None
         return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
