@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import native
 from .errors import WeightsError
 from .fileio import atomic_write, open_regular, read_into
 from .graph import Graph, LayerSpec
@@ -235,8 +236,6 @@ def _check_body(body_bytes: int, header: Header, name: str) -> None:
 
 def _finite(values: np.ndarray) -> bool:
     """No NaN/Inf in ``values``: the native one-pass count where it is built, else numpy."""
-    from . import native
-
     fast = native.all_finite(values)
     return bool(np.isfinite(values).all()) if fast is None else fast
 

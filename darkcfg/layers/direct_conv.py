@@ -146,6 +146,8 @@ class DirectConv:
         elif (conv.groups > 1 and in_per_group <= MAX_GROUPED_CHANNELS and tuple(conv.dilation) == (1, 1)
               and _super_group(out_c // conv.groups) and kh * kw <= MAX_GROUPED_TAPS):
             self.kind = "grouped"
+        #: grouped: output channels computed together (whole groups filling 8 lanes: _super_group)
+        self.group_block = _super_group(out_c // conv.groups) if self.kind == "grouped" else 0
         self.macs_per_output_pixel = kh * kw * in_per_group * out_c
         #: 1x1: output channels rounded up to the kernel's 8-channel strips (weights zero beyond).
         self.padded_out = (out_c + 7) // 8 * 8
@@ -218,7 +220,7 @@ class DirectConv:
                         self.act, 0, *strides]
             return (n, conv.out_channels, oh, ow), torch.tensor(geometry, dtype=torch.int64)
         if self.kind == "grouped":  # super-groups of os_ outputs over cs inputs (darkcfg_gconv_nhwc)
-            os_ = _super_group(conv.out_channels // conv.groups)
+            os_ = self.group_block
             cs = conv.in_channels // conv.groups * (os_ // (conv.out_channels // conv.groups))
             if min(oh, ow) <= 0:
                 return None
@@ -250,8 +252,7 @@ class DirectConv:
                 packed = w.reshape(out_c, w.shape[2], w.shape[3]).permute(1, 2, 0).contiguous()
                 self._packed = (packed, bias.contiguous())
             elif self.kind == "grouped":  # [super-group][kh][kw][its inputs][its outputs], zero across groups
-                per_out = out_c // self.conv.groups
-                os_ = _super_group(per_out)
+                per_out, os_ = out_c // self.conv.groups, self.group_block
                 joined, supers, cg = os_ // per_out, out_c // os_, w.shape[1]
                 wv = w.reshape(supers, joined, per_out, cg, w.shape[2], w.shape[3])
                 packed = torch.zeros(supers, w.shape[2], w.shape[3], joined, cg, joined, per_out)
@@ -296,21 +297,15 @@ class DirectConv:
         kernel, or the parts are not what :func:`_pixel_strides` takes."""
         if self.kind != "pointwise" or len(parts) != 2:
             return None
-        key = _part_key(parts)
-        if key in self._split:
-            plan = self._split[key]
-        else:
-            plan = None
-            strides = _pixel_strides(parts)
-            if strides is not None:
-                a, b = parts
-                whole = self._plan_shape((a.shape[0], a.shape[1] + b.shape[1], a.shape[2], a.shape[3]), ())
-                if whole is not None:
-                    plan = whole[0], torch.cat([whole[1], torch.tensor([a.shape[1], *strides], dtype=torch.int64)])
-            if len(self._split) < 64:
-                self._split[key] = plan
+        def make(strides: List[int]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
+            a, b = parts
+            whole = self._plan_shape((a.shape[0], a.shape[1] + b.shape[1], a.shape[2], a.shape[3]), ())
+            return None if whole is None else (
+                whole[0], torch.cat([whole[1], torch.tensor([a.shape[1], *strides], dtype=torch.int64)]))
+
+        plan = _parts_plan(self._split, _part_key(parts), parts, make)
         w = self.conv._parameters["weight"]
-        if plan is None or not _parts_inference(parts) or w is None or (torch.is_grad_enabled() and w.requires_grad):
+        if plan is None or w is None or (torch.is_grad_enabled() and w.requires_grad):
             return None
         lib = self._library()
         if lib is None:

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .. import native
-from .direct_conv import ACTIVATIONS, nhwc_strides
+from .direct_conv import ACTIVATIONS, _inference_nhwc, nhwc_strides
 from .onednn import version
 
 #: The filter transforms G (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"),
@@ -272,9 +272,7 @@ class WinogradConv:
         if plan is None:
             return None
         if residual is not None and (not self.fused_activation or tuple(residual.shape) != plan.out_shape
-                                     or residual.dtype != torch.float32 or not residual.is_cpu
-                                     or not residual.is_contiguous(memory_format=torch.channels_last)
-                                     or (torch.is_grad_enabled() and residual.requires_grad)):
+                                     or not _inference_nhwc(residual)):
             return None
         lib = self._library()
         if lib is None:
