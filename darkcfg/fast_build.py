@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .graph import Graph
+from .layers.lean import weights_follow
 from .weights import DEFAULT_HEADER, iter_slots
 
 if TYPE_CHECKING:
@@ -58,12 +59,13 @@ def build_for_weights(graph: Graph, bn_formula: str = "auto") -> "Darknet":
     from .train.init import darknet_init
 
     mode = _SkipRandomFills()
-    with mode, torch.no_grad():
+    with mode, torch.no_grad(), weights_follow():
         model = Darknet(graph, bn_formula=bn_formula)
     covered = {id(slot.tensor) for slot in iter_slots(model, DEFAULT_HEADER)}
     uncovered = {id(t) for t in mode.skipped if id(t) not in covered}
     uncovered.update(id(p) for p in model.parameters() if id(p) not in covered)  # e.g. a dontloadscales BN
-    owners = [i for i, layer in enumerate(model.layers) if any(id(p) in uncovered for p in layer.parameters())]
+    owners = [i for i, layer in enumerate(model.layers)
+              if any(id(p) in uncovered for p in layer.parameters())] if uncovered else []
     if owners:
         for i in owners:  # torch's default first (for any tensor darknet_init does not know), then Darknet's
             for m in model.layers[i].modules():

@@ -157,10 +157,9 @@ class Darknet(nn.Module):
         Faster inference; numbers move by float rounding only.  A fused model cannot be
         saved back to ``.weights`` (the BN blocks are gone).
         """
-        for layer in self.layers:
-            fuse = getattr(layer, "fuse", None)
-            if fuse is not None:
-                fuse()
+        from .layers.conv import fuse_convs
+
+        fuse_convs(list(self.layers))
         self.fused = True
         return self
 

@@ -240,17 +240,20 @@ def _finite(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).all()) if fast is None else fast
 
 
-def _check_values(body: "np.ndarray | list[np.ndarray]", slots: list[Slot], name: str, strict: bool) -> None:
+def _check_values(body: "np.ndarray | list[np.ndarray]", slots: list[Slot], name: str, strict: bool,
+                  finite: Optional[bool] = None) -> None:
     """NaN/Inf anywhere, or a batch-norm variance below -1e-6: a file that cannot give sane outputs.
 
     Darknet loads it silently and then reports no detections (``sqrt(variance + eps)`` is NaN
     once the variance is below -eps; eps is 1e-5, or 1e-6 in pjreddie's formula).  Tiny
     negative denormals (-7e-44 in some published files) are harmless and pass.  One
-    vectorised pass; the per-block search only runs when something is wrong.
+    vectorised pass; the per-block search only runs when something is wrong.  ``finite``: the
+    caller already knows whether every value is finite (checked block by block as it read them).
     """
     problems: list[str] = []
     if isinstance(body, list):  # one array per slot (read straight into the tensors)
-        blocks, all_finite = body, all(_finite(b) for b in body)
+        blocks = body
+        all_finite = all(_finite(b) for b in body) if finite is None else finite
     else:
         ends = np.cumsum([slot.count for slot in slots])
         blocks, all_finite = [body[e - slot.count:e] for e, slot in zip(ends, slots)], _finite(body)
@@ -359,6 +362,7 @@ def _load_fresh_file(model: "Darknet", name: str, upto: Optional[int], strict: b
             _left_over(name, file_floats, total, strict)
         f.seek(header.size)
         blocks: list[np.ndarray] = []
+        finite = True
         with torch.no_grad():
             for slot in slots:
                 t = slot.tensor
@@ -366,10 +370,13 @@ def _load_fresh_file(model: "Darknet", name: str, upto: Optional[int], strict: b
                           and t.is_contiguous())
                 block = t.detach().numpy().reshape(-1) if direct else np.empty(slot.count, dtype="<f4")
                 read_into(f, memoryview(block).cast("B"), name, WeightsError)
+                # checked while the read has left the block in cache (a pass after the whole
+                # read fetched all of it from memory again: 10-20 ms of a yolov4 load)
+                finite = finite and _finite(block)
                 if not direct:
                     t.copy_(_block_to_tensor(block, slot))
                 blocks.append(block)
-    _check_values(blocks, slots, name, strict)
+    _check_values(blocks, slots, name, strict, finite)
     model.header = bytes(head[:header.size])
     return header
 

@@ -23,11 +23,13 @@ Unknown names: Darknet prints a message and uses relu.  :func:`get_activation` d
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict
+from typing import TYPE_CHECKING, Callable, Dict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .lean import set_plain
 
 __all__ = [
     "ACTIVATIONS",
@@ -250,6 +252,11 @@ class Activation(nn.Module):
     Works under ``torch.jit.script`` and ``torch.onnx.export``.
     """
 
+    if TYPE_CHECKING:  # (set in __init__ by set_plain; for the type checker only, not TorchScript)
+        name: str
+        kind: str
+        fn: Callable[[Tensor], Tensor]
+
     def __init__(self, name: str) -> None:
         super().__init__()
         if not is_known(name):
@@ -259,10 +266,8 @@ class Activation(nn.Module):
             kind = "relu"
         else:
             kind = name
-        self.name = name
-        self.kind = kind
-        # The resolved function: the one dispatch (ACTIVATIONS); hot paths call it directly.
-        self.fn: Callable[[Tensor], Tensor] = ACTIVATIONS[kind]
+        # fn, the resolved function: the one dispatch (ACTIVATIONS); hot paths call it directly.
+        set_plain(self, name=name, kind=kind, fn=ACTIVATIONS[kind])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fn(x)

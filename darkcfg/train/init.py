@@ -13,7 +13,7 @@ the rolling variance after k steps differs from Darknet's by 0.9^k.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Optional, cast
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 
@@ -68,6 +68,6 @@ def darknet_init(model: "Darknet", generator: Optional[torch.Generator] = None,
             if isinstance(m, DarknetBatchNorm):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
-                cast(torch.Tensor, m.running_mean).zero_()
-                cast(torch.Tensor, m.running_var).fill_(1.0)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
     return model
