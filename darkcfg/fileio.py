@@ -62,6 +62,20 @@ def read_into(f: BinaryIO, view: memoryview, name: str, error: Type[DarkcfgError
         raise error(f"{name}: read error: {exc.strerror or exc}") from exc
 
 
+def pread_into(fd: int, view: memoryview, offset: int, name: str, error: Type[DarkcfgError]) -> None:
+    """Fill ``view`` from byte ``offset`` of the open file ``fd`` (``os.preadv``: no shared file
+    position, so several threads can fill different parts of one file at once)."""
+    done, count = 0, len(view)
+    try:
+        while done < count:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if not n:
+                raise error(f"{name}: file shrank while being read ({done} of {count} bytes at offset {offset})")
+            done += n
+    except OSError as exc:
+        raise error(f"{name}: read error: {exc.strerror or exc}") from exc
+
+
 def read_exactly(f: BinaryIO, count: int, name: str, error: Type[DarkcfgError]) -> bytearray:
     """``count`` bytes from ``f`` into one new buffer."""
     buf = bytearray(count)

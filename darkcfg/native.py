@@ -185,14 +185,14 @@ def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
     return mish
 
 
-def all_finite(values: "np.ndarray") -> Optional[bool]:
-    """Whether a contiguous float32 array holds no NaN/Inf, by one native pass over torch's threads
-    (no bool array per value, as ``np.isfinite(values).all()`` makes); None where the library is
-    unavailable or the array is not of that kind."""
+def all_finite(values: "np.ndarray", threads: int = 0) -> Optional[bool]:
+    """Whether a contiguous float32 array holds no NaN/Inf, by one native pass over ``threads``
+    threads (0: torch's count; no bool array per value, as ``np.isfinite(values).all()`` makes);
+    None where the library is unavailable or the array is not of that kind."""
     lib = library()
     if lib is None or values.dtype != np.float32 or not values.flags.c_contiguous:
         return None
-    return lib.darkcfg_nonfinite(values.ctypes.data, values.size, torch.get_num_threads()) == 0
+    return lib.darkcfg_nonfinite(values.ctypes.data, values.size, threads or torch.get_num_threads()) == 0
 
 
 def applies(x: Tensor) -> bool:

@@ -151,3 +151,84 @@ def test_native_finite_check_finds_every_nan_and_inf(size: int) -> None:
             values[at] = bad
             assert native.all_finite(values) is False, (bad, at)
     assert native.all_finite(clean.astype(np.float64)) is None  # not float32: numpy's check runs
+
+
+BIG = ("[net]\nwidth=16\nheight=16\nchannels=8\n"
+       + "[convolutional]\nbatch_normalize=1\nfilters=512\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
+       + "[convolutional]\nfilters=512\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
+       + "[convolutional]\nbatch_normalize=1\nfilters=64\nsize=1\nstride=1\npad=1\nactivation=leaky\n")
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_fresh_read_equals_one_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """Files over 8 MiB are read in one run per torch thread at once (pread): the tensors, the
+    header and the located NaN error are those of the one-thread read."""
+    from darkcfg import weights as W
+
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(BIG)
+    data = bytearray(synthetic_weights(build_graph(read_cfg(cfg)), seed=8))
+    assert len(data) > 9 * 2 ** 20
+    path = tmp_path / "big.weights"
+    path.write_bytes(bytes(data))
+    runs: list[int] = []
+    split = W._split_by_bytes
+
+    def counted(jobs: list, parts: int) -> list:
+        found = split(jobs, parts)
+        runs.append(len(found))
+        return found
+
+    monkeypatch.setattr(W, "_split_by_bytes", counted)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = darkcfg.load(cfg, path)
+        torch.set_num_threads(threads)
+        many = darkcfg.load(cfg, path)
+        assert runs[0] == 1 and 1 < runs[1] <= threads  # one reader, then several
+        for k, v in one.state_dict().items():
+            assert torch.equal(many.state_dict()[k], v), k
+        assert many.header == one.header == bytes(data[:20])
+        bad = bytearray(data)
+        at = len(data) - 4 * 100  # in the last layer's weights: the last run
+        bad[at:at + 4] = np.float32(math.inf).tobytes()
+        path.write_bytes(bytes(bad))
+        with pytest.raises(WeightsError, match=r"layer 2 \[convolutional\] 'weights': 1 NaN/Inf"):
+            darkcfg.load(cfg, path)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_split_by_bytes_keeps_order_and_balances() -> None:
+    from darkcfg.weights import _split_by_bytes
+
+    sizes = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5] * 2 ** 18  # 2**18 floats each: 1 MiB
+    jobs = [(None, np.empty(s * 2 ** 18, np.float32), i) for i, s in enumerate(sizes[:11])]
+    for parts in (1, 2, 3, 4):
+        runs = _split_by_bytes(jobs, parts)
+        assert [job for run in runs for job in run] == jobs and 1 <= len(runs) <= parts
+        if parts > 1:
+            assert len(runs) > 1
+            shares = [sum(j[1].nbytes for j in run) for run in runs]
+            assert max(shares) <= sum(shares) / len(runs) + 9 * 2 ** 20  # within one block of even
+    small = [(None, np.empty(1000, np.float32), 0)]
+    assert _split_by_bytes(small, 4) == [small]  # a small file: one reader
+
+
+def test_pread_into_reports_a_file_that_shrank(tmp_path: Path) -> None:
+    import os
+
+    from darkcfg.fileio import pread_into
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(100)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(40)
+        pread_into(fd, memoryview(buf), 50, "f.bin", WeightsError)
+        assert bytes(buf) == bytes(range(50, 90))
+        with pytest.raises(WeightsError, match=r"f.bin: file shrank while being read \(30 of 40 bytes at offset 70\)"):
+            pread_into(fd, memoryview(buf), 70, "f.bin", WeightsError)
+    finally:
+        os.close(fd)
