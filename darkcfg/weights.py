@@ -235,9 +235,10 @@ def _check_body(body_bytes: int, header: Header, name: str) -> None:
                            "not a whole number of float32 values")
 
 
-def _finite(values: np.ndarray) -> bool:
-    """No NaN/Inf in ``values``: the native one-pass count where it is built, else numpy."""
-    fast = native.all_finite(values)
+def _finite(values: np.ndarray, threads: int = 0) -> bool:
+    """No NaN/Inf in ``values``: the native one-pass count (over ``threads``; 0: torch's) where it
+    is built, else numpy."""
+    fast = native.all_finite(values, threads)
     return bool(np.isfinite(values).all()) if fast is None else fast
 
 
@@ -366,7 +367,7 @@ def _load_fresh_file(model: "Darknet", name: str, upto: Optional[int], strict: b
             _left_over(name, file_floats, total, strict)
         blocks = [_fresh_block(slot) for slot in slots]
         offsets = np.cumsum([header.size] + [b.nbytes for b in blocks]).tolist()
-        jobs = list(zip(slots, blocks, offsets))
+        jobs: list[_Job] = list(zip(slots, blocks, offsets))
         parts = _split_by_bytes(jobs, torch.get_num_threads() if hasattr(os, "preadv") else 1)
         if len(parts) > 1:
             with ThreadPoolExecutor(len(parts) - 1) as pool:
@@ -390,12 +391,16 @@ def _fresh_block(slot: Slot) -> np.ndarray:
     return np.empty(slot.count, dtype="<f4")
 
 
-def _split_by_bytes(jobs: list, parts: int) -> list[list]:
+#: One block of a fresh read: its slot, the array its floats are read into, its byte offset in the file.
+_Job = tuple[Slot, np.ndarray, int]
+
+
+def _split_by_bytes(jobs: list[_Job], parts: int) -> list[list[_Job]]:
     """``jobs`` (slot, block, offset) cut into at most ``parts`` runs of about equal bytes, in order."""
     total = sum(block.nbytes for _, block, _ in jobs)
     if parts <= 1 or total < 8 * 2 ** 20:  # (a small file: a thread costs more than it saves)
         return [jobs]
-    runs: list[list] = [[]]
+    runs: list[list[_Job]] = [[]]
     done = 0
     for job in jobs:
         if done >= total * len(runs) / parts and len(runs) < parts:
@@ -405,7 +410,7 @@ def _split_by_bytes(jobs: list, parts: int) -> list[list]:
     return [run for run in runs if run]
 
 
-def _read_part(f: "BinaryIO | int", jobs: list, name: str, threads: int) -> bool:
+def _read_part(f: "BinaryIO | int", jobs: list[_Job], name: str, threads: int) -> bool:
     """Read each job's block (from the file's position when ``f`` is a file, at its offset with
     ``pread`` when a descriptor: see :func:`_load_fresh_file`), checking it for NaN/Inf while the
     read has left it in cache (a pass after the whole read fetched it from memory again: 10-20 ms
@@ -418,8 +423,7 @@ def _read_part(f: "BinaryIO | int", jobs: list, name: str, threads: int) -> bool
                 pread_into(f, view, offset, name, WeightsError)
             else:
                 read_into(f, view, name, WeightsError)
-            fast = native.all_finite(block, threads)
-            finite = (bool(np.isfinite(block).all()) if fast is None else fast) and finite
+            finite = _finite(block, threads) and finite
             if block.ctypes.data != slot.tensor.data_ptr():
                 slot.tensor.copy_(_block_to_tensor(block, slot))
     return finite
