@@ -232,3 +232,35 @@ def test_pread_into_reports_a_file_that_shrank(tmp_path: Path) -> None:
             pread_into(fd, memoryview(buf), 70, "f.bin", WeightsError)
     finally:
         os.close(fd)
+
+
+def test_load_pauses_the_garbage_collector_and_restores_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector is off while the model is built and loaded, and left as it was found --
+    also when the load fails, and when the caller had it off."""
+    import gc
+
+    from darkcfg import fast_build
+
+    cfg = write_cfg(tmp_path)
+    good = write_weights(tmp_path / "w.weights", random_body(seed=1))
+    short = write_weights(tmp_path / "short.weights", random_body()[:-1])
+    seen: list[bool] = []
+    build = fast_build.build_for_weights
+
+    def watched(*args: object, **kwargs: object) -> Darknet:
+        seen.append(gc.isenabled())
+        return build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast_build, "build_for_weights", watched)
+    assert gc.isenabled()
+    darkcfg.load(cfg, good)
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(WeightsError):
+        darkcfg.load(cfg, short)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        darkcfg.load(cfg, good)
+        assert not gc.isenabled()  # the caller's choice stands
+    finally:
+        gc.enable()
