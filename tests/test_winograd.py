@@ -117,6 +117,25 @@ def test_weight_transform_is_the_float64_product(m: int, monkeypatch: pytest.Mon
     assert torch.equal(WinogradConv(conv, "leaky").transformed(m, packed=True)[0], winograd.pack(ref))
 
 
+@pytest.mark.parametrize("m", [4, 2])
+def test_weight_transform_of_a_filter_does_not_depend_on_its_neighbours(m: int) -> None:
+    """The C transform takes filters four at a time (one per float64 lane) and single ones
+    otherwise: both give the same bits (5 filters: four in lanes, one alone, each against the
+    transform of a one-filter conv, which only the single path takes)."""
+    if native.library() is None:
+        pytest.skip("no C compiler here: the torch einsum transforms the weights")
+    torch.manual_seed(10 + m)
+    conv = torch.nn.Conv2d(16, 5, 3, 1, 1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.logspace(-3, 3, 9).view(1, 1, 3, 3))  # magnitudes that round differently
+    u = WinogradConv(conv, "leaky").transformed(m)[0]
+    for k in range(5):
+        one = torch.nn.Conv2d(16, 1, 3, 1, 1)
+        with torch.no_grad():
+            one.weight.copy_(conv.weight[k:k + 1])
+        assert torch.equal(u[:, :, k], WinogradConv(one, "leaky").transformed(m)[0][:, :, 0]), k
+
+
 # products, rows (tiles), input channels, output channels: rows off the 6- and 12-row blocks and below
 # them, outputs off the 16-column strips
 GEMMS = [(36, 96, 64, 64), (16, 49, 40, 24), (36, 5, 16, 72), (4, 1, 8, 8), (16, 13, 24, 40), (36, 11, 32, 8)]
