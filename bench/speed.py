@@ -15,7 +15,8 @@ Sections (``--sections``, default all):
   each one's (> 1: faster than OpenCV).  ``agree`` is each one's largest difference from
   darkcfg fp32 on the output heads, relative to ``max(1, max|head|)``.
 * ``load``: ``darkcfg.load(cfg, weights)`` vs ``numpy.fromfile`` of the same file (interleaved,
-  medians), ``optimize()`` time, and the peak RSS growth of a load (in a subprocess).
+  medians), ``optimize()`` time, the peak RSS growth of a load (in a subprocess), and the time
+  to the first output of yolov4 @608 in a fresh process, darkcfg vs OpenCV (:func:`bench_first_frame`).
 * ``rss``: peak RSS of yolov4 @608 batch ``--rss-batch`` (load + forward), darkcfg vs OpenCV,
   each in its own subprocess (VmHWM; see :func:`_high_water`).
 * ``nms``: csresnext50-panet-spp @416 with the conformance generator's seed-12345 weights
@@ -266,6 +267,29 @@ def _peak_rss_child(kind: str, cfg: str, weights: str, size: int, batch: int) ->
     if kind == "load":
         m = darkcfg.load(cfg, weights)
         info["model_bytes"] = sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+    elif kind == "first":  # a fresh process's time to its first output, then two more forwards
+        x = torch.rand(batch, 3, size, size)
+        start = time.perf_counter()
+        m = darkcfg.load(cfg, weights, size=(size, size)).optimize()
+        info["ready"] = time.perf_counter() - start
+        with torch.inference_mode():
+            for key in ("first", "second", "third"):
+                t0 = time.perf_counter()
+                m(x)
+                info[key] = time.perf_counter() - t0
+    elif kind == "first-opencv":
+        import cv2
+
+        cv2.setNumThreads(int(os.environ.get("BENCH_THREADS", "1")))
+        blob = np.random.rand(batch, 3, size, size).astype(np.float32)
+        start = time.perf_counter()
+        net = cv2.dnn.readNetFromDarknet(cfg, weights)
+        info["ready"] = time.perf_counter() - start
+        for key in ("first", "second", "third"):
+            t0 = time.perf_counter()
+            net.setInput(blob)
+            net.forward(net.getUnconnectedOutLayersNames())
+            info[key] = time.perf_counter() - t0
     elif kind == "darkcfg":
         m = darkcfg.load(cfg, weights, size=(size, size)).optimize()
         with torch.inference_mode():
@@ -290,7 +314,7 @@ def peak_rss(kind: str, cfg: Path, weights: Path, size: int = 0, batch: int = 1,
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def bench_load(darknet: Path, repeats: int, tmp: Path) -> None:
+def bench_load(darknet: Path, repeats: int, tmp: Path, threads: int) -> None:
     cfg = darknet / "cfg/yolov4.cfg"
     weights = weights_for(cfg, tmp)
     mb = weights.stat().st_size / 2 ** 20
@@ -317,6 +341,24 @@ def bench_load(darknet: Path, repeats: int, tmp: Path) -> None:
     both = weights.stat().st_size + rss["model_bytes"]
     print(f"  peak RSS growth during load: {grow / 2 ** 20:.0f} MiB = {grow / both:.2f}x (weights file + model "
           f"= {both / 2 ** 20:.0f} MiB; target <= 1.3x)", flush=True)
+    bench_first_frame(cfg, weights, threads)
+
+
+def bench_first_frame(cfg: Path, weights: Path, threads: int, size: int = 608) -> None:
+    """Time to the first output in a fresh process (what a one-image ``darkcfg run`` waits for:
+    imports aside, the load, ``optimize()`` and the first forward, which packs or transforms the
+    weights), then the next two forwards; OpenCV's ``readNetFromDarknet`` + forwards likewise."""
+    print(f"\n## First frame (yolov4 @{size}, batch 1, a fresh process each)\n")
+    for kind, label, ready in (("first", "darkcfg", "load + optimize()"),
+                               ("first-opencv", "OpenCV", "readNetFromDarknet")):
+        try:
+            r = peak_rss(kind, cfg, weights, size, 1, threads)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"  {label}: failed: {str(exc)[-200:]}", flush=True)
+            continue
+        print(f"  {label}: {ready} {r['ready'] * 1e3:.0f} ms, first forward {r['first'] * 1e3:.0f} ms "
+              f"(first output after {(r['ready'] + r['first']) * 1e3:.0f} ms), then {r['second'] * 1e3:.0f} "
+              f"and {r['third'] * 1e3:.0f} ms", flush=True)
 
 
 def bench_rss(darknet: Path, batch: int, threads: int, tmp: Path) -> None:
@@ -396,7 +438,7 @@ def main() -> int:
         if "speed" in sections:
             bench_speed([r for r in ROWS if r.key in keys], shared / "darknet", args.repeats, args.threads, bf16, tmp)
         if "load" in sections:
-            bench_load(shared / "darknet", args.repeats, tmp)
+            bench_load(shared / "darknet", args.repeats, tmp, args.threads)
         if "rss" in sections:
             bench_rss(shared / "darknet", args.rss_batch, args.threads, tmp)
         if "nms" in sections:
