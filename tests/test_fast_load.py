@@ -264,3 +264,24 @@ def test_load_pauses_the_garbage_collector_and_restores_it(tmp_path: Path, monke
         assert not gc.isenabled()  # the caller's choice stands
     finally:
         gc.enable()
+
+
+def test_random_draw_interception_only_where_a_module_draws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Graphs of layer types that draw nothing at random build without the interception mode
+    (it costs every torch call of the build); a [connected] layer (nn.Linear draws) brings it
+    back, and its weights still skip the draw (the mode records it)."""
+    from darkcfg import fast_build
+
+    entered: list[int] = []
+    real = fast_build._SkipRandomFills.__enter__
+
+    def enter(self: fast_build._SkipRandomFills) -> fast_build._SkipRandomFills:
+        entered.append(1)
+        return real(self)
+
+    monkeypatch.setattr(fast_build._SkipRandomFills, "__enter__", enter)
+    for name in ("tiny-yolo-all", "tiny-region"):  # conv, route, maxpool, upsample, shortcut, yolo, region...
+        fast_build.build_for_weights(build_graph(read_cfg(ROOT / "cfgs" / f"{name}.cfg")))
+    assert entered == []
+    fast_build.build_for_weights(build_graph(read_cfg(write_cfg(tmp_path))))  # conv, ..., [connected]
+    assert entered == [1]
