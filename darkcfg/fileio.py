@@ -76,6 +76,35 @@ def pread_into(fd: int, view: memoryview, offset: int, name: str, error: Type[Da
         raise error(f"{name}: read error: {exc.strerror or exc}") from exc
 
 
+#: Below this many bytes a file is read by one thread (a thread costs more than it saves).
+PARALLEL_READ_BYTES = 8 * 2 ** 20
+
+
+def read_at(f: BinaryIO, view: memoryview, offset: int, name: str, error: Type[DarkcfgError],
+            threads: int = 1) -> None:
+    """Fill ``view`` from byte ``offset`` of ``f``: in ``threads`` equal parts read at once (``pread``)
+    when the view is large and the platform has ``os.preadv``, else by one read.
+
+    Why: reading into fresh memory is mostly page faults, which run on every core this way
+    (yolov4's 246 MiB into a new buffer: ~53 -> ~30 ms on 2 cores).
+    """
+    n = len(view)
+    if threads <= 1 or n < PARALLEL_READ_BYTES or not hasattr(os, "preadv"):
+        f.seek(offset)
+        read_into(f, view, name, error)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    step = -(-n // threads)
+    parts = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    fd = f.fileno()
+    with ThreadPoolExecutor(len(parts) - 1) as pool:
+        others = [pool.submit(pread_into, fd, view[lo:hi], offset + lo, name, error) for lo, hi in parts[1:]]
+        pread_into(fd, view[parts[0][0]:parts[0][1]], offset, name, error)
+        for other in others:
+            other.result()
+
+
 def read_exactly(f: BinaryIO, count: int, name: str, error: Type[DarkcfgError]) -> bytearray:
     """``count`` bytes from ``f`` into one new buffer."""
     buf = bytearray(count)

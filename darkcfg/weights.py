@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import native
 from .errors import WeightsError
-from .fileio import atomic_write, open_regular, pread_into, read_into
+from .fileio import PARALLEL_READ_BYTES, atomic_write, open_regular, pread_into, read_at, read_into
 from .graph import Graph, LayerSpec
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ def _read_source(source: WeightsSource, needed_floats: "Callable[[Header], int]"
         have = min(len(head), nbytes)
         data[:have] = head[:have]
         if nbytes > have:
-            read_into(f, memoryview(data)[have:], name, WeightsError)
+            read_at(f, memoryview(data)[have:], have, name, WeightsError, torch.get_num_threads())
     return data, header, floats, name
 
 
@@ -398,7 +398,7 @@ _Job = tuple[Slot, np.ndarray, int]
 def _split_by_bytes(jobs: list[_Job], parts: int) -> list[list[_Job]]:
     """``jobs`` (slot, block, offset) cut into at most ``parts`` runs of about equal bytes, in order."""
     total = sum(block.nbytes for _, block, _ in jobs)
-    if parts <= 1 or total < 8 * 2 ** 20:  # (a small file: a thread costs more than it saves)
+    if parts <= 1 or total < PARALLEL_READ_BYTES:  # (a small file: a thread costs more than it saves)
         return [jobs]
     runs: list[list[_Job]] = [[]]
     done = 0

@@ -285,3 +285,45 @@ def test_random_draw_interception_only_where_a_module_draws(monkeypatch: pytest.
     assert entered == []
     fast_build.build_for_weights(build_graph(read_cfg(write_cfg(tmp_path))))  # conv, ..., [connected]
     assert entered == [1]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_read_at_in_parallel_parts_reads_every_byte(tmp_path: Path, threads: int) -> None:
+    """The staged load's buffer fill: equal parts read at once above PARALLEL_READ_BYTES, the
+    same bytes as one read; a file shorter than the view is a located error either way."""
+    from darkcfg.fileio import PARALLEL_READ_BYTES, read_at
+
+    data = np.random.default_rng(threads).integers(0, 256, PARALLEL_READ_BYTES + 4099, dtype=np.uint8).tobytes()
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        buf = bytearray(len(data) - 20)
+        read_at(f, memoryview(buf), 20, "big.bin", WeightsError, threads)
+        assert bytes(buf) == data[20:]
+        with pytest.raises(WeightsError, match="big.bin: file shrank"):
+            read_at(f, memoryview(bytearray(len(data))), 20, "big.bin", WeightsError, threads)
+
+
+def test_staged_load_reads_the_same_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.load_weights(path)`` on an existing model (the staged, all-or-nothing path) with the
+    file read in parallel parts: the same tensors as the fresh load of the file."""
+    from darkcfg import weights as W
+
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(BIG)
+    path = tmp_path / "big.weights"
+    path.write_bytes(synthetic_weights(build_graph(read_cfg(cfg)), seed=12))
+    used: list[int] = []
+    real = W.read_at
+
+    def counted(f, view, offset, name, error, threads=1):  # type: ignore[no-untyped-def]
+        used.append(threads)
+        return real(f, view, offset, name, error, 2)
+
+    monkeypatch.setattr(W, "read_at", counted)
+    staged = darkcfg.load(cfg)
+    staged.load_weights(path)
+    assert used  # the staged path read through it
+    fresh = darkcfg.load(cfg, path)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(staged.state_dict()[k], v), k
