@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import native
 from .errors import WeightsError
-from .fileio import PARALLEL_READ_BYTES, atomic_write, open_regular, pread_into, read_at, read_into
+from .fileio import MAX_READ_THREADS, PARALLEL_READ_BYTES, atomic_write, open_regular, pread_into, read_at, read_into
 from .graph import Graph, LayerSpec
 
 if TYPE_CHECKING:
@@ -368,7 +368,7 @@ def _load_fresh_file(model: "Darknet", name: str, upto: Optional[int], strict: b
         blocks = [_fresh_block(slot) for slot in slots]
         offsets = np.cumsum([header.size] + [b.nbytes for b in blocks]).tolist()
         jobs: list[_Job] = list(zip(slots, blocks, offsets))
-        parts = _split_by_bytes(jobs, torch.get_num_threads() if hasattr(os, "preadv") else 1)
+        parts = _split_by_bytes(jobs, min(torch.get_num_threads(), MAX_READ_THREADS) if hasattr(os, "preadv") else 1)
         if len(parts) > 1:
             with ThreadPoolExecutor(len(parts) - 1) as pool:
                 others = [pool.submit(_read_part, f.fileno(), part, name, 1) for part in parts[1:]]
