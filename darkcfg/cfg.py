@@ -186,6 +186,8 @@ class Section:
         return items
 
     def _int(self, key: str, text: str) -> int:
+        if text.isdecimal() and len(text) < 10:  # the common case, what the checks below accept as is
+            return int(text)
         m = _INT_RE.match(text)
         rest = text[m.end():] if m else text
         if m is None or (rest and not rest.startswith("#")):

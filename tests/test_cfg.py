@@ -289,3 +289,19 @@ def test_mutated_own_cfgs_raise_only_darkcfg_errors(case):
         # whatever built has consistent, positive shapes
         for s in g.layers:
             assert s.outputs > 0 or s.kind in ("cost", "contrastive"), (s.index, s.kind, s.outputs)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0", 0), ("007", 7), ("123456789", 123456789), ("999999999", 999999999), ("2147483647", 2147483647),
+    ("\u0663", 3), ("40#32", 40), ("-1", -1), ("+5", 5), ("1.9", 1), ("0000000000000012", 12),
+    ("2147483648", None), ("-2147483649", None), ("\u00b2", None), ("12a", None), ("99999999999", None),
+])
+def test_integer_values_fast_and_slow_paths_agree(text: str, expected: "int | None") -> None:
+    """Plain digit strings take a short path in the parser; it must accept exactly what the full
+    check accepts (Unicode decimal digits included, as ``\\d`` and ``int`` do; 10+ digits checked)."""
+    section = parse_cfg_text(f"[net]\nwidth=8\nheight=8\n[convolutional]\nfilters={text}\n").layers[0]
+    if expected is None:
+        with pytest.raises(CfgError, match="'filters' expects an integer"):
+            section.get_int("filters")
+    else:
+        assert section.get_int("filters") == expected
