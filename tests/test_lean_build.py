@@ -112,12 +112,14 @@ def test_batched_fold_is_each_layers_float64_fold(tmp_path: Path, formula: str) 
     for layer in one_by_one.layers:
         layer.fuse()
     weights = [layer.conv.weight for layer in model.layers]
+    versions = [w._version for w in weights]
     model.fuse()  # fuse_convs: the gains of all layers at once
     for i, (layer, single) in enumerate(zip(model.layers, one_by_one.layers)):
         assert layer.bn is None and torch.equal(layer.conv.weight, single.conv.weight)
         assert torch.equal(layer.conv.bias, single.conv.bias)
         if expected[i] is not None:
-            assert layer.conv.weight is weights[i]  # folded in place: the same parameter
+            assert layer.conv.weight is weights[i]  # folded in place: the same parameter,
+            assert weights[i]._version > versions[i]  # with its version moved on (caches see the change)
             assert np.array_equal(layer.conv.weight.detach().numpy(), expected[i][0])
             assert np.array_equal(layer.conv.bias.detach().numpy(), expected[i][1])
 

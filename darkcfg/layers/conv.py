@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 
 from ..graph import LayerSpec
 from . import functional as DF
@@ -261,6 +262,8 @@ class ConvLayer(WeightedLayer):
         params = conv._parameters  # (fresh parameters in the existing conv, registered directly)
         if w.data_ptr() != weight.data_ptr() or w.shape != weight.shape:
             params["weight"] = nn.Parameter(w, requires_grad=weight.requires_grad)
+        elif not weight.is_inference():  # written in place by C: tell caches keyed on the version
+            increment_version(weight)
         params["bias"] = nn.Parameter(shift.to(weight.dtype), requires_grad=weight.requires_grad)
         self.bn = None
 
