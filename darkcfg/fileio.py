@@ -14,16 +14,18 @@ when it replaces one (a 0600 file stays 0600), else ``0666`` minus the umask
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO, Callable, Type
+from typing import BinaryIO, Callable, List, Sequence, Type, TypeVar
 
 from .errors import DarkcfgError
 from .limits import human_bytes
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
+T = TypeVar("T")
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -82,6 +84,25 @@ PARALLEL_READ_BYTES = 8 * 2 ** 20
 MAX_READ_THREADS = 8
 
 
+def read_threads(threads: int) -> int:
+    """How many concurrent reads of one file to make for ``threads`` wanted: at most
+    :data:`MAX_READ_THREADS`, and 1 where the platform has no ``os.preadv``."""
+    return max(1, min(threads, MAX_READ_THREADS)) if hasattr(os, "preadv") else 1
+
+
+def at_once(calls: Sequence[Callable[[], T]]) -> List[T]:
+    """Each call's result, in order, the calls run at once: the first on this thread, the others
+    on a pool's (file reads and native passes release the GIL).  Any call's error is raised."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls) - 1) as pool:
+        others = [pool.submit(call) for call in calls[1:]]
+        first = calls[0]()
+        return [first] + [other.result() for other in others]
+
+
 def read_at(f: BinaryIO, view: memoryview, offset: int, name: str, error: Type[DarkcfgError],
             threads: int = 1) -> None:
     """Fill ``view`` from byte ``offset`` of ``f``: in ``threads`` (at most :data:`MAX_READ_THREADS`)
@@ -91,21 +112,14 @@ def read_at(f: BinaryIO, view: memoryview, offset: int, name: str, error: Type[D
     Why: reading into fresh memory is mostly page faults, which run on every core this way
     (``model.load_weights`` of yolov4's 246 MiB: 100.6 -> 83.8 ms on 2 cores).
     """
-    n, threads = len(view), min(threads, MAX_READ_THREADS)
-    if threads <= 1 or n < PARALLEL_READ_BYTES or not hasattr(os, "preadv"):
+    n, threads = len(view), read_threads(threads)
+    if threads <= 1 or n < PARALLEL_READ_BYTES:
         f.seek(offset)
         read_into(f, view, name, error)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    step = -(-n // threads)
-    parts = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-    fd = f.fileno()
-    with ThreadPoolExecutor(len(parts) - 1) as pool:
-        others = [pool.submit(pread_into, fd, view[lo:hi], offset + lo, name, error) for lo, hi in parts[1:]]
-        pread_into(fd, view[parts[0][0]:parts[0][1]], offset, name, error)
-        for other in others:
-            other.result()
+    step, fd = -(-n // threads), f.fileno()
+    at_once([functools.partial(pread_into, fd, view[lo:lo + step], offset + lo, name, error)
+             for lo in range(0, n, step)])
 
 
 def read_exactly(f: BinaryIO, count: int, name: str, error: Type[DarkcfgError]) -> bytearray:

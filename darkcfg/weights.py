@@ -18,12 +18,12 @@ an error under ``strict`` (Darknet ignores them); a failed load changes nothing.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Optional
 
@@ -33,7 +33,8 @@ from torch import Tensor
 
 from . import native
 from .errors import WeightsError
-from .fileio import MAX_READ_THREADS, PARALLEL_READ_BYTES, atomic_write, open_regular, pread_into, read_at, read_into
+from .fileio import (PARALLEL_READ_BYTES, at_once, atomic_write, open_regular, pread_into, read_at, read_into,
+                     read_threads)
 from .graph import Graph, LayerSpec
 
 if TYPE_CHECKING:
@@ -368,12 +369,9 @@ def _load_fresh_file(model: "Darknet", name: str, upto: Optional[int], strict: b
         blocks = [_fresh_block(slot) for slot in slots]
         offsets = np.cumsum([header.size] + [b.nbytes for b in blocks]).tolist()
         jobs: list[_Job] = list(zip(slots, blocks, offsets))
-        parts = _split_by_bytes(jobs, min(torch.get_num_threads(), MAX_READ_THREADS) if hasattr(os, "preadv") else 1)
+        parts = _split_by_bytes(jobs, read_threads(torch.get_num_threads()))
         if len(parts) > 1:
-            with ThreadPoolExecutor(len(parts) - 1) as pool:
-                others = [pool.submit(_read_part, f.fileno(), part, name, 1) for part in parts[1:]]
-                finite = _read_part(f.fileno(), parts[0], name, 1)
-                finite = all([other.result() for other in others]) and finite
+            finite = all(at_once([functools.partial(_read_part, f.fileno(), part, name, 1) for part in parts]))
         else:
             f.seek(header.size)
             finite = _read_part(f, jobs, name, 0)

@@ -105,6 +105,9 @@ class ConvLayer(WeightedLayer):
         conv: nn.Conv2d
         bn: Optional[DarknetBatchNorm]
         act: Activation
+        onednn: Optional[FusedConv]  # set by enable_onednn (Darknet.optimize): layers/onednn.py
+        direct: Optional[DirectConv]  # small NHWC layers: see layers/direct_conv.py
+        winograd: Optional[WinogradConv]  # dense 3x3 stride 1: see layers/winograd.py
 
     def __init__(self, c: int, filters: int, size: int, stride: tuple[int, int], padding: int, dilation: int,
                  groups: int, bn: bool, activation: str, bn_formula: str = "alexeyab", xnor: bool = False,
@@ -122,9 +125,6 @@ class ConvLayer(WeightedLayer):
             self._modules["bn"] = DarknetBatchNorm(filters, bn_formula)
         else:
             self.bn = None
-        self.onednn: Optional["FusedConv"]  # set by enable_onednn (Darknet.optimize): layers/onednn.py
-        self.direct: Optional["DirectConv"]  # small NHWC layers: see layers/direct_conv.py
-        self.winograd: Optional["WinogradConv"]  # dense 3x3 stride 1: see layers/winograd.py
         set_plain(
             self, xnor=xnor,
             # Darknet's bit-packed xnor path ignores dilation and pads by ``padding`` pixels.
