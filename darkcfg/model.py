@@ -179,8 +179,9 @@ class Darknet(nn.Module):
         """Inference set-up: :meth:`fuse`, and NHWC memory layout where it is faster.
 
         Outputs are unchanged up to float rounding (and returned contiguous, NCHW).
-        ``dtype=torch.bfloat16``: weights converted once, NHWC, heads kept in float32 (the
-        policy in :mod:`darkcfg.precision`); outputs float32, agreeing with fp32 to bf16 rounding.
+        ``dtype=torch.bfloat16`` (CPUs with AVX512-BF16/AMX) or ``torch.float16`` (CUDA; what
+        ``darkcfg run --half`` uses): weights converted once, NHWC, heads kept in float32 (the
+        policy in :mod:`darkcfg.precision`); outputs float32, agreeing with fp32 to that rounding.
         ``compile=True``: the whole ``forward`` captured as ONE graph by ``torch.compile``
         (``fullgraph``, static shapes: one compile per input shape, none per layer), compiled
         here on a batch of 1 at the net's size; ``compile_seconds`` records how long that took.
@@ -194,16 +195,17 @@ class Darknet(nn.Module):
         freed tensor memory for reuse (:mod:`darkcfg.allocator`; ``DARKCFG_MALLOC_TUNING=0``
         turns that off).  Autograd, tracing, scripting and other devices take the eager path.
         """
-        self.fuse()
         from .allocator import keep_freed_memory
 
-        keep_freed_memory()
-        if not compile:  # a captured graph gets its fusions from the compiler instead
-            for layer in self.layers:
-                enable = getattr(layer, "enable_onednn", None)
-                if enable is not None:
-                    enable()
-            self.fusions = fusion.plan(self)
+        with _collector_paused():  # (hundreds of small objects made: no full collection meanwhile)
+            self.fuse()
+            keep_freed_memory()
+            if not compile:  # a captured graph gets its fusions from the compiler instead
+                for layer in self.layers:
+                    enable = getattr(layer, "enable_onednn", None)
+                    if enable is not None:
+                        enable()
+                self.fusions = fusion.plan(self)
         if dtype is not None and dtype != torch.float32:
             from .precision import convert
 

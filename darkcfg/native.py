@@ -40,7 +40,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -132,8 +132,7 @@ def library() -> Optional[ctypes.CDLL]:
                     for name in ("darkcfg_mish", "darkcfg_mish_bf16"):
                         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
                         getattr(lib, name).restype = None
-                    lib.darkcfg_scale_rows.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                                       ctypes.c_int64, ctypes.c_int]
+                    lib.darkcfg_scale_rows.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_int]
                     lib.darkcfg_scale_rows.restype = None
                     ptr = ctypes.c_void_p
                     for name in ("darkcfg_dw_nhwc", "darkcfg_pw_nhwc", "darkcfg_conv_nhwc", "darkcfg_gconv_nhwc"):  # x, w, b, y, geometry
@@ -207,13 +206,38 @@ def scale_rows_f64(w: Tensor, k: Tensor) -> bool:
 
     Returns False (nothing done) where the native library is unavailable.
     """
+    return scale_rows_many([w], k)
+
+
+def scale_rows_many(weights: Sequence[Tensor], gains: Tensor) -> bool:
+    """:func:`scale_rows_f64` for many tensors in ONE pass split evenly over torch's threads:
+    ``gains`` holds their rows' gains one after the other (float64, contiguous).
+
+    Why: yolov4's 107 folds one by one were 107 calls and thread fork/joins, each split by its
+    own rows (uneven for small convs); the whole model as one range of elements is one of each.
+    Returns False (nothing done) where the library is unavailable or a tensor is not a
+    contiguous CPU float32 one (the caller folds those itself).
+    """
     lib = library()
     if lib is None:
         return False
-    if not (w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() and k.dtype == torch.float64
-            and k.device.type == "cpu" and k.is_contiguous() and k.numel() == w.shape[0]):
+    if not (gains.dtype == torch.float64 and gains.device.type == "cpu" and gains.is_contiguous()):
         return False
-    lib.darkcfg_scale_rows(w.data_ptr(), k.data_ptr(), w.shape[0], w[0].numel() if w.shape[0] else 0,
+    if not all(w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() for w in weights):
+        return False
+    rows = [w.shape[0] if w.dim() else 1 for w in weights]
+    if sum(rows) != gains.numel():
+        return False
+    first_rows = np.cumsum([0] + rows[:-1], dtype=np.int64)
+    live = [(w, r, g) for w, r, g in zip(weights, rows, first_rows.tolist()) if w.numel()]
+    n = len(live)
+    table = np.zeros((4, n + 1), dtype=np.int64)  # pointers, gain offsets, row lengths, element starts
+    table[0, :n] = [w.data_ptr() for w, _, _ in live]
+    table[1, :n] = [g for _, _, g in live]
+    table[2, :n] = [w.numel() // r for w, r, _ in live]
+    np.cumsum([w.numel() for w, _, _ in live], out=table[3, 1:])
+    ptr = table.ctypes.data
+    lib.darkcfg_scale_rows(ptr, gains.data_ptr(), ptr + 8 * (n + 1), ptr + 16 * (n + 1), ptr + 24 * (n + 1), n,
                            torch.get_num_threads())
     return True
 

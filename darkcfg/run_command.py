@@ -142,11 +142,11 @@ def run(args: argparse.Namespace, size: Optional[tuple[int, int]]) -> int:
     srcs = sources(args.inputs, empty)
     cfg = resolve_cfg(args.cfg)
     weights = find_weights(cfg, args.weights)
-    model = load(cfg, weights, size=size, device=args.device).optimize()
-    if args.half:
-        if str(args.device).startswith("cpu"):
-            raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
-        model = model.half()
+    if args.half and str(args.device).startswith("cpu"):
+        raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
+    # --half: the reduced-precision policy of darkcfg.precision (heads and the layers feeding them
+    # stay float32, so decoding never runs in fp16), not a blanket model.half()
+    model = load(cfg, weights, size=size, device=args.device).optimize(dtype=torch.float16 if args.half else None)
     predictor = make_predictor(model, args)
     _check_detector_options(args, predictor.is_detector)
     classes = parse_classes(args.classes, predictor.names) if args.classes else None

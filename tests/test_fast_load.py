@@ -266,6 +266,22 @@ def test_load_pauses_the_garbage_collector_and_restores_it(tmp_path: Path, monke
         gc.enable()
 
 
+def test_optimize_pauses_the_garbage_collector_and_restores_it(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``optimize()`` too runs its fold and kernel set-up with the collector off, then restores it."""
+    import gc
+
+    from darkcfg.layers import conv
+
+    model = darkcfg.load(write_cfg(tmp_path), write_weights(tmp_path / "w.weights", random_body(seed=2)))
+    seen: list[bool] = []
+    fuse = conv.fuse_convs
+    monkeypatch.setattr(conv, "fuse_convs", lambda layers: (seen.append(gc.isenabled()), fuse(layers))[1])
+    assert gc.isenabled()
+    model.optimize()
+    assert seen == [False] and gc.isenabled() and model.fused
+
+
 def test_random_draw_interception_only_where_a_module_draws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Graphs of layer types that draw nothing at random build without the interception mode
     (it costs every torch call of the build); a [connected] layer (nn.Linear draws) brings it

@@ -230,6 +230,36 @@ def test_native_bn_fold_is_darknets_float64_product(kernel) -> None:
     assert not native.scale_rows_f64(w, k.float())  # the gains must be float64
 
 
+def test_native_bn_fold_of_many_tensors_in_one_pass(kernel) -> None:
+    """``scale_rows_many``: each tensor's rows by their own gains (taken one after the other),
+    the same bits as one at a time, whatever the split over threads cuts through; empty tensors
+    take their (zero) rows; refusals change nothing."""
+    torch.manual_seed(3)
+    shapes = [(5, 3, 3, 3), (0, 4, 1, 1), (600, 64, 3, 3), (7, 1, 1, 1), (129, 2, 5, 5), (1, 9)]  # > 262144: split
+    ws = [torch.randn(*s) * 3 for s in shapes]
+    gains = torch.rand(sum(s[0] for s in shapes), dtype=torch.float64) * 4 + 1e-3
+    expected, row = [], 0
+    for w in ws:
+        k = gains[row:row + w.shape[0]]
+        expected.append((w.double() * k.view(-1, *([1] * (w.dim() - 1)))).float())
+        row += w.shape[0]
+    before_threads = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            copies = [w.clone() for w in ws]
+            assert native.scale_rows_many(copies, gains)
+            assert all(torch.equal(c, e) for c, e in zip(copies, expected)), threads
+    finally:
+        torch.set_num_threads(before_threads)
+    before = [w.clone() for w in ws]
+    assert not native.scale_rows_many(ws, gains[:-1])  # one gain short
+    assert not native.scale_rows_many(ws, gains.float())  # float64 gains only
+    assert not native.scale_rows_many(ws[:2] + [ws[2].transpose(1, 2)], gains[:605])  # a non-contiguous one
+    assert all(torch.equal(w, b) for w, b in zip(ws, before))
+    assert native.scale_rows_many([], gains[:0])
+
+
 def test_native_mish_keeps_layout_and_threads(kernel) -> None:
     x = torch.randn(2, 16, 40, 40).to(memory_format=torch.channels_last)  # > 65536: split over threads
     assert native.applies(x) and native.applies(x.bfloat16()) and not native.applies(x[:, :8])

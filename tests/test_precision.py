@@ -20,19 +20,32 @@ OWN_CFGS = sorted((ROOT / "cfgs").glob("*.cfg"))
 #: bf16 keeps 8 significant bits (relative rounding 2^-9); a few layers deep on well-scaled
 #: weights the own cfgs measure 3e-4..6e-3 (tiny-region the largest), so 2e-2 leaves 3x margin.
 BF16_AGREEMENT = 2e-2
+#: float16 keeps 11 significant bits (rounding 2^-12, 8x finer than bf16's): the same margin.
+FP16_AGREEMENT = BF16_AGREEMENT / 8
 
 
-def _pair(cfg: Path) -> tuple[darkcfg.Darknet, darkcfg.Darknet, torch.Tensor]:
+def _pair(cfg: Path, dtype: torch.dtype = torch.bfloat16) -> tuple[darkcfg.Darknet, darkcfg.Darknet, torch.Tensor]:
     graph = build_graph(read_cfg(cfg))
     data = bytearray(synthetic_weights(graph, seed=1))  # content (bytes would be a path)
     x = torch.rand(2, graph.net.channels, graph.net.height, graph.net.width,
                    generator=torch.Generator().manual_seed(0))
-    return darkcfg.load(cfg, data).optimize(), darkcfg.load(cfg, data).optimize(dtype=torch.bfloat16), x
+    return darkcfg.load(cfg, data).optimize(), darkcfg.load(cfg, data).optimize(dtype=dtype), x
 
 
 @pytest.mark.parametrize("cfg", OWN_CFGS, ids=[p.stem for p in OWN_CFGS])
 def test_bf16_agrees_with_fp32(cfg: Path) -> None:
-    fp32, bf16, x = _pair(cfg)
+    _check_agreement(cfg, torch.bfloat16, BF16_AGREEMENT)
+
+
+@pytest.mark.parametrize("cfg", OWN_CFGS, ids=[p.stem for p in OWN_CFGS])
+def test_fp16_agrees_with_fp32(cfg: Path) -> None:
+    """``optimize(dtype=torch.float16)`` (``run --half`` on CUDA), run here on the CPU: the same
+    policy with 3 more significant bits than bf16, so 8x tighter agreement."""
+    _check_agreement(cfg, torch.float16, FP16_AGREEMENT)
+
+
+def _check_agreement(cfg: Path, dtype: torch.dtype, bound: float) -> None:
+    fp32, bf16, x = _pair(cfg, dtype)
     with torch.no_grad():
         ref, out = fp32(x), bf16(x)
     assert len(ref) == len(out)
@@ -40,24 +53,25 @@ def test_bf16_agrees_with_fp32(cfg: Path) -> None:
         assert o.dtype == torch.float32 and o.shape == r.shape and o.is_contiguous()
         scale = max(1.0, float(r.abs().max()))
         err = float((o - r).abs().max()) / scale
-        assert err <= BF16_AGREEMENT, f"{cfg.name}: bf16 differs by {err:.2e} of scale"
-        assert err > 0  # really computed in bf16, not silently fp32
+        assert err <= bound, f"{cfg.name}: {dtype} differs by {err:.2e} of scale"
+        assert err > 0  # really computed in the reduced dtype, not silently fp32
 
 
-def test_bf16_policy_heads_and_their_inputs_stay_fp32() -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_policy_heads_and_their_inputs_stay_fp32(dtype: torch.dtype) -> None:
     cfg = ROOT / "cfgs" / "tiny-yolo-all.cfg"
-    _, bf16, _ = _pair(cfg)
+    _, bf16, _ = _pair(cfg, dtype)
     graph = bf16.graph
     feeds = {j for s in graph.layers if s.kind in HEAD_KINDS for j in s.inputs}
     assert bf16.layer_dtypes is not None and bf16.channels_last
     seen_bf16 = False
     for spec, layer, dtype in zip(graph.layers, bf16.layers, bf16.layer_dtypes):
-        want = torch.float32 if spec.kind in FP32_KINDS or spec.index in feeds else torch.bfloat16
+        want = torch.float32 if spec.kind in FP32_KINDS or spec.index in feeds else dtype
         assert dtype == want, spec.where
         for p in layer.parameters(recurse=False):
             assert p.dtype == want, spec.where
         if spec.kind == "convolutional" and spec.index not in feeds and not getattr(layer, "xnor", False):
-            assert layer.conv.weight.dtype == torch.bfloat16, spec.where
+            assert layer.conv.weight.dtype == dtype, spec.where
             seen_bf16 = True
     assert seen_bf16
 

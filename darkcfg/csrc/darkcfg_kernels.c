@@ -148,21 +148,38 @@ void darkcfg_mish_bf16(const uint16_t *x, uint16_t *y, int64_t n, int threads) {
     dk_split(mish_bf16_part, &p, n, 32, threads, n);
 }
 
-/* Darknet's BN fold: w[r][i] = (float)((double)w[r][i] * k[r]), rows split over threads */
-typedef struct { float *w; const double *k; int64_t len; } dk_fold;
+/* Darknet's BN fold, w[r][i] = (float)((double)w[r][i] * k[r]), for many convs in one call:
+   conv j's weights w[j] are rows x len[j] floats, its first element at offset start[j] of the
+   whole (start[n] = total), its row r scaled by gain[goff[j] + r].  The total is split over the
+   threads by elements, not by convs or rows (their sizes differ by 1000x), so the parts are
+   even and there is one fork/join for the whole model instead of one per conv. */
+typedef struct { float *const *w; const double *gain; const int64_t *goff, *len, *start; int64_t n; } dk_fold;
 
 static void fold_part(void *ctx, int64_t lo, int64_t hi) {
-    dk_fold *f = (dk_fold *)ctx;
-    for (int64_t r = lo; r < hi; r++) {
-        double g = f->k[r];
-        float *row = f->w + r * f->len;
-        for (int64_t i = 0; i < f->len; i++) row[i] = (float)((double)row[i] * g);
+    const dk_fold *f = (const dk_fold *)ctx;
+    int64_t a = 0, b = f->n;   /* the conv holding lo: start[a] <= lo < start[a + 1] */
+    while (b - a > 1) {
+        int64_t m = (a + b) / 2;
+        if (f->start[m] <= lo) a = m; else b = m;
+    }
+    for (int64_t j = a, pos = lo; j < f->n && pos < hi; j++) {
+        int64_t end = (f->start[j + 1] < hi ? f->start[j + 1] : hi) - f->start[j], len = f->len[j];
+        float *w = f->w[j];
+        const double *g = f->gain + f->goff[j];
+        for (int64_t off = pos - f->start[j]; off < end;) {
+            int64_t r = off / len, stop = (r + 1) * len < end ? (r + 1) * len : end;
+            double k = g[r];
+            for (int64_t i = off; i < stop; i++) w[i] = (float)((double)w[i] * k);
+            off = stop;
+        }
+        pos = f->start[j + 1];
     }
 }
 
-void darkcfg_scale_rows(float *w, const double *k, int64_t rows, int64_t len, int threads) {
-    dk_fold f = {w, k, len};
-    dk_split(fold_part, &f, rows, 1, threads, rows * len / 4);
+void darkcfg_scale_rows(float *const *w, const double *gain, const int64_t *goff, const int64_t *len,
+                        const int64_t *start, int64_t n, int threads) {
+    dk_fold f = {w, gain, goff, len, start, n};
+    if (n > 0) dk_split(fold_part, &f, start[n], 64, threads, start[n] / 4);
 }
 
 /* ---------------------------------------------------------------------------------------------

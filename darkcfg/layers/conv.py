@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 
+from .. import native
 from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
@@ -152,14 +153,15 @@ class ConvLayer(WeightedLayer):
 
         if self.xnor or self.antialiasing or self.bn is not None:
             return False
-        direct = DirectConv(self.conv, self.act.kind)
-        self.direct = direct if direct.usable else None
-        if winograd.enabled() and winograd.qualifies(self.conv):
-            self.winograd = winograd.WinogradConv(self.conv, self.act.kind)
-        if available():
-            self.onednn = FusedConv(self.conv, self.act.kind)
-        self.onednn_ready = self.onednn is not None or self.direct is not None or self.winograd is not None
-        return self.onednn_ready
+        conv, kind = self.conv, self.act.kind
+        direct = DirectConv(conv, kind)
+        plans = dict(direct=direct if direct.usable else None,
+                     winograd=winograd.WinogradConv(conv, kind) if winograd.enabled() and winograd.qualifies(conv)
+                     else self.winograd,
+                     onednn=FusedConv(conv, kind) if available() else self.onednn)
+        ready = any(plan is not None for plan in plans.values())
+        set_plain(self, onednn_ready=ready, **plans)  # (plain objects, not modules: set directly)
+        return ready
 
     @torch.jit.unused
     def _onednn_forward(self, x: Tensor) -> Optional[Tensor]:
@@ -183,8 +185,6 @@ class ConvLayer(WeightedLayer):
     def _activate(self, y: Tensor) -> Tensor:
         """The layer's activation after a conv that did not fuse it (mish by the native kernel)."""
         if self.act.kind == "mish":
-            from .. import native
-
             kernel = native.mish_kernel()
             if kernel is not None and native.applies(y):
                 return kernel(y)
@@ -243,13 +243,14 @@ class ConvLayer(WeightedLayer):
         k, b = self.bn.gain_shift()
         return _scale_rows_f64(self.conv.weight.detach(), k.detach()), b.float()
 
-    def fuse(self, gain_shift: Optional[tuple[Tensor, Tensor]] = None) -> None:
+    def fuse(self, gain_shift: Optional[tuple[Tensor, Tensor]] = None, weight_folded: bool = False) -> None:
         """Fold BN into the conv in place (what Darknet's detector does before inference).
 
         xnor layers are left alone: their forward never applies BN (see :meth:`_xnor`), so folding
         would change their numbers.  (Darknet's ``detector test``, which fuses BEFORE
         ``calculate_binary_weights``, binarises the fused weights and adds the fused bias instead.)
-        ``gain_shift``: this BN's ``gain_shift()``, computed by the caller (:func:`fuse_convs`).
+        ``gain_shift``: this BN's ``gain_shift()``, computed by the caller (:func:`fuse_convs`);
+        ``weight_folded``: the caller already scaled the weight in place by that gain.
         """
         if self.bn is None or self.xnor:
             return
@@ -258,14 +259,14 @@ class ConvLayer(WeightedLayer):
         weight = conv.weight
         # Folded into the weight's own storage (the unfused values are gone with the BN anyway):
         # no model-sized allocation, which is most of optimize()'s time on big nets.
-        w = _scale_rows_f64(weight.detach(), k.detach(), in_place=True).to(weight.dtype)
+        w = weight if weight_folded else _scale_rows_f64(weight.detach(), k.detach(), in_place=True).to(weight.dtype)
         params = conv._parameters  # (fresh parameters in the existing conv, registered directly)
         if w.data_ptr() != weight.data_ptr() or w.shape != weight.shape:
             params["weight"] = nn.Parameter(w, requires_grad=weight.requires_grad)
         elif not weight.is_inference():  # written in place by C: tell caches keyed on the version
             increment_version(weight)
         params["bias"] = nn.Parameter(shift.to(weight.dtype), requires_grad=weight.requires_grad)
-        self.bn = None
+        self._modules["bn"] = None  # (what ``self.bn = None`` does, without its checks)
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
         return _conv_tensors(self.conv, self.bn)
@@ -280,7 +281,7 @@ def fuse_convs(layers: List[nn.Module]) -> None:
     values are the same element by element (each is computed from its own channel only).
     """
     batch = [layer for layer in layers if isinstance(layer, ConvLayer) and layer.bn is not None and not layer.xnor]
-    gains: dict[int, tuple[Tensor, Tensor]] = {}
+    gains: dict[int, tuple[Tensor, Tensor, bool]] = {}
     for pjreddie in (False, True):
         group = [layer for layer in batch if layer.bn.pjreddie == pjreddie]  # type: ignore[union-attr]
         if not group:
@@ -290,13 +291,16 @@ def fuse_convs(layers: List[nn.Module]) -> None:
                 *(torch.cat([getattr(layer.bn, name).detach() for layer in group])
                   for name in ("weight", "bias", "running_mean", "running_var")), pjreddie=pjreddie)
         sizes = [layer.conv.out_channels for layer in group]
+        # every weight of the group scaled in one native pass (each its own gains, as below)
+        folded = native.scale_rows_many([layer.conv.weight.detach() for layer in group], both[0])
         for layer, k, shift in zip(group, both[0].split(sizes), both[1].split(sizes)):
-            gains[id(layer)] = (k, shift)
+            gains[id(layer)] = (k, shift, folded)
     for layer in layers:
         fuse = getattr(layer, "fuse", None)
         if fuse is not None:
             if id(layer) in gains:
-                fuse(gains[id(layer)])
+                k, shift, folded = gains[id(layer)]
+                fuse((k, shift), weight_folded=folded)
             else:
                 fuse()
 
@@ -333,8 +337,6 @@ def _scale_rows_f64(w: Tensor, k: Tensor, in_place: bool = False) -> Tensor:
     if w.device.type != "cpu" or w.dtype != torch.float32 or k.device.type != "cpu":
         return (w.double() * k.view(-1, 1, 1, 1)).float()
     if in_place and w.is_contiguous():
-        from .. import native
-
         if native.scale_rows_f64(w, k.to(torch.float64).contiguous()):
             return w
     src = w.contiguous().numpy()
