@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     size_arg(sp)
     sp.add_argument("--letterbox", action="store_true", help="letterbox instead of stretching")
     sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    sp.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
+    sp.add_argument("--half", action="store_true",
+                    help="fp16 inference (CUDA; the heads and the layers feeding them stay fp32)")
     sp.add_argument("--batch", type=positive_int, default=1, help="images per forward pass (default 1)")
     sp.add_argument("--threads", type=positive_int, metavar="N",
                     help="CPU threads for torch and OpenCV (default: the libraries' own choice)")
