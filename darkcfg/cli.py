@@ -21,7 +21,7 @@ from .errors import DarkcfgError
 from .info_table import info_json, info_lines
 from .inputs import IMAGE_EXTS, VIDEO_EXTS, expand_inputs  # noqa: F401  (re-exported for callers of cli)
 from .cli_types import nonneg_int, positive_int, unit_float
-from .locate import find_weights, resolve_cfg
+from .locate import find_weights, resolve_cfg, weights_argument
 from .outputs import check_output_file
 from .progress import Progress  # noqa: F401  (re-exported)
 
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
+    def weights_args(sp: argparse.ArgumentParser, default: str) -> None:
+        """``[WEIGHTS]`` after the cfg (Darknet's order) or ``--weights``; :func:`main` merges them."""
+        sp.add_argument("weights_file", nargs="?", metavar="WEIGHTS", help=f"the .weights file ({default})")
+        sp.add_argument("--weights", help="the same, as an option")
+
     def size_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--size", nargs=2, type=positive_int, metavar=("W", "H"),
                         help="override the cfg's [net] width and height")
@@ -125,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("cfg", help="a .cfg file or a zoo model name (see `darkcfg zoo list`)")
     sp.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="image files, folders (their images and videos), globs, video files, a camera index "
-                         "(0) or a stream URL (rtsp://, http://, ...)")
+                         "(0) or a stream URL (rtsp://, http://, ...); a .weights file first is the weights "
+                         "(Darknet's order: CFG WEIGHTS IMAGE...)")
     sp.add_argument("--weights", help="default: <cfg stem>.weights beside the cfg, then the weights store")
     sp.add_argument("--names", help="class names file (default: .names/.data beside the cfg, COCO, VOC)")
     sp.add_argument("--thresh", type=unit_float, default=0.25,
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("convert", help="export to torch.export (.pt2), TorchScript, ONNX or .weights")
     sp.add_argument("cfg", help="a .cfg file or a zoo model name")
-    sp.add_argument("--weights", help="default: <cfg stem>.weights beside the cfg, then the weights store")
+    weights_args(sp, "default: <cfg stem>.weights beside the cfg, then the weights store")
     sp.add_argument("--no-weights", action="store_true", help="export with random weights")
     sp.add_argument("--to", choices=["pt2", "torchscript", "onnx", "weights"], default="pt2",
                     help="output format (default pt2)")
@@ -194,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("bench", help="speed: darkcfg (fused/unfused) vs OpenCV's Darknet importer")
     sp.add_argument("cfg", help="a .cfg file or a zoo model name")
-    sp.add_argument("--weights", help="default: beside the cfg or in the store; else well-scaled random weights")
+    weights_args(sp, "default: beside the cfg or in the store; else well-scaled random weights")
     size_arg(sp)
     sp.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -243,6 +249,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return conformance_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "weights_file"):  # CFG WEIGHTS or --weights: one of them (weights_args)
+            args.weights = weights_argument(args.weights_file, args.weights)
         return args.func(args)
     except DarkcfgError as exc:
         hint = _size_hint(args, exc)

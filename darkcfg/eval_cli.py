@@ -43,7 +43,10 @@ def _load_model(args: argparse.Namespace) -> "Darknet":
 def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("data", metavar="DATA", help="Darknet .data file (valid=, names=, eval=, results=)")
     sp.add_argument("cfg", metavar="CFG", help="a .cfg file or a zoo model name")
-    sp.add_argument("--weights", help="default: <cfg stem>.weights beside the cfg, then the weights store")
+    sp.add_argument("weights_file", nargs="?", metavar="WEIGHTS",
+                    help="the .weights file (Darknet's order: DATA CFG WEIGHTS; default: <cfg stem>.weights beside "
+                         "the cfg, then the weights store)")
+    sp.add_argument("--weights", help="the same, as an option")
     sp.add_argument("--root", help="folder the .data's relative paths are relative to (Darknet's working "
                                    "directory; default: the current one, then each file's own folder)")
     sp.add_argument("--letterbox", action="store_true", default=None,

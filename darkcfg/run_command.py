@@ -19,7 +19,7 @@ from .errors import DarkcfgError, ImageError
 from .graph import HEAD_KINDS
 from .inputs import Source, sources
 from .label_files import coco_records, limit_detections, yolo_label_text
-from .locate import find_weights, resolve_cfg
+from .locate import find_weights, resolve_cfg, weights_among_inputs, weights_argument
 from .outputs import OutputPlan, check_output_file, prepare_out_dir, write_atomic
 from .progress import Progress
 from .results import print_result
@@ -138,10 +138,11 @@ def run(args: argparse.Namespace, size: Optional[tuple[int, int]]) -> int:
         raise DarkcfgError("--save-txt needs --out DIR (outputs are never written beside the inputs)")
     if args.overwrite and not (args.out or args.save_json):
         raise DarkcfgError("--overwrite applies to --out DIR and --save-json FILE; give one of them")
+    named_weights, inputs = weights_among_inputs(args.inputs)
     empty: list[str] = []
-    srcs = sources(args.inputs, empty)
+    srcs = sources(inputs, empty)
     cfg = resolve_cfg(args.cfg)
-    weights = find_weights(cfg, args.weights)
+    weights = find_weights(cfg, weights_argument(named_weights, args.weights))
     if args.half and str(args.device).startswith("cpu"):
         raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
     # --half: the reduced-precision policy of darkcfg.precision (heads and the layers feeding them

@@ -105,6 +105,50 @@ def test_run_without_weights_says_where_it_looked(tmp_path: Path, capsys: pytest
     assert "lonely.weights" in err and "looked" in err
 
 
+def test_run_takes_weights_after_the_cfg_in_darknets_order(detector_files: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``run CFG WEIGHTS IMAGE`` (``darknet detector test``'s order) uses WEIGHTS, not the file
+    beside the cfg: taken as an image it failed to decode while the other weights ran silently."""
+    cfg, beside = detector_files
+    other = tmp_path / "elsewhere" / "other.weights"
+    other.parent.mkdir()
+    other.write_bytes(synthetic_weights(darkcfg.load(cfg).graph, seed=7))
+    img = _image(tmp_path / "x.png", 3)
+
+    def probs(*args: str) -> list[float]:
+        assert main(["run", str(cfg), *args, "--json", "--thresh", "0.01"]) == 0
+        return [d["prob"] for d in json.loads(capsys.readouterr().out)["detections"]]
+
+    api = darkcfg.load(cfg, other).fuse().detect(img, thresh=0.01)[0]
+    named = probs(str(other), str(img))
+    assert named == probs(str(img), "--weights", str(other))
+    assert np.allclose(named, [d.prob for d in api], atol=1e-5)
+    assert named != probs(str(img))  # (the weights beside the cfg give other detections: the test can fail)
+    assert named == probs(str(other), str(img), "--weights", str(other))  # the same file twice is fine
+
+    assert main(["run", str(cfg), str(other), str(img), "--weights", str(beside)]) == 2
+    assert "two weights files" in capsys.readouterr().err
+    assert main(["run", str(cfg), str(other)]) == 2
+    assert "no INPUT after the weights file" in capsys.readouterr().err
+    assert main(["run", str(cfg), str(img), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "other.weights: a weights file among the inputs" in err
+
+
+def test_weights_after_the_cfg_for_convert_bench_and_map(detector_files: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, beside = detector_files
+    other = tmp_path / "other.weights"
+    other.write_bytes(synthetic_weights(darkcfg.load(cfg).graph, seed=7))
+    copy = tmp_path / "copy.weights"
+    assert main(["convert", str(cfg), str(other), "--to", "weights", "--out", str(copy)]) == 0
+    assert copy.read_bytes() == other.read_bytes() != beside.read_bytes()
+    for argv in (["convert", str(cfg), str(other)], ["bench", str(cfg), str(other)],
+                 ["map", str(tmp_path / "any.data"), str(cfg), str(other)]):
+        assert main([*argv, "--weights", str(beside)]) == 2  # refused before any work
+        assert "two weights files" in capsys.readouterr().err
+
+
 def test_run_video(detector_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg, _ = detector_files
     video = tmp_path / "clip.avi"
