@@ -115,18 +115,45 @@ def _tree_node_names(heads: Sequence[Head], classes: int) -> Optional[list[str]]
 
 
 def _names_beside_cfg(cfg: Path, classes: int) -> Optional[list[str]]:
+    """The class names in the cfg's folder: ``<cfg stem>.names``, the ``names=`` of a ``.data``
+    there, any other ``*.names``; the first with exactly ``classes`` lines wins.
+
+    A longer file is taken where it is tied to this model -- ``<cfg stem>.names``, or a ``.data``
+    whose ``classes=`` equals the model's -- since Darknet only indexes its first ``classes``
+    lines: its ``imagenet1k.data`` names the 21,842-line ``imagenet.shortnames.list`` for
+    1000-class models (the first 1000 lines are those classes, in Darknet's index order).
+    """
     folder = cfg.resolve().parent
-    candidates = [folder / (cfg.stem + ".names")] + sorted(folder.glob("*.names"))
+    stem_names = folder / (cfg.stem + ".names")
+    candidates: list[tuple[Path, bool]] = [(stem_names, True)]  # (path, longer file allowed)
+    position = 1
     for data in [folder / (cfg.stem + ".data")] + sorted(folder.glob("*.data")):
         if data.is_file():
             found = _names_from_data(data)
             if found is not None:
-                candidates.insert(1, found)
-    for cand in candidates:
-        if cand.is_file():
-            names = _read_names(cand)
+                candidates.insert(position, (found, _data_classes(data) == classes))
+                position += 1
+    candidates += [(path, False) for path in sorted(folder.glob("*.names")) if path != stem_names]
+    longer_ones: list[list[str]] = []
+    for path, longer in candidates:
+        if path.is_file():
+            names = _read_names(path)
             if len(names) == classes:
                 return names
+            if longer and len(names) > classes:
+                longer_ones.append(names[:classes])
+    return longer_ones[0] if longer_ones else None
+
+
+def _data_classes(data_file: Path) -> Optional[int]:
+    """The ``classes = N`` entry of a Darknet ``.data`` file (None when absent or not a number)."""
+    for line in data_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "classes":
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
     return None
 
 

@@ -323,7 +323,8 @@ def load_weights(model: "Darknet", source: WeightsSource, upto: Optional[int] = 
                 f"'{slot.role}' block needs {slot.count} floats, {max(0, body.size - offset)} are left; "
                 f"{end - body.size} floats missing (file has {body.size} floats after the header, "
                 f"{total - body.size} floats short of the {total} the network needs). "
-                "For a partial file (e.g. *.conv.NN) pass upto=<number of layers it holds>.")
+                "Is this the right cfg for these weights? For a partial file (e.g. *.conv.NN) pass "
+                "upto=<number of layers it holds> (load_weights; darkcfg train takes such files as they are).")
         staged.append((slot.tensor, _block_to_tensor(body[offset:end], slot)))
         offset = end
     _check_values(body[:offset], slots, name, strict)

@@ -82,3 +82,57 @@ def test_run_classifies_with_classifier_cfgs(tmp_path: Path, capsys: pytest.Capt
     assert main(["run", str(cfg), str(img)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("i.png:") and lines[1].strip().endswith(record["classes"][0]["name"])
+
+
+def test_names_beside_the_cfg_may_be_longer_where_tied_to_the_model(tmp_path: Path) -> None:
+    """Darknet indexes the names file of the model's .data without checking its length (its
+    imagenet1k.data names the 21,842-line imagenet.shortnames.list): ``<stem>.names`` and a
+    ``.data`` with ``classes=`` equal to the model's may be longer; other ``*.names`` must match."""
+    from darkcfg.detect_api import resolve_names
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    cfg = folder / "cls.cfg"
+    cfg.write_text(CLASSIFIER.read_text())
+    classes = Classifier(darkcfg.load(cfg)).classes
+    lines = [f"c{i}" for i in range(classes + 5)]
+    (folder / "other.names").write_text("\n".join(lines) + "\n")  # longer, not tied to this model
+    assert resolve_names(cfg, classes) == [str(i) for i in range(classes)]
+    (folder / "lists").mkdir()
+    (folder / "lists" / "big.list").write_text("\n".join(["d" + x for x in lines]) + "\n")
+    (folder / "nine.data").write_text(f"classes = {classes + 5}\nnames = lists/big.list\n")
+    assert resolve_names(cfg, classes) == [str(i) for i in range(classes)]  # its classes= differ
+    (folder / "right.data").write_text(f"classes = {classes}\nnames = lists/big.list\n")
+    assert resolve_names(cfg, classes) == ["d" + x for x in lines[:classes]]
+    (folder / "cls.names").write_text("\n".join(["s" + x for x in lines]) + "\n")
+    assert resolve_names(cfg, classes) == ["s" + x for x in lines[:classes]]  # the stem's file first
+    exact = [f"e{i}" for i in range(classes)]
+    (folder / "exact.names").write_text("\n".join(exact) + "\n")
+    assert resolve_names(cfg, classes) == exact  # a file of exactly `classes` lines still wins
+
+
+def test_classifier_predict_matches_darknet(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``darkcfg run`` on tiny-darknet (real ImageNet weights) vs ``darknet classifier predict``'s
+    top 5 on the five shared images, names from imagenet.shortnames.list as ``<stem>.names``.
+
+    Same indices and names; probabilities within 0.01 (measured <= 0.0043: the residue of the JPEG
+    decoder, stb_image vs libjpeg, see tests/test_image.py); on darknet's own input tensor the
+    whole softmax agrees to 1e-5 (measured 2.0e-6).
+    """
+    real = shared / "darknet" / "real"
+    cases = shared / "conformance" / "cases" / "real-tiny-darknet" / "classifications"
+    cfg = tmp_path / "tiny-darknet.cfg"
+    cfg.write_bytes((real / "tiny-darknet.cfg").read_bytes())
+    (tmp_path / "tiny-darknet.names").write_bytes((shared / "darknet" / "data" / "imagenet.shortnames.list").read_bytes())
+    weights = real / "tiny-darknet.weights"
+    model = darkcfg.load(cfg, weights).optimize()
+    for image in ("dog", "eagle", "giraffe", "horses", "person"):
+        ref = json.loads((cases / f"{image}.json").read_text())
+        assert main(["run", str(cfg), str(weights), str(shared / ref["image"]), "--json"]) == 0
+        ours = json.loads(capsys.readouterr().out)["classes"]
+        assert [(c["class_id"], c["name"]) for c in ours] == [(t["index"], t["name"]) for t in ref["top5"]], image
+        assert max(abs(c["prob"] - t["prob"]) for c, t in zip(ours, ref["top5"])) < 0.01, image
+        x = torch.from_numpy(np.load(shared / ref["input_tensor"])).reshape(1, 3, 224, 224)
+        with torch.no_grad():
+            softmax = model(x)[-1].flatten().numpy()
+        assert np.abs(softmax - np.array(ref["softmax"], dtype=np.float32)).max() < 1e-5, image

@@ -161,6 +161,8 @@ def test_index_hashes_match_the_shared_upstream_copies(shared: Path) -> None:
                 local = dk / "yolo-fastest" / f.url.split("/ModelZoo/", 1)[1]
             elif f.role == "cfg" and f.url.startswith(f"https://raw.githubusercontent.com/AlexeyAB/darknet/{AB_HEAD}/cfg/"):
                 local = dk / "cfg" / f.filename
+            elif f.role == "names" and f.url.startswith(f"https://raw.githubusercontent.com/AlexeyAB/darknet/{AB_HEAD}/data/"):
+                local = dk / "data" / f.url.rsplit("/", 1)[1]
             elif f.role == "cfg" and "/CrossStagePartialNetworks/" in f.url:
                 local = dk / "csp-cfg" / f.filename
             else:
@@ -194,6 +196,18 @@ def test_published_models_and_sizes() -> None:
             "yolov4-csp", "yolov4.conv.137", "yolov4-tiny.conv.29", "darknet53.conv.74"} <= unverified
     assert all("drive.google.com" not in f.url for m in models.values() if m.verified for f in m.files)
     assert len(models) >= 35
+
+
+def test_imagenet_classifiers_come_with_darknets_class_names() -> None:
+    """Every ImageNet-1k classifier fetches Darknet's imagenet.shortnames.list (hash-verified) as
+    ``<cfg stem>.names``, the name the run's names lookup takes for a longer file."""
+    models = [m for m in load_index(DEFAULT_INDEX) if m.task == "classify" and m.dataset.startswith("ImageNet (1000")]
+    assert len(models) >= 10
+    for m in models:
+        names, cfg = m.file("names"), m.file("cfg")
+        assert names is not None and cfg is not None, m.name
+        assert names.url == f"https://raw.githubusercontent.com/AlexeyAB/darknet/{AB_HEAD}/data/imagenet.shortnames.list"
+        assert names.verified and names.filename == Path(cfg.filename).stem + ".names", m.name
 
 
 def test_weights_sizes_follow_from_the_cfgs(shared: Path) -> None:
