@@ -39,9 +39,9 @@ it), outside training, autograd and tracing.  A call the kernels refuse runs the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .layers.conv import ConvLayer
 from .layers.direct_conv import ACTIVATIONS, DirectConv, fused_block, pool_concat_nhwc
@@ -84,13 +84,22 @@ class FoldedShortcut:
 Fusions = Dict[int, Union[Fusion, FoldedRoute, FoldedShortcut]]
 
 
-def _direct(model: "Darknet", i: int, kind: str) -> Optional[DirectConv]:
+class _Net(NamedTuple):
+    """What :func:`plan` reads of a model, its layers as a plain list: a plan looks layers up by
+    index hundreds of times, and each ``nn.ModuleList`` lookup costs a microsecond or more."""
+
+    layers: Sequence[nn.Module]
+    layer_inputs: Sequence[Sequence[int]]
+    output_layers: Sequence[int]
+
+
+def _direct(model: "Darknet | _Net", i: int, kind: str) -> Optional[DirectConv]:
     layer = model.layers[i]
     direct = layer.direct if isinstance(layer, ConvLayer) else None
     return direct if direct is not None and direct.kind == kind and direct.usable else None
 
 
-def _plain_shortcuts(model: "Darknet") -> Iterator[Tuple[int, Shortcut, int]]:
+def _plain_shortcuts(model: "Darknet | _Net") -> Iterator[Tuple[int, Shortcut, int]]:
     """(index, layer, ``from`` layer) of each weightless two-input shortcut of equal shapes whose
     first input is the layer right before it (what a fold can take)."""
     for s, layer in enumerate(model.layers):
@@ -101,7 +110,7 @@ def _plain_shortcuts(model: "Darknet") -> Iterator[Tuple[int, Shortcut, int]]:
             yield s, layer, inputs[1]
 
 
-def _winograd_shortcuts(model: "Darknet", sole_reader: Callable[[int], bool]) -> Dict[int, FoldedShortcut]:
+def _winograd_shortcuts(model: "Darknet | _Net", sole_reader: Callable[[int], bool]) -> Dict[int, FoldedShortcut]:
     """3x3 conv (Winograd, its activation fused) -> linear shortcut pairs, by conv index."""
     found: Dict[int, FoldedShortcut] = {}
     for s, layer, src in _plain_shortcuts(model):
@@ -112,7 +121,7 @@ def _winograd_shortcuts(model: "Darknet", sole_reader: Callable[[int], bool]) ->
     return found
 
 
-def _shortcut_chains(model: "Darknet", sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
+def _shortcut_chains(model: "Darknet | _Net", sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
     """1x1 linear conv -> dropout* -> shortcut chains, by conv index."""
     chains: Dict[int, Fusion] = {}
     for s, layer, src in _plain_shortcuts(model):
@@ -132,7 +141,7 @@ def _shortcut_chains(model: "Darknet", sole_reader: Callable[[int], bool]) -> Di
     return chains
 
 
-def _folded_routes(model: "Darknet", private: Callable[[int], bool], taken: Callable[[int], bool]) -> Dict[int, FoldedRoute]:
+def _folded_routes(model: "Darknet | _Net", private: Callable[[int], bool], taken: Callable[[int], bool]) -> Dict[int, FoldedRoute]:
     """``[route]`` (two maps or more, channel slices allowed) -> plain ``[maxpool]`` or 1x1 conv
     (two maps) pairs, by route index; ``taken``: whether a layer is in another fold already."""
     found: Dict[int, FoldedRoute] = {}
@@ -146,8 +155,9 @@ def _folded_routes(model: "Darknet", private: Callable[[int], bool], taken: Call
     return found
 
 
-def plan(model: "Darknet") -> Fusions:
-    """The foldable chains of ``model`` (after its layers' ``enable_onednn``), by start layer."""
+def plan(darknet: "Darknet") -> Fusions:
+    """The foldable chains of ``darknet`` (after its layers' ``enable_onednn``), by start layer."""
+    model = _Net(list(darknet.layers), darknet.layer_inputs, darknet.output_layers)
     readers: Dict[int, List[int]] = {}
     for i, inputs in enumerate(model.layer_inputs):
         for j in inputs:

@@ -14,14 +14,15 @@ from .. import native
 from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
+from .direct_conv import DirectConv
+from .onednn import FusedConv
+from .onednn import available as onednn_available
 from .lean import new_conv2d, register_tensors, set_plain
 from .registry import BuildContext, WeightedLayer, builder
 from .tracing import as_map, static_hw, traced_sizes, untraced
-
-if TYPE_CHECKING:
-    from .direct_conv import DirectConv
-    from .onednn import FusedConv
-    from .winograd import WinogradConv
+from .winograd import WinogradConv
+from .winograd import enabled as winograd_enabled
+from .winograd import qualifies as winograd_qualifies
 
 
 class DarknetBatchNorm(nn.Module):
@@ -147,18 +148,14 @@ class ConvLayer(WeightedLayer):
         Not for xnor (its own arithmetic), antialiased (a blur follows the activation) or
         unfused BN layers; per-pixel activations stay separate.  Returns whether it was enabled.
         """
-        from . import winograd
-        from .direct_conv import DirectConv
-        from .onednn import FusedConv, available
-
         if self.xnor or self.antialiasing or self.bn is not None:
             return False
-        conv, kind = self.conv, self.act.kind
+        conv, kind = self._modules["conv"], self._modules["act"].kind
         direct = DirectConv(conv, kind)
         plans = dict(direct=direct if direct.usable else None,
-                     winograd=winograd.WinogradConv(conv, kind) if winograd.enabled() and winograd.qualifies(conv)
+                     winograd=WinogradConv(conv, kind) if winograd_enabled() and winograd_qualifies(conv)
                      else self.winograd,
-                     onednn=FusedConv(conv, kind) if available() else self.onednn)
+                     onednn=FusedConv(conv, kind) if onednn_available() else self.onednn)
         ready = any(plan is not None for plan in plans.values())
         set_plain(self, onednn_ready=ready, **plans)  # (plain objects, not modules: set directly)
         return ready
@@ -255,17 +252,24 @@ class ConvLayer(WeightedLayer):
         if self.bn is None or self.xnor:
             return
         k, shift = self.bn.gain_shift() if gain_shift is None else gain_shift
-        conv = self.conv
-        weight = conv.weight
+        weight = self.conv.weight
         # Folded into the weight's own storage (the unfused values are gone with the BN anyway):
         # no model-sized allocation, which is most of optimize()'s time on big nets.
         w = weight if weight_folded else _scale_rows_f64(weight.detach(), k.detach(), in_place=True).to(weight.dtype)
-        params = conv._parameters  # (fresh parameters in the existing conv, registered directly)
+        self._take_fused(w, shift.to(weight.dtype))
+
+    def _take_fused(self, w: Tensor, bias: Tensor) -> None:
+        """The folded weight ``w`` (the conv's own tensor, scaled in place, or a new one) and the
+        shift ``bias`` become the conv's parameters; the BN goes.  Registered directly, without
+        ``nn.Module``'s attribute machinery (:func:`fuse_convs` does this for every conv)."""
+        params = self._modules["conv"]._parameters
+        weight = params["weight"]
+        assert weight is not None
         if w.data_ptr() != weight.data_ptr() or w.shape != weight.shape:
             params["weight"] = nn.Parameter(w, requires_grad=weight.requires_grad)
         elif not weight.is_inference():  # written in place by C: tell caches keyed on the version
             increment_version(weight)
-        params["bias"] = nn.Parameter(shift.to(weight.dtype), requires_grad=weight.requires_grad)
+        params["bias"] = nn.Parameter(bias, requires_grad=weight.requires_grad)
         self._modules["bn"] = None  # (what ``self.bn = None`` does, without its checks)
 
     def weight_tensors(self) -> list[tuple[str, Tensor]]:
@@ -283,26 +287,32 @@ def fuse_convs(layers: List[nn.Module]) -> None:
     (:func:`darkcfg.native.scale_rows_many`), which runs at memory speed (yolov4: 246 MB
     read and written in ~16 ms on 2 cores); each layer's ``fuse`` then only swaps parameters.
     """
-    groups: dict[bool, list[ConvLayer]] = {False: [], True: []}  # by BN formula (pjreddie or not)
-    for layer in layers:
-        if isinstance(layer, ConvLayer) and layer.bn is not None and not layer.xnor:
-            groups[layer.bn.pjreddie].append(layer)
+    groups: dict[bool, list[tuple[ConvLayer, DarknetBatchNorm, Tensor]]] = {False: [], True: []}  # by BN formula
+    for layer in layers:  # (modules and tensors straight from their dicts: this runs for every conv)
+        bn = layer._modules.get("bn") if isinstance(layer, ConvLayer) and not layer.xnor else None
+        if isinstance(bn, DarknetBatchNorm):
+            groups[bn.pjreddie].append((layer, bn, layer._modules["conv"]._parameters["weight"]))
     for pjreddie, group in groups.items():
         if not group:
             continue
         with torch.no_grad():
             k, shift = DarknetBatchNorm.gain_shift_of(
-                *(torch.cat([getattr(layer.bn, name).detach() for layer in group])
-                  for name in ("weight", "bias", "running_mean", "running_var")), pjreddie=pjreddie)
-        sizes = [layer.conv.out_channels for layer in group]
-        # every weight of the group scaled in one native pass (each by its own gains, as below)
-        folded = native.scale_rows_many([layer.conv.weight.detach() for layer in group], k)
-        for layer, layer_k, layer_shift in zip(group, k.split(sizes), shift.split(sizes)):
-            layer.fuse((layer_k, layer_shift), weight_folded=folded)
-    for layer in layers:  # every other layer that folds (the convs above have no BN left: no-ops)
-        fuse = getattr(layer, "fuse", None)
+                *(torch.cat([bn._parameters[name] for _, bn, _ in group]) for name in ("weight", "bias")),
+                *(torch.cat([bn._buffers[name] for _, bn, _ in group]) for name in ("running_mean", "running_var")),
+                pjreddie=pjreddie)
+            sizes = [weight.shape[0] for _, _, weight in group]
+            # every weight of the group scaled in one native pass (each by its own gains, as fuse does)
+            if native.scale_rows_many([weight for _, _, weight in group], k):  # (float32 weights only)
+                biases = shift.to(torch.float32).split(sizes)  # one conversion, then a copy per conv
+                for (layer, _, weight), bias in zip(group, biases):
+                    layer._take_fused(weight, bias.clone())
+            else:
+                for (layer, _, _), layer_k, layer_shift in zip(group, k.split(sizes), shift.split(sizes)):
+                    layer.fuse((layer_k, layer_shift))
+    for layer in layers:  # every other layer that folds (the convs above have no BN left: no-ops); looked up
+        fuse = getattr(type(layer), "fuse", None)  # on the class: nn.Module answers a missing one by an exception
         if fuse is not None:
-            fuse()
+            fuse(layer)
 
 
 class SharedConvLayer(nn.Module):
