@@ -93,13 +93,13 @@ class _Net(NamedTuple):
     output_layers: Sequence[int]
 
 
-def _direct(model: "Darknet | _Net", i: int, kind: str) -> Optional[DirectConv]:
-    layer = model.layers[i]
+def _direct(layers: Sequence[nn.Module], i: int, kind: str) -> Optional[DirectConv]:
+    layer = layers[i]
     direct = layer.direct if isinstance(layer, ConvLayer) else None
     return direct if direct is not None and direct.kind == kind and direct.usable else None
 
 
-def _plain_shortcuts(model: "Darknet | _Net") -> Iterator[Tuple[int, Shortcut, int]]:
+def _plain_shortcuts(model: _Net) -> Iterator[Tuple[int, Shortcut, int]]:
     """(index, layer, ``from`` layer) of each weightless two-input shortcut of equal shapes whose
     first input is the layer right before it (what a fold can take)."""
     for s, layer in enumerate(model.layers):
@@ -110,7 +110,7 @@ def _plain_shortcuts(model: "Darknet | _Net") -> Iterator[Tuple[int, Shortcut, i
             yield s, layer, inputs[1]
 
 
-def _winograd_shortcuts(model: "Darknet | _Net", sole_reader: Callable[[int], bool]) -> Dict[int, FoldedShortcut]:
+def _winograd_shortcuts(model: _Net, sole_reader: Callable[[int], bool]) -> Dict[int, FoldedShortcut]:
     """3x3 conv (Winograd, its activation fused) -> linear shortcut pairs, by conv index."""
     found: Dict[int, FoldedShortcut] = {}
     for s, layer, src in _plain_shortcuts(model):
@@ -121,7 +121,7 @@ def _winograd_shortcuts(model: "Darknet | _Net", sole_reader: Callable[[int], bo
     return found
 
 
-def _shortcut_chains(model: "Darknet | _Net", sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
+def _shortcut_chains(model: _Net, sole_reader: Callable[[int], bool]) -> Dict[int, Fusion]:
     """1x1 linear conv -> dropout* -> shortcut chains, by conv index."""
     chains: Dict[int, Fusion] = {}
     for s, layer, src in _plain_shortcuts(model):
@@ -132,7 +132,7 @@ def _shortcut_chains(model: "Darknet | _Net", sole_reader: Callable[[int], bool]
         conv_index = prev
         while isinstance(model.layers[conv_index], Dropout) and model.layer_inputs[conv_index] == [conv_index - 1]:
             conv_index -= 1
-        direct = _direct(model, conv_index, "pointwise")
+        direct = _direct(model.layers, conv_index, "pointwise")
         if direct is None or direct.act != 0 or not 0 <= src < conv_index:
             continue  # a linear 1x1 with a kernel, and a residual computed before it
         if not all(sole_reader(k) for k in range(conv_index, s)):
@@ -141,7 +141,7 @@ def _shortcut_chains(model: "Darknet | _Net", sole_reader: Callable[[int], bool]
     return chains
 
 
-def _folded_routes(model: "Darknet | _Net", private: Callable[[int], bool], taken: Callable[[int], bool]) -> Dict[int, FoldedRoute]:
+def _folded_routes(model: _Net, private: Callable[[int], bool], taken: Callable[[int], bool]) -> Dict[int, FoldedRoute]:
     """``[route]`` (two maps or more, channel slices allowed) -> plain ``[maxpool]`` or 1x1 conv
     (two maps) pairs, by route index; ``taken``: whether a layer is in another fold already."""
     found: Dict[int, FoldedRoute] = {}
@@ -150,7 +150,7 @@ def _folded_routes(model: "Darknet | _Net", private: Callable[[int], bool], take
         if not isinstance(route, Route) or not route.bounds or parts < 2 or not private(r) or taken(r) or taken(r + 1):
             continue
         if (type(reader) is PaddedMaxPool and not reader.antialiasing) or (
-                parts == 2 and _direct(model, r + 1, "pointwise") is not None):
+                parts == 2 and _direct(model.layers, r + 1, "pointwise") is not None):
             found[r] = FoldedRoute(r + 1)
     return found
 
@@ -174,12 +174,12 @@ def plan(darknet: "Darknet") -> Fusions:
 
     last_covered = -1  # the chains below run in layer order; a layer belongs to one chain at most
     for pw_index in range(1, len(model.layers)):
-        pointwise, d = _direct(model, pw_index, "pointwise"), pw_index - 1
-        if pointwise is None or _direct(model, d, "depthwise") is None or not private(d) or d <= last_covered:
+        pointwise, d = _direct(model.layers, pw_index, "pointwise"), pw_index - 1
+        if pointwise is None or _direct(model.layers, d, "depthwise") is None or not private(d) or d <= last_covered:
             continue
         chain = chains.pop(pw_index, None) or Fusion(pw_index, pw_index, act=pointwise.act)
         e = d - 1
-        expand = e if e > last_covered and _direct(model, e, "pointwise") is not None and private(e) else None
+        expand = e if e > last_covered and _direct(model.layers, e, "pointwise") is not None and private(e) else None
         chains[d if expand is None else expand] = Fusion(chain.last, pw_index, d, chain.residual, chain.act, expand)
         last_covered = chain.last
     covered = {k for start, f in chains.items() for k in range(start, f.last + 1)}
@@ -190,31 +190,33 @@ def plan(darknet: "Darknet") -> Fusions:
     return fusions
 
 
-def run(model: "Darknet", fusion: Union[Fusion, FoldedRoute, FoldedShortcut], xs: List[Tensor], outs: List[Tensor]) -> Optional[Tensor]:
-    """``fusion``'s layers as one kernel call on the first layer's inputs ``xs`` (earlier outputs in
+def run(layers: Sequence[nn.Module], fusion: Union[Fusion, FoldedRoute, FoldedShortcut], xs: List[Tensor],
+        outs: List[Tensor]) -> Optional[Tensor]:
+    """``fusion``'s layers (of the model's ``layers``: a plain list is quicker to index than its
+    ``nn.ModuleList``) as one kernel call on the first layer's inputs ``xs`` (earlier outputs in
     ``outs``), or None where the kernels refuse this call (the caller runs the layers one by one)."""
     if isinstance(fusion, FoldedShortcut):
-        layer = model.layers[fusion.last - 1]
+        layer = layers[fusion.last - 1]
         winograd = layer.winograd if isinstance(layer, ConvLayer) else None
         return None if winograd is None else winograd(xs[0], outs[fusion.residual])
     if isinstance(fusion, FoldedRoute):
-        route, reader = model.layers[fusion.last - 1], model.layers[fusion.last]
+        route, reader = layers[fusion.last - 1], layers[fusion.last]
         parts = route_parts(route, xs) if isinstance(route, Route) else None
         if parts is None:
             return None
         if type(reader) is PaddedMaxPool:  # (not its LocalAvgPool subclass)
             return pool_concat_nhwc(parts, reader.size, reader.stride_x, reader.stride_y, reader.padding)
-        reads = _direct(model, fusion.last, "pointwise")
+        reads = _direct(layers, fusion.last, "pointwise")
         return None if reads is None else reads.on_parts(parts)
     x = xs[0]
-    pointwise = _direct(model, fusion.pointwise, "pointwise")
+    pointwise = _direct(layers, fusion.pointwise, "pointwise")
     if pointwise is None:
         return None
     residual = None if fusion.residual is None else outs[fusion.residual]
     if fusion.depthwise is None:
         return None if residual is None else pointwise.with_residual(x, residual, fusion.act)
-    depthwise = _direct(model, fusion.depthwise, "depthwise")
-    expand = None if fusion.expand is None else _direct(model, fusion.expand, "pointwise")
+    depthwise = _direct(layers, fusion.depthwise, "depthwise")
+    expand = None if fusion.expand is None else _direct(layers, fusion.expand, "pointwise")
     if depthwise is None or (expand is None) != (fusion.expand is None):
         return None
     return fused_block(expand, depthwise, pointwise, x, residual, fusion.act)

@@ -93,6 +93,7 @@ class Darknet(nn.Module):
         fusions = self.fusions if (not keep_all and not self.training and self.layer_dtypes is None
                                    and not torch.jit.is_tracing() and not torch.compiler.is_compiling()) else {}
         done = -1  # layers up to this index were computed by a fused call (fusion.py)
+        layers = list(self.layers) if fusions else []  # (for fusion.run: quicker to index than the ModuleList)
         for i, (layer, inputs, release, cast) in enumerate(zip(self.layers, self.layer_inputs, self.release_after,
                                                                casts)):
             if i > done:
@@ -100,7 +101,7 @@ class Darknet(nn.Module):
                 if cast is not None:
                     xs = [t.to(cast) for t in xs]
                 chain = fusions.get(i)
-                fused = None if chain is None else fusion.run(self, chain, xs, outs)
+                fused = None if chain is None else fusion.run(layers, chain, xs, outs)
                 if fused is None:
                     outs.append(layer(xs))
                 else:  # several layers as one kernel call; nobody reads the skipped outputs
