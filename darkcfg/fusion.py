@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NamedTuple, Op
 from torch import Tensor, nn
 
 from .layers.conv import ConvLayer
-from .layers.direct_conv import ACTIVATIONS, DirectConv, fused_block, pool_concat_nhwc
+from .layers.direct_conv import (ACTIVATIONS, DirectConv, StepCall, bind_block, bind_parts, bind_pool_concat,
+                                 fused_block, pool_concat_nhwc)
 from .layers.merge import Route, Shortcut, route_parts
 from .layers.misc import Dropout
 from .layers.pool import PaddedMaxPool
@@ -220,3 +221,44 @@ def run(layers: Sequence[nn.Module], fusion: Union[Fusion, FoldedRoute, FoldedSh
     if depthwise is None or (expand is None) != (fusion.expand is None):
         return None
     return fused_block(expand, depthwise, pointwise, x, residual, fusion.act)
+
+
+def bind(layers: Sequence[nn.Module], fusion: Union[Fusion, FoldedRoute, FoldedShortcut], xs: List[Tensor],
+         outs: List[Tensor]) -> Optional[StepCall]:
+    """:func:`run`'s kernel call for inputs laid out like ``xs`` (and ``outs``), bound once (see
+    :meth:`darkcfg.layers.direct_conv.DirectConv.bind`), or None where :func:`run` would refuse
+    or the fusion has no bound form (a Winograd conv with its shortcut)."""
+    if isinstance(fusion, FoldedShortcut):
+        return None
+    if isinstance(fusion, FoldedRoute):
+        route, reader = layers[fusion.last - 1], layers[fusion.last]
+        parts = route_parts(route, xs) if isinstance(route, Route) else None
+        if parts is None:
+            return None
+        if type(reader) is PaddedMaxPool:
+            on_parts = bind_pool_concat(parts, reader.size, reader.stride_x, reader.stride_y, reader.padding)
+        else:
+            reads = _direct(layers, fusion.last, "pointwise")
+            on_parts = None if reads is None else reads.bind_parts(parts)
+        return None if on_parts is None else bind_parts(on_parts, xs, parts)
+    pointwise = _direct(layers, fusion.pointwise, "pointwise")
+    if pointwise is None:
+        return None
+    x, residual_index = xs[0], fusion.residual
+    residual = None if residual_index is None else outs[residual_index]
+    if fusion.depthwise is None:
+        if residual is None or pointwise.kind != "pointwise" or pointwise.act != 0 or fusion.act < 0:
+            return None  # (what with_residual refuses)
+        call = pointwise.bind(x, residual, fusion.act)
+    else:
+        depthwise = _direct(layers, fusion.depthwise, "depthwise")
+        expand = None if fusion.expand is None else _direct(layers, fusion.expand, "pointwise")
+        if depthwise is None or (expand is None) != (fusion.expand is None):
+            return None
+        call = bind_block(expand, depthwise, pointwise, x, residual, fusion.act)
+    if call is None:
+        return None
+    bound = call
+    if residual_index is None:
+        return lambda xs, outs: bound(xs[0], None)
+    return lambda xs, outs: bound(xs[0], outs[residual_index])

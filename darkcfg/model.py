@@ -22,6 +22,7 @@ from .errors import DarkcfgError
 from .graph import Graph, build_graph
 from .layers.registry import BuildContext, build_layer
 from .layers.tracing import traced_sizes
+from .replay import Replays, forward_frame
 
 if TYPE_CHECKING:
     from .train.loss import LossResult
@@ -60,6 +61,7 @@ class Darknet(nn.Module):
         self.channels_last = False
         self.layer_dtypes: Optional[List[torch.dtype]] = None  # set by optimize(dtype=...): see precision.py
         self.fusions: fusion.Fusions = {}  # set by optimize(): see fusion.py
+        self.replays = Replays()  # frames as bound kernel calls, by input layout: see replay.py
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
         self.seen = 0  # images trained on (the header's ``seen``); Darknet.loss adds the batch in train mode
 
@@ -92,8 +94,12 @@ class Darknet(nn.Module):
         casts: Sequence[Optional[torch.dtype]] = self.layer_dtypes or [None] * len(self.layers)
         fusions = self.fusions if (not keep_all and not self.training and self.layer_dtypes is None
                                    and not torch.jit.is_tracing() and not torch.compiler.is_compiling()) else {}
-        done = -1  # layers up to this index were computed by a fused call (fusion.py)
         layers = list(self.layers) if fusions else []  # (for fusion.run: quicker to index than the ModuleList)
+        if fusions and self.layer_dtypes is None:
+            replayed = forward_frame(self, x, layers, fusions)  # later frames of a layout: replay.py
+            if replayed is not None:
+                return replayed
+        done = -1  # layers up to this index were computed by a fused call (fusion.py)
         for i, (layer, inputs, release, cast) in enumerate(zip(self.layers, self.layer_inputs, self.release_after,
                                                                casts)):
             if i > done:
@@ -113,6 +119,12 @@ class Darknet(nn.Module):
                 for j in release:  # no later layer reads it: let its memory go now
                     outs[j] = empty
         return outs
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Darknet":
+        """(``to``, ``half``, ``cuda``, ...: parameters may get new data in place, which a replay's
+        bound calls would not see: they are dropped.)"""
+        self.replays.clear()
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> List[Tensor]:
         outs = self._run(x, keep_all=False)
@@ -198,6 +210,7 @@ class Darknet(nn.Module):
         """
         from .allocator import keep_freed_memory
 
+        self.replays.clear()
         with _collector_paused():  # (hundreds of small objects made: no full collection meanwhile)
             self.fuse()
             keep_freed_memory()

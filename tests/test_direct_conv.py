@@ -422,6 +422,7 @@ def _fusion_cfg(tmp_path: Path, extra_reader: bool) -> Path:
 @pytest.mark.parametrize("extra_reader", [False, True])
 def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, extra_reader: bool,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKCFG_REPLAY", "0")  # the ordinary path's calls (replays: tests/test_replay.py)
     m = optimized(_fusion_cfg(tmp_path, extra_reader), seed=11)
     # 1 expand -> 2 depthwise -> 3 projection -> 4 dropout -> 5 shortcut; 6 -> 7 -> 8 -> 9 shortcut
     # (with extra_reader a route reads 8: the shortcut stays apart)

@@ -124,6 +124,7 @@ def _cfg(tmp_path: Path, extra_reader: bool) -> Path:
 @pytest.mark.parametrize("extra_reader", [False, True])
 def test_routes_read_by_one_layer_alone_are_folded_into_it(tmp_path: Path, extra_reader: bool,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKCFG_REPLAY", "0")  # the ordinary path's calls (replays: tests/test_replay.py)
     m = optimized(_cfg(tmp_path, extra_reader), seed=3)
     folded = {i: f for i, f in m.fusions.items() if isinstance(f, FoldedRoute)}
     # 0 conv, 1 route (half), 2, 3 conv, 4 route [3, 2], 5 conv 1x1, 6 route [0, 5], 7 maxpool;

@@ -14,7 +14,7 @@ from .. import native
 from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
-from .direct_conv import DirectConv
+from .direct_conv import DirectConv, StepCall
 from .onednn import FusedConv
 from .onednn import available as onednn_available
 from .lean import new_conv2d, register_tensors, set_plain
@@ -159,6 +159,18 @@ class ConvLayer(WeightedLayer):
         ready = any(plan is not None for plan in plans.values())
         set_plain(self, onednn_ready=ready, **plans)  # (plain objects, not modules: set directly)
         return ready
+
+    @torch.jit.unused
+    def bind(self, xs: List[Tensor]) -> Optional[StepCall]:
+        """This layer's direct-kernel call for inputs laid out like ``xs``, bound once (a frame
+        replay's step, :mod:`darkcfg.replay`), or None where :meth:`forward` would not take it."""
+        direct = self.direct
+        if not self.onednn_ready or self.xnor or direct is None:
+            return None
+        call = direct.bind(xs[0])
+        if call is None:
+            return None
+        return lambda xs, outs: call(xs[0], None)
 
     @torch.jit.unused
     def _onednn_forward(self, x: Tensor) -> Optional[Tensor]:

@@ -94,6 +94,22 @@ _KERNELS = {"depthwise": "darkcfg_dw_nhwc", "pointwise": "darkcfg_pw_nhwc", "ste
 
 _STRIDES: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
 
+#: A kernel call with its checks done and its arguments fixed but for the tensors' addresses (see
+#: :meth:`DirectConv.bind`): ``call(x, residual) -> y``.
+Bound = Callable[[Tensor, Optional[Tensor]], Tensor]
+#: The same for kernels reading several maps in place: ``call(addresses of the parts) -> y``.
+BoundParts = Callable[[Sequence[int]], Tensor]
+#: A step of a frame replay (:mod:`darkcfg.replay`): ``call(xs, outs) -> output``, ``xs`` the
+#: layer's (or fused chain's) inputs, ``outs`` the frame's outputs so far (a folded shortcut's residual).
+StepCall = Callable[[List[Tensor], List[Tensor]], Tensor]
+
+
+def bind_parts(call: BoundParts, xs: List[Tensor], parts: Sequence[Tensor]) -> StepCall:
+    """A step reading ``parts`` -- views of the inputs ``xs`` (a ``[route]``'s channel slices) -- in
+    place: their addresses are the inputs' plus the views' offsets, fixed for a layout."""
+    offsets = [(k, part.data_ptr() - x.data_ptr()) for k, (x, part) in enumerate(zip(xs, parts))]
+    return lambda xs, outs: call([xs[k].data_ptr() + offset for k, offset in offsets])
+
 
 def nhwc_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     """The strides of an NHWC (channels-last) tensor of NCHW ``shape``, cached per shape: outputs
@@ -295,6 +311,11 @@ class DirectConv:
         read only by this conv: the concatenation is never made).  The same sums in the same order
         as on the concatenated map: bit-identical.  None where the plain call would not take the
         kernel, or the parts are not what :func:`_pixel_strides` takes."""
+        call = self.bind_parts(parts)
+        return None if call is None else call([x.data_ptr() for x in parts])
+
+    def bind_parts(self, parts: Sequence[Tensor]) -> Optional[BoundParts]:
+        """:meth:`on_parts` as a bound call (see :meth:`bind`) for parts laid out like ``parts``."""
         if self.kind != "pointwise" or len(parts) != 2:
             return None
         def make(strides: List[int]) -> Optional[Tuple[Tuple[int, ...], Tensor]]:
@@ -312,12 +333,29 @@ class DirectConv:
             return None
         out_shape, geometry = plan
         weights, bias = self._weights()
-        y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
-        lib.darkcfg_pw_split_nhwc(parts[0].data_ptr(), parts[1].data_ptr(), weights.data_ptr(), bias.data_ptr(),
-                                  y.data_ptr(), geometry.data_ptr())
-        return y
+        fn, strides = lib.darkcfg_pw_split_nhwc, nhwc_strides(out_shape)
+        wp, bp, gp = weights.data_ptr(), bias.data_ptr(), geometry.data_ptr()
+
+        def call(at: Sequence[int], _keep: tuple = (weights, bias, geometry)) -> Tensor:
+            y = torch.empty_strided(out_shape, strides)
+            fn(at[0], at[1], wp, bp, y.data_ptr(), gp)
+            return y
+        return call
 
     def _launch(self, x: Tensor, residual: Optional[Tensor], act: int) -> Optional[Tensor]:
+        call = self.bind(x, residual, act)
+        return None if call is None else call(x, residual)
+
+    def bind(self, x: Tensor, residual: Optional[Tensor] = None, act: Optional[int] = None) -> Optional[Bound]:
+        """This layer's kernel call for inputs laid out like ``x`` (and ``residual``: a folded
+        shortcut, see :meth:`with_residual`), every check done and every argument fixed but the
+        tensors' addresses: ``call(x, residual) -> y``; None where the kernel does not apply.
+
+        Every call here goes through it; a frame replay (:mod:`darkcfg.replay`) keeps the call
+        for the next frames of that shape, so they skip the checks.  It holds the packed weights
+        it was made with: valid while the layer's weight and bias are unchanged.
+        """
+        act = self.act if act is None else act
         plan = self._geometry(x, uncapped=residual is not None)
         if plan is None:
             return None
@@ -328,14 +366,24 @@ class DirectConv:
         if lib is None:
             return None
         w, b = self._weights()
-        y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
+        strides, keep = nhwc_strides(out_shape), (w, b, geometry)
+        wp, bp, gp = w.data_ptr(), b.data_ptr(), geometry.data_ptr()
         if residual is not None:
-            lib.darkcfg_pw_residual_nhwc(x.data_ptr(), w.data_ptr(), b.data_ptr(), residual.data_ptr(), y.data_ptr(),
-                                         geometry.data_ptr(), act)
-        else:
-            kernel = getattr(lib, _KERNELS[self.kind])
-            kernel(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), geometry.data_ptr())
-        return y
+            fused_residual = lib.darkcfg_pw_residual_nhwc
+
+            def call_residual(x: Tensor, residual: Optional[Tensor], _keep: tuple = keep) -> Tensor:
+                assert residual is not None
+                y = torch.empty_strided(out_shape, strides)
+                fused_residual(x.data_ptr(), wp, bp, residual.data_ptr(), y.data_ptr(), gp, act)
+                return y
+            return call_residual
+        kernel = getattr(lib, _KERNELS[self.kind])
+
+        def call(x: Tensor, residual: Optional[Tensor], _keep: tuple = keep) -> Tensor:
+            y = torch.empty_strided(out_shape, strides)
+            kernel(x.data_ptr(), wp, bp, y.data_ptr(), gp)
+            return y
+        return call
 
 
 def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: DirectConv, x: Tensor,
@@ -345,6 +393,14 @@ def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: 
     depthwise output row live in per-thread buffers (see :mod:`darkcfg.fusion`; bit-identical to
     the separate kernels).  None where any of the kernels refuses this input (the caller then runs
     the layers one by one)."""
+    call = bind_block(expand, depthwise, pointwise, x, residual, act)
+    return None if call is None else call(x, residual)
+
+
+def bind_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: DirectConv, x: Tensor,
+               residual: Optional[Tensor], act: int) -> Optional[Bound]:
+    """:func:`fused_block` as a bound call (see :meth:`DirectConv.bind`) for inputs laid out like
+    ``x`` and ``residual``."""
     # (Per block and frame: the cheapest checks first, the shape's plan from a cache.)
     key = (x.shape, act, expand is not None)
     fused = pointwise._fused.get(key, False)
@@ -368,11 +424,16 @@ def fused_block(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: 
     we, be = expand._weights() if expand is not None else (None, None)
     wd, bd = depthwise._weights()
     wp, bp = pointwise._weights()
-    y = torch.empty_strided(out_shape, out_strides)
-    lib.darkcfg_block_nhwc(x.data_ptr(), None if we is None else we.data_ptr(), None if be is None else be.data_ptr(),
-                           wd.data_ptr(), bd.data_ptr(), wp.data_ptr(), bp.data_ptr(),
-                           None if residual is None else residual.data_ptr(), y.data_ptr(), geometry.data_ptr())
-    return y
+    fn = lib.darkcfg_block_nhwc
+    wep, bep = (None, None) if we is None or be is None else (we.data_ptr(), be.data_ptr())
+    wdp, bdp, wpp, bpp, gp = wd.data_ptr(), bd.data_ptr(), wp.data_ptr(), bp.data_ptr(), geometry.data_ptr()
+
+    def call(x: Tensor, residual: Optional[Tensor], _keep: tuple = (we, be, wd, bd, wp, bp, geometry)) -> Tensor:
+        y = torch.empty_strided(out_shape, out_strides)
+        fn(x.data_ptr(), wep, bep, wdp, bdp, wpp, bpp, None if residual is None else residual.data_ptr(),
+           y.data_ptr(), gp)
+        return y
+    return call
 
 
 def _block_geometry(expand: Optional[DirectConv], depthwise: DirectConv, pointwise: DirectConv,
@@ -461,6 +522,13 @@ def pool_concat_nhwc(parts: Sequence[Tensor], size: int, stride_x: int, stride_y
     (a max pool works channel by channel, so the values are the same): a ``[route]`` read only by a
     ``[maxpool]`` (yolov4-tiny's CSP stages) never makes its concatenation.  None where a part is
     not what :func:`_pixel_strides` takes, or the pool exceeds :data:`MAX_POOL_TAPS`."""
+    call = bind_pool_concat(parts, size, stride_x, stride_y, padding)
+    return None if call is None else call([x.data_ptr() for x in parts])
+
+
+def bind_pool_concat(parts: Sequence[Tensor], size: int, stride_x: int, stride_y: int,
+                     padding: int) -> Optional[BoundParts]:
+    """:func:`pool_concat_nhwc` as a bound call (see :meth:`DirectConv.bind`) for parts laid out like ``parts``."""
     def make(strides: List[int]) -> Optional[Tuple[Tuple[int, ...], List[Tensor]]]:
         n, _, h, w = parts[0].shape
         total = sum(x.shape[1] for x in parts)
@@ -476,12 +544,17 @@ def pool_concat_nhwc(parts: Sequence[Tensor], size: int, stride_x: int, stride_y
     if plan is None or lib is None:
         return None
     out_shape, geometries = plan
-    y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
-    at = y.data_ptr()
-    for x, geometry in zip(parts, geometries):
-        lib.darkcfg_maxpool_nhwc(x.data_ptr(), at, geometry.data_ptr())
-        at += x.shape[1] * 4
-    return y
+    fn, strides = lib.darkcfg_maxpool_nhwc, nhwc_strides(out_shape)
+    runs = [(g.data_ptr(), x.shape[1] * 4) for x, g in zip(parts, geometries)]  # (geometry, bytes of channels)
+
+    def call(at: Sequence[int], _keep: list = geometries) -> Tensor:
+        y = torch.empty_strided(out_shape, strides)
+        to = y.data_ptr()
+        for src, (gp, width) in zip(at, runs):
+            fn(src, to, gp)
+            to += width
+        return y
+    return call
 
 
 #: the parts' key -> (output shape, geometry) of :func:`concat_nhwc`.
@@ -492,6 +565,12 @@ def concat_nhwc(parts: Sequence[Tensor]) -> Optional[Tensor]:
     """``torch.cat(parts, 1)`` into a new NHWC map by the native kernel, for the parts
     :func:`_pixel_strides` takes (a ``[route]``'s on NHWC maps), or None (the caller's
     ``torch.cat`` runs).  Why: torch.cat ran NHWC maps at a quarter to two thirds of copy speed."""
+    call = bind_concat(parts)
+    return None if call is None else call([x.data_ptr() for x in parts])
+
+
+def bind_concat(parts: Sequence[Tensor]) -> Optional[BoundParts]:
+    """:func:`concat_nhwc` as a bound call (see :meth:`DirectConv.bind`) for parts laid out like ``parts``."""
     def make(strides: List[int]) -> Tuple[Tuple[int, ...], Tensor]:
         n, _, h, w = parts[0].shape
         total = sum(x.shape[1] for x in parts)
@@ -503,7 +582,11 @@ def concat_nhwc(parts: Sequence[Tensor]) -> Optional[Tensor]:
     if plan is None or lib is None:
         return None
     out_shape, geometry = plan
-    y = torch.empty_strided(out_shape, nhwc_strides(out_shape))
-    sources = (ctypes.c_int64 * len(parts))(*[x.data_ptr() for x in parts])
-    lib.darkcfg_concat_nhwc(sources, y.data_ptr(), geometry.data_ptr())
-    return y
+    fn, strides, gp, count = lib.darkcfg_concat_nhwc, nhwc_strides(out_shape), geometry.data_ptr(), len(parts)
+    addresses = ctypes.c_int64 * count
+
+    def call(at: Sequence[int], _keep: Tensor = geometry) -> Tensor:
+        y = torch.empty_strided(out_shape, strides)
+        fn(addresses(*at), y.data_ptr(), gp)
+        return y
+    return call

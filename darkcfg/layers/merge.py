@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..graph import LayerSpec
 from . import functional as DF
 from .activations import Activation
-from .direct_conv import concat_nhwc
+from .direct_conv import StepCall, bind_concat, bind_parts, concat_nhwc
 from .registry import BuildContext, WeightedLayer, builder
 from .tracing import as_map
 
@@ -51,6 +51,17 @@ class Route(nn.Module):
             parts = [p.chunk(self.groups, 1)[self.group_id] if self.groups > 1 else p for p in parts]
             return as_map(torch.cat(parts, 1))
         return DF.route(xs, self.groups, self.group_id)
+
+    @torch.jit.unused
+    def bind(self, xs: List[Tensor]) -> Optional[StepCall]:
+        """The native concatenation :meth:`forward` makes of inputs laid out like ``xs``, bound
+        once (a frame replay's step, :mod:`darkcfg.replay`); a lone input passed through as is;
+        None otherwise (the replay calls the layer)."""
+        if len(xs) == 1 and self.groups == 1:
+            return lambda xs, outs: xs[0]
+        parts = route_parts(self, xs)
+        call = bind_concat(parts) if parts is not None and len(parts) > 1 else None
+        return None if call is None or parts is None else bind_parts(call, xs, parts)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, group_id={self.group_id}" if self.groups > 1 else ""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..graph import LayerSpec
 from . import functional as DF
-from .direct_conv import maxpool_nhwc
+from .direct_conv import StepCall, bind_pool_concat, maxpool_nhwc
 from .registry import BuildContext, builder
 
 
@@ -39,6 +39,15 @@ class PaddedMaxPool(nn.Module):
             if fast is not None:
                 return fast
         return DF.darknet_maxpool(xs[0], self.size, self.stride_x, self.stride_y, self.padding)
+
+    @torch.jit.unused
+    def bind(self, xs: List[Tensor]) -> Optional[StepCall]:
+        """The native pool :meth:`forward` runs on inputs laid out like ``xs``, bound once (a frame
+        replay's step, :mod:`darkcfg.replay`), or None where it would not."""
+        if self.antialiasing or type(self) is not PaddedMaxPool:  # (LocalAvgPool averages)
+            return None
+        call = bind_pool_concat(xs, self.size, self.stride_x, self.stride_y, self.padding)
+        return None if call is None else lambda xs, outs: call([xs[0].data_ptr()])
 
     def extra_repr(self) -> str:
         return f"size={self.size}, stride=({self.stride_y}, {self.stride_x}), padding={self.padding}"
