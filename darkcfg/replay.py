@@ -20,6 +20,7 @@ records a new replay).  ``DARKCFG_REPLAY=0`` turns replays off.
 
 from __future__ import annotations
 
+import operator
 import os
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
@@ -32,6 +33,9 @@ from .layers.direct_conv import StepCall
 
 if TYPE_CHECKING:
     from .model import Darknet
+
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place edit counter
+_HOOKS, _PRE_HOOKS = operator.attrgetter("_forward_hooks"), operator.attrgetter("_forward_pre_hooks")
 
 #: Input layouts a model keeps replays for (a video stream has one; a size sweep many).
 MAX_REPLAYS = 8
@@ -57,17 +61,19 @@ class Replay:
         # the bound convs' weights and biases: the same tensors (in their convs), unedited
         params = [(conv._parameters, name, t) for conv in _convs(bound_layers + chained)
                   for name, t in conv._parameters.items() if t is not None]
-        self.owners = [(owner, name, t) for owner, name, t in params]
-        self.versioned = [t for _, _, t in params if not t.is_inference()]  # (inference tensors have no counter)
-        self.versions = [t._version for t in self.versioned]
+        self.owners, self.names = [owner for owner, _, _ in params], [name for _, name, _ in params]
+        self.tensors = [t for _, _, t in params]
+        self.versioned = [t for t in self.tensors if not t.is_inference()]  # (inference tensors have no counter)
+        self.versions = list(map(_VERSION, self.versioned))
 
     def holds(self, model: "Darknet", layers: Sequence[nn.Module]) -> bool:
-        """Whether everything this replay fixed is still so (checked every frame, microseconds)."""
+        """Whether everything this replay fixed is still so (checked every frame; C-level loops:
+        Yolo-Fastest's 168 tensors and 131 layers in ~15 us)."""
         return (model.fusions is self.fusions and len(layers) == len(self.layers)
-                and all(a is b for a, b in zip(layers, self.layers))
-                and all(owner.get(name) is t for owner, name, t in self.owners)
-                and [t._version for t in self.versioned] == self.versions
-                and not any(m._forward_hooks or m._forward_pre_hooks for m in self.bound_layers))
+                and all(map(operator.is_, layers, self.layers))
+                and all(map(operator.is_, map(dict.get, self.owners, self.names), self.tensors))
+                and list(map(_VERSION, self.versioned)) == self.versions
+                and not any(map(_HOOKS, self.bound_layers)) and not any(map(_PRE_HOOKS, self.bound_layers)))
 
     def run(self, x: Tensor, count: int) -> List[Tensor]:
         """Every layer's output slot for input ``x`` (released ones empty, as ``forward`` leaves them)."""
