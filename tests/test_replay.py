@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import darkcfg
-from darkcfg import native
+from darkcfg import native, replay
 from darkcfg.layers.direct_conv import DirectConv
 
 from fastpath_helpers import CONV, optimized, write_cfg
@@ -74,13 +74,13 @@ def test_replayed_frames_are_bit_identical_and_skip_the_checks(model: darkcfg.Da
     frames = _frames(model, x, 4)
     assert all(_same(f, reference) for f in frames)
     assert len(model.replays) == 1
-    replay = next(iter(model.replays.values()))
+    frame_replay = next(iter(model.replays.values()))
     recorded = len(binds)
     assert recorded > 0
     assert _same(_frames(model, x, 2)[-1], reference) and len(binds) == recorded  # later frames bind nothing
-    bound = [s for s in replay.steps if s[1].__qualname__.split(".")[0] not in ("_layer_step", "_fused_step")]
+    bound = [s for s in frame_replay.steps if s[1].__qualname__.split(".")[0] not in ("_layer_step", "_fused_step")]
     assert len(bound) >= 9  # stem, 2 blocks, folded 1x1 and pool, grouped conv, pool, concatenations
-    assert replay.steps[-1][2] == len(model.layers) - 1
+    assert frame_replay.steps[-1][2] == len(model.layers) - 1
 
 
 def test_each_layout_gets_its_own_replay(model: darkcfg.Darknet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,6 +91,10 @@ def test_each_layout_gets_its_own_replay(model: darkcfg.Darknet, monkeypatch: py
     nhwc = nchw.contiguous(memory_format=torch.channels_last)
     assert _same(_frames(model, nhwc)[-1], _ordinary(model, nchw, monkeypatch))
     assert len(model.replays) == 3  # (the model makes its input NHWC: both layouts are one replay)
+    monkeypatch.setattr(replay, "MAX_REPLAYS", 3)
+    x = torch.rand(2, 3, 24, 40)
+    assert _same(_frames(model, x)[-1], _ordinary(model, x, monkeypatch))
+    assert len(model.replays) == 3 and (1, 3, 24, 40) not in [key[0] for key in model.replays]  # the oldest went
 
 
 def test_edited_or_replaced_weights_are_seen(model: darkcfg.Darknet, monkeypatch: pytest.MonkeyPatch) -> None:
