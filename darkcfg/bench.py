@@ -95,7 +95,7 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
 def fast_paths() -> dict:
     """Which CPU fast paths ``optimize()`` has in this process (a speed figure means little
     without it): the native C kernels and how they thread, Winograd for dense 3x3 convs (it
-    needs the kernels), and oneDNN's fused conv."""
+    needs the kernels), oneDNN's fused conv, and frame replays (:mod:`darkcfg.replay`)."""
     from . import native
     from .layers import onednn, winograd
 
@@ -108,7 +108,9 @@ def fast_paths() -> dict:
         wino = "off (DARKCFG_WINOGRAD=0)"
     else:
         wino = "yes" if have_library else "no (needs the native kernels)"
-    return {"native kernels": kernels, "Winograd 3x3": wino, "oneDNN fused conv": "yes" if onednn.available() else "no"}
+    replays = "off (DARKCFG_REPLAY=0)" if os.environ.get("DARKCFG_REPLAY") == "0" else "yes"
+    return {"native kernels": kernels, "Winograd 3x3": wino, "oneDNN fused conv": "yes" if onednn.available() else "no",
+            "frame replays": replays}
 
 
 def _opencv_contender(cfg: str, weights: Path, x: torch.Tensor, threads: int) -> tuple[Optional[Callable[[], object]], str]:

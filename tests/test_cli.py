@@ -197,6 +197,7 @@ def test_bench_runs(detector_files: tuple[Path, Path], capsys: pytest.CaptureFix
         "on torch's OpenMP threads" if native.uses_openmp() else "pthreads")
     assert data["fast_paths"]["native kernels"].startswith(expected)
     assert data["fast_paths"]["Winograd 3x3"] == ("yes" if native.library() is not None else "no (needs the native kernels)")
+    assert data["fast_paths"]["frame replays"] == "yes"
 
 
 def test_run_real_weights_prints_like_darknet(shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
