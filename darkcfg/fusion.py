@@ -44,8 +44,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NamedTuple, Op
 from torch import Tensor, nn
 
 from .layers.conv import ConvLayer
-from .layers.direct_conv import (ACTIVATIONS, DirectConv, StepCall, bind_block, bind_parts, bind_pool_concat,
-                                 fused_block, pool_concat_nhwc)
+from .layers.direct_conv import ACTIVATIONS, DirectConv, StepCall, bind_block, bind_parts, bind_pool_concat
 from .layers.merge import Route, Shortcut, route_parts
 from .layers.misc import Dropout
 from .layers.pool import PaddedMaxPool
@@ -200,34 +199,16 @@ def run(layers: Sequence[nn.Module], fusion: Union[Fusion, FoldedRoute, FoldedSh
         layer = layers[fusion.last - 1]
         winograd = layer.winograd if isinstance(layer, ConvLayer) else None
         return None if winograd is None else winograd(xs[0], outs[fusion.residual])
-    if isinstance(fusion, FoldedRoute):
-        route, reader = layers[fusion.last - 1], layers[fusion.last]
-        parts = route_parts(route, xs) if isinstance(route, Route) else None
-        if parts is None:
-            return None
-        if type(reader) is PaddedMaxPool:  # (not its LocalAvgPool subclass)
-            return pool_concat_nhwc(parts, reader.size, reader.stride_x, reader.stride_y, reader.padding)
-        reads = _direct(layers, fusion.last, "pointwise")
-        return None if reads is None else reads.on_parts(parts)
-    x = xs[0]
-    pointwise = _direct(layers, fusion.pointwise, "pointwise")
-    if pointwise is None:
-        return None
-    residual = None if fusion.residual is None else outs[fusion.residual]
-    if fusion.depthwise is None:
-        return None if residual is None else pointwise.with_residual(x, residual, fusion.act)
-    depthwise = _direct(layers, fusion.depthwise, "depthwise")
-    expand = None if fusion.expand is None else _direct(layers, fusion.expand, "pointwise")
-    if depthwise is None or (expand is None) != (fusion.expand is None):
-        return None
-    return fused_block(expand, depthwise, pointwise, x, residual, fusion.act)
+    call = bind(layers, fusion, xs, outs)
+    return None if call is None else call(xs, outs)
 
 
 def bind(layers: Sequence[nn.Module], fusion: Union[Fusion, FoldedRoute, FoldedShortcut], xs: List[Tensor],
          outs: List[Tensor]) -> Optional[StepCall]:
-    """:func:`run`'s kernel call for inputs laid out like ``xs`` (and ``outs``), bound once (see
-    :meth:`darkcfg.layers.direct_conv.DirectConv.bind`), or None where :func:`run` would refuse
-    or the fusion has no bound form (a Winograd conv with its shortcut)."""
+    """``fusion``'s kernel call for inputs laid out like ``xs`` (and ``outs``), bound once (see
+    :meth:`darkcfg.layers.direct_conv.DirectConv.bind`): :func:`run` calls it at once, a frame
+    replay (:mod:`darkcfg.replay`) keeps it.  None where the kernels refuse these inputs, or the
+    fusion has no bound form (a Winograd conv with its shortcut: :func:`run` only)."""
     if isinstance(fusion, FoldedShortcut):
         return None
     if isinstance(fusion, FoldedRoute):

@@ -438,10 +438,10 @@ def test_shortcut_folds_into_the_projection_conv_bit_for_bit(tmp_path: Path, ext
     assert torch.equal(fused[-1], every[-1].contiguous())
     assert all(t.shape == s for t, s in zip(trained, [o.shape for o in plain]))
     calls: list = []
-    original, original_block = DirectConv.with_residual, fusion.fused_block
-    monkeypatch.setattr(DirectConv, "with_residual",
-                        lambda self, *a: calls.append("residual") or original(self, *a))  # type: ignore[func-returns-value]
-    monkeypatch.setattr(fusion, "fused_block",
+    original, original_block = DirectConv.bind, fusion.bind_block
+    monkeypatch.setattr(DirectConv, "bind", lambda self, x, residual=None, act=None: (  # type: ignore[func-returns-value]
+        residual is not None and calls.append("residual")) or original(self, x, residual, act))
+    monkeypatch.setattr(fusion, "bind_block",
                         lambda *a: calls.append("block") or original_block(*a))  # type: ignore[func-returns-value]
     m.eval()
     with torch.no_grad():
@@ -473,15 +473,18 @@ def test_residual_fold_has_no_multiply_add_cap(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_refused_fusion_runs_the_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKCFG_REPLAY", "0")  # (a replay refused at its recording: tests/test_replay.py)
     m = darkcfg.load(_fusion_cfg(tmp_path, False))
     m.load_weights(io.BytesIO(synthetic_weights(m.graph, seed=11)))
     m.optimize()
     x = torch.rand(1, 3, 24, 40)
     with torch.no_grad():
         ref = m(x)
-        monkeypatch.setattr(fusion, "fused_block", lambda *a: None)
+        monkeypatch.setattr(fusion, "bind_block", lambda *a: None)
         assert all(torch.equal(a, b) for a, b in zip(m(x), ref))
-        monkeypatch.setattr(DirectConv, "with_residual", lambda self, *a: None)
+        original = DirectConv.bind
+        monkeypatch.setattr(DirectConv, "bind", lambda self, x, residual=None, act=None:
+                            None if residual is not None else original(self, x, residual, act))
         assert all(torch.equal(a, b) for a, b in zip(m(x), ref))
 
 

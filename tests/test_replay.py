@@ -174,6 +174,21 @@ def test_a_refusing_fused_call_reruns_the_frame(tmp_path: Path, monkeypatch: pyt
     assert _same(_frames(m, x, 2)[-1], _ordinary(m, x, monkeypatch))
 
 
+def test_calls_refused_while_recording_become_layer_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fused call or kernel that refuses the first frame's inputs: the replay runs those layers
+    one by one, as forward does (same outputs)."""
+    from darkcfg import fusion
+
+    m = optimized(_cfg(tmp_path), seed=7)
+    x = torch.rand(1, 3, 24, 40)
+    reference = _ordinary(m, x, monkeypatch)
+    monkeypatch.setattr(fusion, "bind_block", lambda *a: None)
+    monkeypatch.setattr(DirectConv, "bind_parts", lambda self, p: None)
+    assert _same(_frames(m, x)[-1], reference)
+    steps = next(iter(m.replays.values())).steps
+    assert len(steps) == len(m.layers) - 1  # (only the route folded into its pool is still one step)
+
+
 def test_real_yolo_fastest_replays_bit_identically(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = shared / "darknet" / "yolo-fastest" / "yolo-fastest-1.1_coco"
     m = darkcfg.load(folder / "yolo-fastest-1.1.cfg", folder / "yolo-fastest-1.1.weights").optimize()

@@ -131,16 +131,16 @@ def test_routes_read_by_one_layer_alone_are_folded_into_it(tmp_path: Path, extra
     # extra: 9 reads 6 too
     assert folded == ({4: FoldedRoute(5)} if extra_reader else {4: FoldedRoute(5), 6: FoldedRoute(7)})
     calls: list = []
-    pool, on_parts = fusion.pool_concat_nhwc, DirectConv.on_parts
-    monkeypatch.setattr(fusion, "pool_concat_nhwc", lambda *a: calls.append("pool") or pool(*a))
-    monkeypatch.setattr(DirectConv, "on_parts", lambda self, p: calls.append("1x1") or on_parts(self, p))
+    pool, on_parts = fusion.bind_pool_concat, DirectConv.bind_parts
+    monkeypatch.setattr(fusion, "bind_pool_concat", lambda *a: calls.append("pool") or pool(*a))
+    monkeypatch.setattr(DirectConv, "bind_parts", lambda self, p: calls.append("1x1") or on_parts(self, p))
     x = torch.rand(2, 3, 24, 40)
     fused, every, plain = with_and_without_fusions(m, x)
     assert calls == (["1x1"] if extra_reader else ["1x1", "pool"])
     assert all(torch.equal(a, b) for a, b in zip(fused, plain))
     assert torch.equal(fused[-1], every[m.output_layers[-1]].contiguous())
-    monkeypatch.setattr(fusion, "pool_concat_nhwc", lambda *a: None)  # refused calls run the layers
-    monkeypatch.setattr(DirectConv, "on_parts", lambda self, p: None)
+    monkeypatch.setattr(fusion, "bind_pool_concat", lambda *a: None)  # refused calls run the layers
+    monkeypatch.setattr(DirectConv, "bind_parts", lambda self, p: None)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(m(x), plain))
 
