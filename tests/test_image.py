@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from darkcfg import native
 from darkcfg.errors import ImageError
 from darkcfg.image import (
+    _resize_window,
     darknet_resize,
     image_from_array,
     letterbox,
@@ -95,6 +97,27 @@ def test_resize_degenerate_sizes() -> None:
     assert darknet_resize(x, 3, 1).shape == (1, 1, 3)
     with pytest.raises(ValueError):
         darknet_resize(x, 0, 3)
+
+
+@pytest.mark.skipif(native.library() is None, reason="the native kernels cannot be built here")
+def test_native_resize_is_the_numpy_resize_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native pass (uint8 images) and the numpy one compute the same float32 operations, each
+    product and sum rounded on its own (no FMA): equal bit for bit, for whole images, windows
+    (resize_min's crop), one-pixel sides and outputs, up- and down-scaling, the last-row quirk."""
+    rng = np.random.default_rng(11)
+    sizes = [(576, 768, 320, 320), (576, 768, 320, 240), (512, 512, 448, 448), (1, 50, 20, 7), (50, 1, 7, 20),
+             (5, 5, 5, 5), (100, 100, 1, 1), (3, 400, 416, 416), (33, 47, 100, 13)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 200, 4)) for _ in range(12)]
+    for h, w, out_w, out_h in sizes:
+        src = rng.integers(0, 256, (h, w, 3), dtype=np.uint8).transpose(2, 0, 1)
+        cols = np.sort(rng.choice(out_w, size=min(out_w, 5), replace=False))
+        rows = np.sort(rng.choice(out_h, size=min(out_h, 4), replace=False))
+        native_out = [_resize_window(src, out_w, out_h), _resize_window(src, out_w, out_h, cols, rows)]
+        with monkeypatch.context() as mp:
+            mp.setattr(native, "resize_u8", lambda *a: False)  # the numpy path
+            numpy_out = [_resize_window(src, out_w, out_h), _resize_window(src, out_w, out_h, cols, rows)]
+        for a, b in zip(native_out, numpy_out):
+            assert a.shape == b.shape and np.array_equal(a, b), (h, w, out_w, out_h)
 
 
 def _real_pairs(shared: Path) -> list[tuple[str, Path, Path]]:
@@ -276,6 +299,13 @@ def test_image_from_array_variants() -> None:
     f = np.full((2, 3, 3), 0.5, np.float32)
     assert np.all(image_from_array(f) == 128)  # rint(127.5) = 128
     assert image_from_array(np.zeros((2, 3, 1), np.uint16)).shape == (2, 3, 3)
+    rng = np.random.default_rng(4)
+    for channels in (3, 4):  # OpenCV's swap (contiguous uint8) and numpy's (a view) give the same bytes
+        a = rng.integers(0, 256, (37, 53, channels), dtype=np.uint8)
+        for src in (a, a[:, ::-1]):
+            out = image_from_array(src)
+            assert out.flags.c_contiguous and out.shape == (37, 53, 3)
+            assert np.array_equal(out, src[:, :, 2::-1])
 
 
 def test_image_from_array_rejects_bad_input() -> None:
@@ -293,8 +323,6 @@ def test_image_from_array_rejects_bad_input() -> None:
 def test_resize_of_a_decoded_image_is_the_channel_first_resize(h: int, w: int, out_w: int, out_h: int) -> None:
     """A decoded H x W x 3 image is resized in its own layout (image._resize_window_hwc): bit for bit
     the values of the channel-first resize (the last-row quirk of 512 -> 448 included)."""
-    from darkcfg.image import _resize_window
-
     img = np.random.default_rng(h * 1000 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
     fast = _resize_window(img.transpose(2, 0, 1), out_w, out_h)
     reference = _resize_window(np.ascontiguousarray(img.transpose(2, 0, 1)), out_w, out_h)
