@@ -882,11 +882,32 @@ def nms(dets: Detections, nms_thresh: float = 0.45, kind: str = "default", beta:
     cpu = dets if device.type == "cpu" else Detections(dets.boxes.cpu(), dets.objectness.cpu(), dets.probs.cpu(),
                                                         dets.head_index.cpu())
     probs = cpu.probs.clone()
-    if nms_thresh >= 0:
+    if 0 <= nms_thresh and len(cpu) <= SMALL_NMS_MAX and bool(torch.isfinite(probs).all()):
+        _nms_small(cpu, probs, nms_thresh, kind, beta)
+    elif nms_thresh >= 0:
         _nms_sparse(cpu, probs, nms_thresh, kind, beta)
     else:
         _nms_dense(cpu, probs, nms_thresh, kind, beta)
     return dets.with_probs(probs.to(device))
+
+
+#: Up to this many detections :func:`nms` takes :func:`_nms_small`.
+SMALL_NMS_MAX = 256
+
+
+def _nms_small(dets: Detections, probs: Tensor, nms_thresh: float, kind: str, beta: float) -> None:
+    """Few detections (what a detector gives at a usual threshold): one metric matrix for all of
+    them, then each class's sequential greedy pass in numpy (in place).  The same suppressions as
+    :func:`_nms_sparse` (the metric of a pair does not depend on the others; a stable sort by
+    descending prob orders ties by emission either way): Yolo-Fastest's 15-38 boxes an image took
+    1.5-3.1 ms there, in tensor ops per class and per round."""
+    over = (_suppression_metric(dets.boxes, kind, beta) > nms_thresh).numpy()
+    p = probs.detach().numpy()  # (a view: the zeros below land in ``probs``)
+    for k in np.flatnonzero((p != 0).sum(axis=0) >= 2).tolist():
+        cand = np.flatnonzero(p[:, k] != 0)
+        order = cand[np.argsort(-p[cand, k], kind="stable")]
+        alive = _greedy_keep(over[np.ix_(order, order)])
+        p[order[~alive], k] = 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -193,7 +193,10 @@ def resize_u8(hwc: "np.ndarray", cols: Sequence["np.ndarray"], rows: Sequence["n
     columns ``cols`` = (source index, next index, float32 fraction, is-last-column) and rows
     ``rows`` = (source index, next index, fraction, add-the-next-row), each as arrays in the order
     the outputs go, into the float32 ``out`` (``C x len(rows) x len(cols)``, any strides with unit
-    column stride).  False (nothing written) where the library is unavailable."""
+    column stride).  False (nothing written) where the library is unavailable.
+
+    On the calling thread only: images are prepared in forked loader processes too
+    (:mod:`darkcfg.batching`), where a GNU OpenMP team the parent started would hang forever."""
     lib = library()
     if lib is None or not hwc.flags.c_contiguous or out.dtype != np.float32 or out.strides[2] != 4:
         return False
@@ -205,7 +208,7 @@ def resize_u8(hwc: "np.ndarray", cols: Sequence["np.ndarray"], rows: Sequence["n
     g = np.array([h, w, c, len(ix), len(iy), out.strides[0] // 4, out.strides[1] // 4], dtype=np.int64)
     lib.darkcfg_resize_u8(hwc.ctypes.data, ix.ctypes.data, ix1.ctypes.data, dx.ctypes.data, last.ctypes.data,
                           iy.ctypes.data, iy1.ctypes.data, dy.ctypes.data, add.ctypes.data, out.ctypes.data,
-                          g.ctypes.data, torch.get_num_threads())
+                          g.ctypes.data, 1)
     return True
 
 

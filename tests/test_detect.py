@@ -606,16 +606,18 @@ def test_region_tree_yolo9000_head_output(shared: Path) -> None:
 # ------------------------------------------------------------------ fast NMS = dense NMS
 
 
-@pytest.mark.parametrize("pair_matrix_max", [0, 2048])  # 0: always the size-bucket pair search
+@pytest.mark.parametrize("pair_matrix_max, small_max", [(0, 0), (2048, 0), (2048, 256)])  # 0, 0: the pair search
 @pytest.mark.parametrize("kind, beta", [("default", 0.6), ("greedynms", 0.6), ("diounms", 2.0)])
-def test_sparse_nms_equals_dense_pass(kind: str, beta: float, pair_matrix_max: int,
+def test_sparse_nms_equals_dense_pass(kind: str, beta: float, pair_matrix_max: int, small_max: int,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pair search + greedy rounds give bit-identical probs to the per-class dense matrices
-    and sequential pass, on random boxes with ties, duplicates, zero sizes and several sizes."""
+    """The pair search + greedy rounds (small_max 0), and the one-matrix pass for few detections
+    (small_max 256), give bit-identical probs to the per-class dense matrices and sequential pass,
+    on random boxes with ties, duplicates, zero sizes and several sizes."""
     from darkcfg import detect as D
     from darkcfg.detect import _nms_dense
 
     monkeypatch.setattr(D, "DENSE_PAIRS_MAX", pair_matrix_max)
+    monkeypatch.setattr(D, "SMALL_NMS_MAX", small_max)
     gen = torch.Generator().manual_seed(7)
     for trial in range(40):
         m = int(torch.randint(2, 150, (), generator=gen))

@@ -328,3 +328,4 @@ def test_resize_of_a_decoded_image_is_the_channel_first_resize(h: int, w: int, o
     reference = _resize_window(np.ascontiguousarray(img.transpose(2, 0, 1)), out_w, out_h)
     assert fast.shape == reference.shape == (3, out_h, out_w)
     assert np.array_equal(fast, reference)
+
