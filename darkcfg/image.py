@@ -259,7 +259,8 @@ def _resize_columns(rows_hwc: np.ndarray, out_w: int, cols: np.ndarray) -> np.nd
 def _resize_window(src: np.ndarray, out_w: int, out_h: int, cols: Optional[np.ndarray] = None,
                    rows: Optional[np.ndarray] = None) -> np.ndarray:
     """darknet ``resize_image`` of a ``C x H x W`` array evaluated only at output ``rows`` x
-    ``cols`` (default: all); a ``C x len(rows) x len(cols)`` float32 result (a transposed view).
+    ``cols`` (default: all); a ``C x len(rows) x len(cols)`` float32 result (contiguous from the
+    native pass, :func:`darkcfg.native.resize_u8`, for uint8 images; else a transposed view).
 
     Pass 2 (along y): every row gets ``(1-d)*tmp[i]``; all rows except the last one (and none when
     the source has height 1) then get ``+ d*tmp[i+1]`` as a separate float32 add (darknet stores
