@@ -60,8 +60,10 @@ class Route(nn.Module):
         if len(xs) == 1 and self.groups == 1:
             return lambda xs, outs: xs[0]
         parts = route_parts(self, xs)
-        call = bind_concat(parts) if parts is not None and len(parts) > 1 else None
-        return None if call is None or parts is None else bind_parts(call, xs, parts)
+        if parts is None or len(parts) < 2:
+            return None
+        call = bind_concat(parts)
+        return None if call is None else bind_parts(call, xs, parts)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, group_id={self.group_id}" if self.groups > 1 else ""
