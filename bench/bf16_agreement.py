@@ -8,6 +8,10 @@ detections are paired greedily (same class, IoU >= 0.5, highest probability firs
 model: detections fp32 / bf16 / paired, and the largest probability change of a paired one.
 (Classifiers: the largest change of any top-5 probability.)  bf16 on a CPU without
 AVX512-BF16/AMX is emulated (slow) but numerically the same.
+
+The bf16 side is the policy's bf16 even for the depthwise-heavy nets that ``optimize(dtype=bf16)``
+keeps in float32 on the CPU (:func:`darkcfg.precision.keeps_float32`; the ``policy`` column says
+which): what they would give in bf16, e.g. on a device where that rule does not apply.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import darkcfg  # noqa: E402
+import darkcfg.precision  # noqa: E402
 from darkcfg.graph import HEAD_KINDS  # noqa: E402
 from darkcfg.shared import shared_dir  # noqa: E402
 
@@ -61,27 +66,33 @@ def main() -> int:
     images = sorted(str(p) for p in (darknet / "data").glob("*.jpg"))
     cfgs = sorted(darknet.glob("real/*.cfg")) + sorted(darknet.glob("yolo-fastest/*/*.cfg"))
     print(f"{len(images)} images, thresh {args.thresh}\n")
-    print("| model | detections fp32 / bf16 / paired | max prob change (paired) |")
-    print("|---|---|---|")
+    print("| model | policy | detections fp32 / bf16 / paired | max prob change (paired) |")
+    print("|---|---|---|---|")
     for cfg in cfgs:
         weights = cfg.with_suffix(".weights")
         if not weights.is_file():
             continue
         fp32 = darkcfg.load(cfg, weights).optimize()
-        bf16 = darkcfg.load(cfg, weights).optimize(dtype=torch.bfloat16)
+        policy = "fp32 kept" if darkcfg.load(cfg, weights).optimize(dtype=torch.bfloat16).precision_note else "bf16"
+        keeps = darkcfg.precision.keeps_float32
+        darkcfg.precision.keeps_float32 = lambda model, dtype: None  # type: ignore[assignment]  # (bf16 regardless)
+        try:
+            bf16 = darkcfg.load(cfg, weights).optimize(dtype=torch.bfloat16)
+        finally:
+            darkcfg.precision.keeps_float32 = keeps  # type: ignore[assignment]
         if not any(s.kind in HEAD_KINDS for s in fp32.graph.layers):
             worst = 0.0
             for a, b in zip(fp32.classify(images), bf16.classify(images)):
                 pb = {c.class_id: c.prob for c in b}
                 worst = max(worst, max(abs(c.prob - pb.get(c.class_id, 0.0)) for c in a))
-            print(f"| {cfg.stem} (classifier) | top-5 | {worst:.4f} |", flush=True)
+            print(f"| {cfg.stem} (classifier) | {policy} | top-5 | {worst:.4f} |", flush=True)
             continue
         nr = nb = npaired = 0
         worst = 0.0
         for a, b in zip(fp32.detect(images, thresh=args.thresh), bf16.detect(images, thresh=args.thresh)):
             n, w = pair(a or [], b or [])
             nr, nb, npaired, worst = nr + len(a or []), nb + len(b or []), npaired + n, max(worst, w)
-        print(f"| {cfg.stem} | {nr} / {nb} / {npaired} | {worst:.4f} |", flush=True)
+        print(f"| {cfg.stem} | {policy} | {nr} / {nb} / {npaired} | {worst:.4f} |", flush=True)
     return 0
 
 

@@ -128,6 +128,8 @@ def contenders(cfg: Path, weights: Path, row: Row, x: torch.Tensor, threads: int
         try:
             mb = darkcfg.load(cfg, weights, size=size).optimize(dtype=torch.bfloat16)  # type: ignore[call-arg]
             fns["darkcfg optimize() bf16"] = run_torch(mb, x)
+            if getattr(mb, "precision_note", None):  # the policy's float32 exception (darkcfg/precision.py)
+                notes["darkcfg optimize() bf16"] = f"{row.key}: {mb.precision_note}"
         except TypeError:
             notes["darkcfg optimize() bf16"] = "skipped: optimize(dtype=) not available in this version"
     blob = np.ascontiguousarray(x.numpy())

@@ -60,6 +60,7 @@ class Darknet(nn.Module):
         self.fused = False
         self.channels_last = False
         self.layer_dtypes: Optional[List[torch.dtype]] = None  # set by optimize(dtype=...): see precision.py
+        self.precision_note: Optional[str] = None  # why optimize(dtype=...) kept float32, if it did
         self.fusions: fusion.Fusions = {}  # set by optimize(): see fusion.py
         self.replays = Replays()  # frames as bound kernel calls, by input layout: see replay.py
         self.header: Optional[bytes] = None  # the header of the last loaded .weights (kept for save)
@@ -195,6 +196,8 @@ class Darknet(nn.Module):
         ``dtype=torch.bfloat16`` (CPUs with AVX512-BF16/AMX) or ``torch.float16`` (CUDA; what
         ``darkcfg run --half`` uses): weights converted once, NHWC, heads kept in float32 (the
         policy in :mod:`darkcfg.precision`); outputs float32, agreeing with fp32 to that rounding.
+        On the CPU a depthwise-heavy net whose convs the float32 direct kernels run stays float32
+        (faster there; ``precision_note`` says so).
         ``compile=True``: the whole ``forward`` captured as ONE graph by ``torch.compile``
         (``fullgraph``, static shapes: one compile per input shape, none per layer), compiled
         here on a batch of 1 at the net's size; ``compile_seconds`` records how long that took.
@@ -220,9 +223,10 @@ class Darknet(nn.Module):
                     if enable is not None:
                         enable()
                 self.fusions = fusion.plan(self)
-        if dtype is not None and dtype != torch.float32:
-            from .precision import convert
+        from .precision import convert, keeps_float32
 
+        self.precision_note = None if dtype is None or dtype == torch.float32 else keeps_float32(self, dtype)
+        if dtype is not None and dtype != torch.float32 and self.precision_note is None:
             convert(self, dtype)
             self.to(memory_format=torch.channels_last)
             self.channels_last = True

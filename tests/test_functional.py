@@ -474,6 +474,30 @@ def test_shortcut_unweighted_prefix_add():
     close(got, _shortcut_ref(prev, froms, None, "none", "none"))
 
 
+def test_shortcut_unweighted_prefix_add_other_spatial_sizes():
+    """From-layers of another height/width: the prefix is not whole channels (the flat form)."""
+    prev = rand((2, 4, 3, 5), seed=1)
+    froms = [rand((2, 3, 2, 5), seed=2), rand((2, 2, 4, 4), seed=3)]
+    close(F.shortcut_add(t(prev), [t(f) for f in froms]), _shortcut_ref(prev, froms, None, "none", "none"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shortcut_channel_prefix_keeps_channels_last_bit_identical(dtype):
+    """Fewer/more channels at the same size: channels-last in, channels-last out (no copy back to
+    NCHW), and the very values of the flat prefix add done by hand."""
+    g = torch.Generator().manual_seed(3)
+    prev = torch.randn(2, 6, 5, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    froms = [torch.randn(2, c, 5, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+             for c in (4, 9, 6)]
+    got = F.shortcut_add(prev, froms)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == dtype
+    flat = prev.reshape(2, -1).clone()
+    for f in froms:
+        ff = f.reshape(2, -1)[:, :flat.shape[1]]
+        flat[:, :ff.shape[1]] = flat[:, :ff.shape[1]] + ff
+    assert torch.equal(got, flat.reshape(prev.shape))
+
+
 @pytest.mark.parametrize("wtype,norm", [
     ("per_feature", "none"), ("per_feature", "relu"), ("per_layer", "softmax"),
     ("per_channel", "none"), ("per_channel", "relu"), ("per_channel", "softmax"), ("per_channel", "avg_relu"),

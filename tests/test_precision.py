@@ -15,6 +15,8 @@ from darkcfg.graph import HEAD_KINDS, build_graph
 from darkcfg.precision import FP32_KINDS
 from darkcfg.weights import synthetic_weights
 
+from fastpath_helpers import CONV, write_cfg
+
 ROOT = Path(__file__).resolve().parents[1]
 OWN_CFGS = sorted((ROOT / "cfgs").glob("*.cfg"))
 #: bf16 keeps 8 significant bits (relative rounding 2^-9); a few layers deep on well-scaled
@@ -46,6 +48,8 @@ def test_fp16_agrees_with_fp32(cfg: Path) -> None:
 
 def _check_agreement(cfg: Path, dtype: torch.dtype, bound: float) -> None:
     fp32, bf16, x = _pair(cfg, dtype)
+    if bf16.precision_note is not None:  # the policy's float32 exception: tested on its own below
+        return
     with torch.no_grad():
         ref, out = fp32(x), bf16(x)
     assert len(ref) == len(out)
@@ -55,6 +59,45 @@ def _check_agreement(cfg: Path, dtype: torch.dtype, bound: float) -> None:
         err = float((o - r).abs().max()) / scale
         assert err <= bound, f"{cfg.name}: {dtype} differs by {err:.2e} of scale"
         assert err > 0  # really computed in the reduced dtype, not silently fp32
+
+
+def _depthwise_net(tmp_path: Path) -> Path:
+    """Two inverted residuals (1x1 expand, depthwise 3x3, 1x1 project, shortcut), as in Yolo-Fastest:
+    every conv one the direct kernels run."""
+    block = (CONV.format(f=24, k=1, g=1, a="leaky") + CONV.format(f=24, k=3, g=24, a="leaky")
+             + CONV.format(f=8, k=1, g=1, a="linear") + "[shortcut]\nfrom=-4\nactivation=linear\n")
+    return write_cfg(tmp_path, "depthwise.cfg", CONV.format(f=8, k=1, g=1, a="leaky") + block + block)
+
+
+def test_bf16_keeps_depthwise_heavy_nets_on_the_float32_direct_kernels(tmp_path: Path, monkeypatch) -> None:
+    """A depthwise-heavy net whose convs the float32 direct kernels run is not converted on the
+    CPU (those kernels are faster there than oneDNN's bf16 convs): outputs are the fp32 path's
+    exactly and ``precision_note`` says why.  Where the native kernels cannot build, or for a net
+    that is not depthwise-heavy, bf16 is applied (and agrees with fp32 to the stated bound)."""
+    from darkcfg import native
+
+    cfg = _depthwise_net(tmp_path)
+    fp32, bf16, x = _pair(cfg)
+    assert fp32.prefers_channels_last()
+    with torch.no_grad():
+        ref, out = fp32(x), bf16(x)
+    if native.library() is None:
+        assert bf16.precision_note is None and bf16.layer_dtypes is not None
+    else:
+        assert bf16.layer_dtypes is None and "7 of its 7 convs" in (bf16.precision_note or "")
+        assert all(torch.equal(r, o) for r, o in zip(ref, out))
+        assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    # Not depthwise-heavy (as far as the policy can tell): converted, and within the stated bound.
+    monkeypatch.setattr(darkcfg.Darknet, "prefers_channels_last", lambda self: False)
+    _, converted, _ = _pair(cfg)
+    assert converted.precision_note is None and converted.layer_dtypes is not None
+    with torch.no_grad():
+        for r, o in zip(ref, converted(x)):
+            err = float((o - r).abs().max()) / max(1.0, float(r.abs().max()))
+            assert 0 < err <= BF16_AGREEMENT
+    monkeypatch.undo()
+    # float16 (CUDA's reduced dtype) is never kept back by this rule.
+    assert darkcfg.load(cfg).optimize(dtype=torch.float16).precision_note is None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
