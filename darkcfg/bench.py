@@ -31,7 +31,7 @@ def _time_ms(fn: Callable[[], object]) -> float:
 
 def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int, int]] = None, batch: int = 1,
               device: str = "cpu", iters: int = 10, warmup: int = 2, opencv: bool = True, threads: int = 0,
-              channels_last: bool = False) -> dict:
+              channels_last: bool = False, bf16: bool = False) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
     model = load(cfg, size=size, device=device)
@@ -56,6 +56,11 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
         contenders["darkcfg (unfused BN)"] = run(model)
         contenders["darkcfg (fused BN)"] = run(fused)
         contenders["darkcfg optimize()"] = run(load(cfg, wpath, size=size, device=device).optimize())
+        bf16_note = ""
+        if bf16:
+            reduced = load(cfg, wpath, size=size, device=device).optimize(dtype=torch.bfloat16)
+            contenders["darkcfg optimize() bf16"] = run(reduced)
+            bf16_note = reduced.precision_note or ""
         if channels_last:
             cl = load(cfg, wpath, size=size, device=device).fuse().to(memory_format=torch.channels_last)
             xc = x.contiguous(memory_format=torch.channels_last)
@@ -80,16 +85,20 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
                 times[name].append(_time_ms(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
     base = med.get("OpenCV DNN", med["darkcfg (unfused BN)"])
+    cpu, _ = cpu_description()
     lines = [f"{cfg} input {batch}x{model.channels}x{model.height}x{model.width} on {device}, "
-             f"torch threads {torch.get_num_threads()}, median of {iters}"]
+             f"torch threads {torch.get_num_threads()}, median of {iters}", f"  CPU: {cpu}"]
     for name, ms in med.items():
-        lines.append(f"  {name:22s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
+        lines.append(f"  {name:23s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
     if cv_note:
         lines.append(f"  OpenCV: {cv_note}")
+    if bf16_note:
+        lines.append(f"  bf16: {bf16_note}")
     paths = fast_paths()
     lines.append("  optimize() fast paths: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
     return {"cfg": str(cfg), "weights": str(weights) if weights else "synthetic", "batch": batch, "width": model.width, "height": model.height, "device": device,
-            "iters": iters, "median_ms": med, "fast_paths": paths, "lines": lines}
+            "iters": iters, "median_ms": med, "fast_paths": paths, "cpu": cpu, "bf16_note": bf16_note or None,
+            "lines": lines}
 
 
 def fast_paths() -> dict:

@@ -87,7 +87,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise
         weights = None  # no weights anywhere: time with well-scaled synthetic ones
     result = run_bench(str(cfg), weights, size=_size(args), batch=args.batch, device=args.device,
-                       iters=args.iters, warmup=args.warmup, opencv=not args.no_opencv, threads=args.threads)
+                       iters=args.iters, warmup=args.warmup, opencv=not args.no_opencv, threads=args.threads,
+                       bf16=args.bf16)
     if args.json:
         print(json.dumps(result))
     else:
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     sp.add_argument("--half", action="store_true",
                     help="fp16 inference (CUDA; the heads and the layers feeding them stay fp32)")
+    sp.add_argument("--bf16", action="store_true",
+                    help="bfloat16 inference (CPUs with AVX512-BF16 or AMX; the heads and the layers feeding "
+                         "them stay fp32, and so do depthwise-heavy nets of small convs)")
     sp.add_argument("--batch", type=positive_int, default=1, help="images per forward pass (default 1)")
     sp.add_argument("--threads", type=positive_int, metavar="N",
                     help="CPU threads for torch and OpenCV (default: the libraries' own choice)")
@@ -208,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=nonneg_int, default=2, help="untimed passes first (default 2)")
     sp.add_argument("--threads", type=nonneg_int, default=0, help="torch/OpenCV threads (0: library default)")
     sp.add_argument("--no-opencv", action="store_true", help="skip the OpenCV DNN contender")
+    sp.add_argument("--bf16", action="store_true", help="also time optimize(dtype=torch.bfloat16)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_bench)
 

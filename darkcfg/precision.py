@@ -49,6 +49,19 @@ def layer_dtypes(graph: Graph, dtype: torch.dtype) -> List[torch.dtype]:
 KEEP_FP32_BELOW_MFLOPS = 20.0
 
 
+def cpu_has_bf16() -> Optional[bool]:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16; elsewhere torch emulates
+    it, slower than float32); None where ``/proc/cpuinfo`` cannot tell (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return None
+
+
 def keeps_float32(model: "Darknet", dtype: torch.dtype) -> Optional[str]:
     """Why ``optimize(dtype=dtype)`` keeps ``model`` in float32 (see the module docstring), or None
     when the policy converts it.  Call after the kernel plans are made (``enable_onednn``)."""

@@ -13,7 +13,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import DarkcfgError, ImageError
 from .graph import HEAD_KINDS
@@ -24,6 +24,8 @@ from .outputs import OutputPlan, check_output_file, prepare_out_dir, write_atomi
 from .progress import Progress
 from .results import print_result
 
+if TYPE_CHECKING:
+    from .model import Darknet
 
 
 @dataclass
@@ -145,9 +147,14 @@ def run(args: argparse.Namespace, size: Optional[tuple[int, int]]) -> int:
     weights = find_weights(cfg, weights_argument(named_weights, args.weights))
     if args.half and str(args.device).startswith("cpu"):
         raise DarkcfgError("--half (fp16) needs a CUDA device (--device cuda); on CPU fp16 is slower, not faster")
-    # --half: the reduced-precision policy of darkcfg.precision (heads and the layers feeding them
-    # stay float32, so decoding never runs in fp16), not a blanket model.half()
-    model = load(cfg, weights, size=size, device=args.device).optimize(dtype=torch.float16 if args.half else None)
+    if args.half and args.bf16:
+        raise DarkcfgError("--half and --bf16 are two reduced precisions: give one")
+    # --half/--bf16: the reduced-precision policy of darkcfg.precision (heads and the layers feeding
+    # them stay float32, so decoding never runs in fp16/bf16), not a blanket model.half()
+    dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else None
+    model = load(cfg, weights, size=size, device=args.device).optimize(dtype=dtype)
+    if args.bf16:
+        _bf16_notes(model, args.device)
     predictor = make_predictor(model, args)
     _check_detector_options(args, predictor.is_detector)
     classes = parse_classes(args.classes, predictor.names) if args.classes else None
@@ -223,3 +230,14 @@ def _write_image(path: Path, img_rgb: Any, dets: list) -> None:
     if not ok:
         raise DarkcfgError(f"{path}: OpenCV cannot encode {path.suffix} images")
     write_atomic(path, buf.tobytes())
+
+
+def _bf16_notes(model: "Darknet", device: str) -> None:
+    """What ``--bf16`` did where a user would not guess it: kept float32 by the policy, or emulated."""
+    from .precision import cpu_has_bf16
+
+    if model.precision_note:
+        print(f"darkcfg run: note: --bf16: {model.precision_note}", file=sys.stderr)
+    elif str(device).startswith("cpu") and cpu_has_bf16() is False:
+        print("darkcfg run: note: --bf16: this CPU has no avx512_bf16/amx_bf16: torch emulates bf16 here, "
+              "slower than float32", file=sys.stderr)

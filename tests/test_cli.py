@@ -97,6 +97,44 @@ def test_run_json_equals_api(detector_files: tuple[Path, Path], tmp_path: Path,
     assert np.allclose([d["prob"] for d in record["detections"]], [d.prob for d in api], atol=1e-5)
 
 
+def test_run_bf16_is_the_precision_policy(detector_files: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``run --bf16`` = ``optimize(dtype=torch.bfloat16)``: the same detections as that model's
+    ``detect``; ``--half --bf16`` together is refused."""
+    import torch
+
+    from darkcfg.precision import cpu_has_bf16
+
+    cfg, weights = detector_files
+    img = _image(tmp_path / "x.png", 3)
+    assert main(["run", str(cfg), str(img), "--json", "--thresh", "0.01", "--bf16"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    api = darkcfg.load(cfg, weights).optimize(dtype=torch.bfloat16).detect(img, thresh=0.01)[0]
+    assert api and [d["class_id"] for d in record["detections"]] == [d.class_id for d in api]
+    assert np.allclose([d["prob"] for d in record["detections"]], [d.prob for d in api], atol=1e-5)
+    assert ("emulates bf16" in captured.err) == (cpu_has_bf16() is False)
+    assert main(["run", str(cfg), str(img), "--bf16", "--half", "--device", "cuda"]) == 2
+    assert "give one" in capsys.readouterr().err
+
+
+def test_run_bf16_says_when_the_policy_keeps_float32(shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Yolo-Fastest (small depthwise convs on the float32 direct kernels) stays float32 under
+    ``--bf16`` on the CPU, says so, and prints exactly what the float32 run prints."""
+    from darkcfg import native
+
+    if native.library() is None:
+        pytest.skip("the native kernels cannot build here (no C compiler): the policy converts every net")
+    folder = shared / "darknet" / "yolo-fastest" / "yolo-fastest-1.1_coco"
+    argv = ["run", str(folder / "yolo-fastest-1.1.cfg"), str(shared / "darknet" / "data" / "dog.jpg")]
+    assert main(argv) == 0
+    fp32 = capsys.readouterr().out
+    assert main(argv + ["--bf16"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == fp32 and "dog: 65%" in fp32
+    assert "--bf16: kept float32: 84 of its 84 convs" in captured.err
+
+
 def test_run_without_weights_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "lonely.cfg"
     cfg.write_text(OWN_DETECTOR.read_text())
@@ -198,6 +236,15 @@ def test_bench_runs(detector_files: tuple[Path, Path], capsys: pytest.CaptureFix
     assert data["fast_paths"]["native kernels"].startswith(expected)
     assert data["fast_paths"]["Winograd 3x3"] == ("yes" if native.library() is not None else "no (needs the native kernels)")
     assert data["fast_paths"]["frame replays"] == "yes"
+    assert "darkcfg optimize() bf16" not in data["median_ms"] and "logical CPUs" in data["cpu"]
+
+
+def test_bench_bf16(detector_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = detector_files
+    assert main(["bench", str(cfg), "--iters", "1", "--warmup", "0", "--no-opencv", "--bf16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["median_ms"]["darkcfg optimize() bf16"] > 0
+    assert data["bf16_note"] is None  # (not a depthwise-heavy net: converted)
 
 
 def test_run_real_weights_prints_like_darknet(shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
