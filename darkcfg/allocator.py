@@ -32,6 +32,13 @@ TRIM_THRESHOLD = 1 << 30
 _applied = False
 
 
+def _open_libc() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def keep_freed_memory() -> bool:
     """Apply the setting once per process; True if it is in effect (glibc Linux, not opted out)."""
     global _applied
@@ -40,7 +47,9 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get("DARKCFG_MALLOC_TUNING", "1") == "0":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc's soname first: ``find_library`` runs ``ldconfig -p`` in a subprocess (~2-3 ms of
+        # every process's first ``optimize()``); it stays the fallback for other layouts.
+        libc = _open_libc()
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
