@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .model import load
+from .precision import BF16_FLAGS
 from .weights import synthetic_weights
 
 
@@ -162,7 +163,7 @@ def cpu_description() -> tuple[str, bool]:
         flags = set(f.group(1).split()) if f else set()
     except (OSError, subprocess.SubprocessError):
         pass
-    bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    bf16 = bool(BF16_FLAGS & flags)
     have = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if x in flags]
     missing = [x for x in ("avx512f", "avx512_bf16", "amx_bf16") if x not in flags]
     return (f"{name}; {os.cpu_count()} logical CPUs; flags: {', '.join(have) or 'none of avx2/avx512'}"

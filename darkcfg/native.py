@@ -63,7 +63,9 @@ def _compiler() -> Optional[str]:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def _cpu_flags() -> str:
+def proc_cpu_flags() -> Optional[str]:
+    """The CPU's feature flags as ``/proc/cpuinfo`` lists them (x86 ``flags``, Arm ``Features``), or
+    None where there is no such file (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -71,7 +73,11 @@ def _cpu_flags() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return None
+
+
+def _cpu_flags() -> str:
+    return proc_cpu_flags() or platform.processor()
 
 
 def _torch_uses_gnu_openmp() -> bool:

@@ -49,17 +49,17 @@ def layer_dtypes(graph: Graph, dtype: torch.dtype) -> List[torch.dtype]:
 KEEP_FP32_BELOW_MFLOPS = 20.0
 
 
+#: CPU flags of bf16 hardware (without either, torch emulates bf16, slower than float32).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
 def cpu_has_bf16() -> Optional[bool]:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16; elsewhere torch emulates
-    it, slower than float32); None where ``/proc/cpuinfo`` cannot tell (not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return None
+    """Whether this CPU computes bf16 in hardware (:data:`BF16_FLAGS`); None where ``/proc/cpuinfo``
+    cannot tell (not Linux)."""
+    from .native import proc_cpu_flags
+
+    flags = proc_cpu_flags()
+    return None if flags is None else bool(BF16_FLAGS & set(flags.split()))
 
 
 def keeps_float32(model: "Darknet", dtype: torch.dtype) -> Optional[str]:
