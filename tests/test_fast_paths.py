@@ -260,6 +260,39 @@ def test_native_bn_fold_of_many_tensors_in_one_pass(kernel) -> None:
     assert native.scale_rows_many([], gains[:0])
 
 
+@pytest.mark.parametrize("pjreddie", [False, True])
+def test_native_bn_fold_is_the_float64_gain_shift_of(kernel, pjreddie: bool) -> None:
+    """``bn_fold_many``: the gains and shifts ``DarknetBatchNorm.gain_shift_of`` computes on the
+    concatenated BN tensors (float64), bit for bit, both BN formulas, including a zero and a
+    tiny variance; refusals write nothing."""
+    from darkcfg.layers.conv import DarknetBatchNorm
+
+    torch.manual_seed(5)
+    shapes = [(6, 3, 3, 3), (300, 16, 1, 1), (1, 2, 3, 3), (40, 40, 3, 3)]
+    ws = [torch.randn(*s) for s in shapes]
+    bns = [(torch.randn(s[0]) * 2, torch.randn(s[0]) * 3, torch.randn(s[0]) * 5, torch.rand(s[0]) * 4)
+           for s in shapes]
+    bns[1][3][:3] = torch.tensor([0.0, 1e-30, 1e-8])
+    k, shift = DarknetBatchNorm.gain_shift_of(*(torch.cat(list(t)) for t in zip(*bns)), pjreddie=pjreddie)
+    sizes = [s[0] for s in shapes]
+    expected = [(w.double() * g.view(-1, 1, 1, 1)).float() for w, g in zip(ws, k.split(sizes))]
+    copies, biases = [w.clone() for w in ws], [torch.full((n,), 7.0) for n in sizes]
+    assert native.bn_fold_many(copies, bns, biases, pjreddie)
+    assert all(torch.equal(c, e) for c, e in zip(copies, expected))
+    assert all(torch.equal(b, e) for b, e in zip(biases, shift.float().split(sizes)))
+    untouched = [torch.full((n,), 7.0) for n in sizes]
+    short = [b.clone() for b in untouched]
+    short[2] = torch.full((0,), 7.0)
+    for bad_ws, bad_bns, bad_biases in ((ws, bns, short),  # a bias without a value per row
+                                        (ws, bns[:3] + [tuple(t.double() for t in bns[3])], untouched),  # not float32
+                                        (ws[:3] + [ws[3].transpose(0, 1)], bns, untouched),  # non-contiguous weight
+                                        (ws, bns[:3], untouched)):  # a BN missing
+        before, bias_before = [w.clone() for w in bad_ws], [b.clone() for b in bad_biases]
+        assert not native.bn_fold_many(bad_ws, bad_bns, bad_biases, pjreddie)
+        assert all(torch.equal(w, b) for w, b in zip(bad_ws, before))
+        assert all(torch.equal(w, b) for w, b in zip(bad_biases, bias_before))
+
+
 def test_native_mish_keeps_layout_and_threads(kernel) -> None:
     x = torch.randn(2, 16, 40, 40).to(memory_format=torch.channels_last)  # > 65536: split over threads
     assert native.applies(x) and native.applies(x.bfloat16()) and not native.applies(x[:, :8])

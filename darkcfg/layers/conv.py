@@ -252,14 +252,13 @@ class ConvLayer(WeightedLayer):
         k, b = self.bn.gain_shift()
         return _scale_rows_f64(self.conv.weight.detach(), k.detach()), b.float()
 
-    def fuse(self, gain_shift: Optional[tuple[Tensor, Tensor]] = None, weight_folded: bool = False) -> None:
+    def fuse(self, gain_shift: Optional[tuple[Tensor, Tensor]] = None) -> None:
         """Fold BN into the conv in place (what Darknet's detector does before inference).
 
         xnor layers are left alone: their forward never applies BN (see :meth:`_xnor`), so folding
         would change their numbers.  (Darknet's ``detector test``, which fuses BEFORE
         ``calculate_binary_weights``, binarises the fused weights and adds the fused bias instead.)
-        ``gain_shift``: this BN's ``gain_shift()``, computed by the caller (:func:`fuse_convs`);
-        ``weight_folded``: the caller already scaled the weight in place by that gain.
+        ``gain_shift``: this BN's ``gain_shift()``, computed by the caller (:func:`fuse_convs`).
         """
         if self.bn is None or self.xnor:
             return
@@ -267,7 +266,7 @@ class ConvLayer(WeightedLayer):
         weight = self.conv.weight
         # Folded into the weight's own storage (the unfused values are gone with the BN anyway):
         # no model-sized allocation, which is most of optimize()'s time on big nets.
-        w = weight if weight_folded else _scale_rows_f64(weight.detach(), k.detach(), in_place=True).to(weight.dtype)
+        w = _scale_rows_f64(weight.detach(), k.detach(), in_place=True).to(weight.dtype)
         self._take_fused(w, shift.to(weight.dtype))
 
     def _take_fused(self, w: Tensor, bias: Tensor) -> None:
@@ -293,11 +292,12 @@ def fuse_convs(layers: List[nn.Module]) -> None:
     for all of them at once.
 
     Why: each BN's float64 ``gain_shift`` is eight small tensor ops, ~140 us a layer of
-    dispatch (15 ms of yolov4's ``optimize()``); concatenated, it is eight ops in all.  The
-    values are the same element by element (each is computed from its own channel only).
-    Likewise the weights are scaled in one native pass over all of them
-    (:func:`darkcfg.native.scale_rows_many`), which runs at memory speed (yolov4: 246 MB
-    read and written in ~16 ms on 2 cores); each layer's ``fuse`` then only swaps parameters.
+    dispatch (15 ms of yolov4's ``optimize()``).  Natively (:func:`darkcfg.native.bn_fold_many`)
+    the gains and shifts of all convs are one loop over their rows and the weights are scaled in
+    one pass at memory speed (yolov4: 246 MB read and written in ~10 ms on 2 cores); without
+    the library, the BN tensors are concatenated and the gains are eight ops in all, the same
+    values element by element (each is computed from its own channel only).  Each layer's
+    ``fuse`` then only swaps parameters.
     """
     groups: dict[bool, list[tuple[ConvLayer, DarknetBatchNorm, Tensor]]] = {False: [], True: []}  # by BN formula
     for layer in layers:  # (modules and tensors straight from their dicts: this runs for every conv)
@@ -307,20 +307,20 @@ def fuse_convs(layers: List[nn.Module]) -> None:
     for pjreddie, group in groups.items():
         if not group:
             continue
+        weights = [weight for _, _, weight in group]
         with torch.no_grad():
-            k, shift = DarknetBatchNorm.gain_shift_of(
-                *(torch.cat([bn._parameters[name] for _, bn, _ in group]) for name in ("weight", "bias")),
-                *(torch.cat([bn._buffers[name] for _, bn, _ in group]) for name in ("running_mean", "running_var")),
-                pjreddie=pjreddie)
-            sizes = [weight.shape[0] for _, _, weight in group]
-            # every weight of the group scaled in one native pass (each by its own gains, as fuse does)
-            if native.scale_rows_many([weight for _, _, weight in group], k):  # (float32 weights only)
-                biases = shift.to(torch.float32).split(sizes)  # one conversion, then a copy per conv
+            biases = [torch.empty(weight.shape[0], dtype=torch.float32) for weight in weights]
+            bn_tensors = [(bn._parameters["weight"], bn._parameters["bias"], bn._buffers["running_mean"],
+                           bn._buffers["running_var"]) for _, bn, _ in group]
+            if native.bn_fold_many(weights, bn_tensors, biases, pjreddie):  # (float32 CPU tensors only)
                 for (layer, _, weight), bias in zip(group, biases):
-                    layer._take_fused(weight, bias.clone())
-            else:
-                for (layer, _, _), layer_k, layer_shift in zip(group, k.split(sizes), shift.split(sizes)):
-                    layer.fuse((layer_k, layer_shift))
+                    layer._take_fused(weight, bias)
+                continue
+            k, shift = DarknetBatchNorm.gain_shift_of(*(torch.cat(list(t)) for t in zip(*bn_tensors)),
+                                                      pjreddie=pjreddie)
+            for (layer, _, _), layer_k, layer_shift in zip(group, k.split([w.shape[0] for w in weights]),
+                                                           shift.split([w.shape[0] for w in weights])):
+                layer.fuse((layer_k, layer_shift))
     for layer in layers:  # every other layer that folds (the convs above have no BN left: no-ops); looked up
         fuse = getattr(type(layer), "fuse", None)  # on the class: nn.Module answers a missing one by an exception
         if fuse is not None:
