@@ -62,6 +62,11 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
             reduced = load(cfg, wpath, size=size, device=device).optimize(dtype=torch.bfloat16)
             contenders["darkcfg optimize() bf16"] = run(reduced)
             bf16_note = reduced.precision_note or ""
+        if device.startswith("cuda"):  # fp16 (what `run --half` uses), then the same with CUDA graphs
+            contenders["darkcfg optimize() fp16"] = run(load(cfg, wpath, size=size, device=device)
+                                                        .optimize(dtype=torch.float16))
+            contenders["darkcfg fp16 + CUDA graph"] = run(load(cfg, wpath, size=size, device=device)
+                                                          .optimize(dtype=torch.float16, cuda_graph=True))
         if channels_last:
             cl = load(cfg, wpath, size=size, device=device).fuse().to(memory_format=torch.channels_last)
             xc = x.contiguous(memory_format=torch.channels_last)
@@ -89,8 +94,9 @@ def run_bench(cfg: str, weights: Optional[str] = None, size: Optional[tuple[int,
     cpu, _ = cpu_description()
     lines = [f"{cfg} input {batch}x{model.channels}x{model.height}x{model.width} on {device}, "
              f"torch threads {torch.get_num_threads()}, median of {iters}", f"  CPU: {cpu}"]
+    width = max(23, *map(len, med))
     for name, ms in med.items():
-        lines.append(f"  {name:23s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
+        lines.append(f"  {name:{width}s} {ms:9.2f} ms   {base / ms:5.2f}x vs {'OpenCV' if 'OpenCV DNN' in med else 'unfused'}")
     if cv_note:
         lines.append(f"  OpenCV: {cv_note}")
     if bf16_note:

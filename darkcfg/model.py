@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from . import fusion
 from .cfg import read_cfg
+from .cuda_graph import GraphedForward
 from .errors import DarkcfgError
 from .graph import Graph, build_graph
 from .layers.registry import BuildContext, build_layer
@@ -125,6 +126,9 @@ class Darknet(nn.Module):
         """(``to``, ``half``, ``cuda``, ...: parameters may get new data in place, which a replay's
         bound calls would not see: they are dropped.)"""
         self.replays.clear()
+        graphed = self.__dict__.get("forward")
+        if isinstance(graphed, GraphedForward):  # (captured graphs read the old addresses)
+            graphed.clear()
         return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> List[Tensor]:
@@ -189,7 +193,8 @@ class Darknet(nn.Module):
         depthwise = [s for s in convs if s.attrs.groups > 1 and s.attrs.groups == s.in_shape[0]]
         return bool(convs) and len(depthwise) * 4 >= len(convs)
 
-    def optimize(self, dtype: Optional[torch.dtype] = None, compile: bool = False) -> "Darknet":
+    def optimize(self, dtype: Optional[torch.dtype] = None, compile: bool = False,
+                 cuda_graph: bool = False) -> "Darknet":
         """Inference set-up: :meth:`fuse`, and NHWC memory layout where it is faster.
 
         Outputs are unchanged up to float rounding (and returned contiguous, NCHW).
@@ -201,6 +206,9 @@ class Darknet(nn.Module):
         ``compile=True``: the whole ``forward`` captured as ONE graph by ``torch.compile``
         (``fullgraph``, static shapes: one compile per input shape, none per layer), compiled
         here on a batch of 1 at the net's size; ``compile_seconds`` records how long that took.
+        ``cuda_graph=True`` (a CUDA model): each input shape's forward captured once as a CUDA
+        graph and replayed (one submission instead of a launch per layer; no compilation; see
+        :mod:`darkcfg.cuda_graph`); ``forward.captures`` counts the captures.
 
         Without ``compile``, CPU inference runs each conv + bias + activation as one primitive:
         a direct NHWC kernel for the small depthwise and 1x1 convs of depthwise-heavy nets
@@ -213,6 +221,13 @@ class Darknet(nn.Module):
         """
         from .allocator import keep_freed_memory
 
+        if cuda_graph:
+            if compile:
+                raise DarkcfgError("optimize(compile=True, cuda_graph=True): choose one (torch.compile makes "
+                                   "its own CUDA graphs with mode='reduce-overhead')")
+            if next(iter(self.parameters()), torch.empty(0)).device.type != "cuda":
+                raise DarkcfgError("optimize(cuda_graph=True) needs the model on a CUDA device: "
+                                   "load(..., device='cuda')")
         self.replays.clear()
         with _collector_paused():  # (hundreds of small objects made: no full collection meanwhile)
             self.fuse()
@@ -241,6 +256,10 @@ class Darknet(nn.Module):
             with torch.no_grad():
                 self(torch.rand(1, self.channels, self.height, self.width, device=next(self.parameters()).device))
             self.compile_seconds = time.perf_counter() - start
+        if cuda_graph:
+            from .cuda_graph import enable
+
+            enable(self)
         return self
 
     # ---------------------------------------------------------------- detect
