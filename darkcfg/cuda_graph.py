@@ -112,6 +112,11 @@ class GraphedForward:
             return self.eager(x)
         if self.graphs and not self._tensors_unchanged():
             self.clear()
+        # (outside inference mode: a static input made under it could not be written under no_grad)
+        with torch.inference_mode(False), torch.no_grad():
+            return self._replay(x)
+
+    def _replay(self, x: Tensor) -> List[Tensor]:
         key: _Key = (tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
         captured = self.graphs.get(key)
         if captured is None:

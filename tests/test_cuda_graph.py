@@ -171,3 +171,21 @@ def test_gpu_check_pack_mirrors_what_conformance_reads(shared: Path, tmp_path: P
     for case in cases:
         result = run_case(case, out, mw)
         assert result.passed, (case.name, result.failures)
+
+
+def test_inference_mode_and_no_grad_calls_mix(tmp_path: Path) -> None:
+    """A graph captured under ``inference_mode`` replays under ``no_grad`` and the other way
+    round (its static input must not be an inference tensor, which ``no_grad`` could not write)."""
+    eager, graphed, forward = _graphed(tmp_path)
+    x = torch.rand(1, 3, 24, 40)
+    with torch.inference_mode():
+        a = graphed(x)
+    with torch.no_grad():
+        b = graphed(x)
+        graphed(torch.rand(2, 3, 24, 40))
+    with torch.inference_mode():
+        c = graphed(torch.rand(2, 3, 24, 40))
+        ref = eager(x)
+    assert forward.captures == 2
+    assert all(torch.equal(p, q) and torch.equal(q, r) for p, q, r in zip(a, b, ref))
+    assert c[0].shape[0] == 2
