@@ -25,6 +25,7 @@ runs the ordinary eager forward.
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -57,14 +58,14 @@ class _Captured:
 class GraphedForward:
     """The callable ``optimize(cuda_graph=True)`` puts in place of a model's ``forward``.
 
-    ``eager``: the model's own forward (bound), which captures and fallbacks call.
     ``capture``: how a graph is recorded -- :func:`capture_cuda_graph`, or a stand-in that the
     CPU tests give to check the bookkeeping around it (signatures, clones, invalidation).
+    Copies and pickles of the model get a fresh one of their own, with no graphs.
     """
 
-    def __init__(self, model: nn.Module, eager: Callable[[Tensor], List[Tensor]],
-                 capture: Optional[Callable[..., _Captured]] = None):
-        self.model, self.eager = model, eager
+    def __init__(self, model: nn.Module, capture: Optional[Callable[..., _Captured]] = None):
+        self.model = model
+        self.eager: Callable[[Tensor], List[Tensor]] = functools.partial(type(model).forward, model)
         self.capture = capture or capture_cuda_graph
         self.graphs: Dict[_Key, _Captured] = {}
         self.captures = 0  # how many graphs were recorded (a test and a curious user read it)
@@ -74,6 +75,9 @@ class GraphedForward:
         self._owners: List[dict] = []
         self._names: List[str] = []
         self._modules: List[nn.Module] = []
+
+    def __reduce__(self) -> tuple:
+        return (GraphedForward, (self.model, None if self.capture is capture_cuda_graph else self.capture))
 
     def clear(self) -> None:
         """Forget every graph (the model's tensors moved or were replaced)."""
@@ -150,6 +154,6 @@ def capture_cuda_graph(eager: Callable[[Tensor], List[Tensor]], x: Tensor, pool:
 def enable(model: nn.Module) -> GraphedForward:
     """Put a :class:`GraphedForward` in place of ``model.forward`` (``optimize`` checked that
     the model is on a CUDA device, after its other steps)."""
-    graphed = GraphedForward(model, model.forward)
+    graphed = GraphedForward(model)
     model.forward = graphed  # type: ignore[method-assign]
     return graphed

@@ -59,7 +59,7 @@ def _model(tmp_path: Path, device: str = "cpu") -> darkcfg.Darknet:
 def _graphed(tmp_path: Path) -> tuple[darkcfg.Darknet, darkcfg.Darknet, cuda_graph.GraphedForward]:
     """(an eager optimize()d model, the same with the stand-in graphs, its GraphedForward)."""
     eager, graphed = _model(tmp_path).optimize(), _model(tmp_path).optimize()
-    forward = cuda_graph.GraphedForward(graphed, graphed.forward, capture=_stand_in_capture)
+    forward = cuda_graph.GraphedForward(graphed, capture=_stand_in_capture)
     graphed.forward = forward  # type: ignore[method-assign]
     return eager, graphed, forward
 
@@ -189,3 +189,19 @@ def test_inference_mode_and_no_grad_calls_mix(tmp_path: Path) -> None:
     assert forward.captures == 2
     assert all(torch.equal(p, q) and torch.equal(q, r) for p, q, r in zip(a, b, ref))
     assert c[0].shape[0] == 2
+
+
+def test_copies_and_pickles_get_their_own_graphs(tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    eager, graphed, forward = _graphed(tmp_path)
+    x = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        graphed(x)
+        for twin in (copy.deepcopy(graphed), pickle.loads(pickle.dumps(graphed))):
+            twin_forward = twin.forward
+            assert isinstance(twin_forward, cuda_graph.GraphedForward) and twin_forward is not forward
+            assert twin_forward.model is twin and not twin_forward.graphs
+            assert all(torch.equal(a, b) for a, b in zip(twin(x), eager(x)))
+            assert twin_forward.captures == 1 and forward.captures == 1
