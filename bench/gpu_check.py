@@ -14,6 +14,8 @@ It is a transport folder, never committed.
 1. the device, torch, CUDA and cuDNN versions;
 2. ``tests/test_cuda_graph.py`` (its CUDA tests run there) and ``tests/test_model.py``;
 3. ``darkcfg conformance --device cuda`` on the packed cases, plain and ``--optimized``;
+   ``darkcfg run --json`` on data/dog.jpg with three real-weight detectors, CPU fp32 against CUDA
+   fp32 and ``--half`` (boxes paired by class and IoU, the largest probability and corner change);
 4. per speed row (bench/speed.py's five), the outputs of fp16, fp16 + CUDA graph and fp32 +
    CUDA graph against fp32 ``optimize()`` (max |difference| over the output's max |value|);
 5. per row, forward times side by side in one process, interleaved round by round: eager fp32,
@@ -45,6 +47,11 @@ import darkcfg  # noqa: E402
 from darkcfg.shared import shared_dir  # noqa: E402
 from speed import ROWS, weights_for  # noqa: E402
 
+#: Real-weight models whose detections on data/dog.jpg `darkcfg run` gives on the CPU, on CUDA and
+#: with --half, compared (relative to shared/darknet).
+DETECTORS = ["real/MobileNetV2-YOLOv3-Nano-coco", "real/yolo-fastest-voc", "real/yolo-mobilenetv2-tiny-voc"]
+IMAGE = "darknet/data/dog.jpg"
+
 
 # ------------------------------------------------------------------------------------------ pack
 def _case_files(shared: Path, case: Path) -> List[Path]:
@@ -61,7 +68,8 @@ def _case_files(shared: Path, case: Path) -> List[Path]:
 def pack(shared: Path, out: Path, mib: float) -> None:
     if out.exists():
         shutil.rmtree(out)
-    wanted = [Path("conformance/make_weights.py")] + [Path("darknet") / row.cfg for row in ROWS]
+    wanted = [Path("conformance/make_weights.py"), Path(IMAGE)] + [Path("darknet") / row.cfg for row in ROWS]
+    wanted += [Path("darknet") / f"{name}.{ext}" for name in DETECTORS for ext in ("cfg", "weights")]
     budget = int(mib * 2 ** 20) - sum((shared / f).stat().st_size for f in wanted)
     cases = []
     for case in sorted((shared / "conformance/cases").iterdir()):
@@ -164,6 +172,51 @@ def speed_rows(shared: Path, repeats: int, device: str, rows: List[str]) -> List
     return results
 
 
+def _box_iou(a: List[float], b: List[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def compare_detections(ref: List[Dict[str, Any]], dets: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Each reference box paired with the same-class box of ``dets`` it overlaps most (IoU >= 0.9)."""
+    pairs = []
+    for a in ref:
+        best = max((b for b in dets if b["class_id"] == a["class_id"]), key=lambda b: _box_iou(a["box"], b["box"]),
+                   default=None)
+        if best is not None and _box_iou(a["box"], best["box"]) >= 0.9:
+            pairs.append((a, best))
+    return {"paired": f"{len(pairs)}/{len(ref)}",
+            "max_prob_diff": max((abs(a["prob"] - b["prob"]) for a, b in pairs), default=0.0),
+            "max_corner_diff_px": max((max(abs(u - v) for u, v in zip(a["box"], b["box"])) for a, b in pairs),
+                                      default=0.0)}
+
+
+def detections(shared: Path, device: str, env: Dict[str, str]) -> List[Dict[str, Any]]:
+    """`darkcfg run --json` on the CPU (fp32) against ``device`` fp32 and fp16 (--half): per model
+    the detection counts, how many CPU boxes have a same-class partner with IoU >= 0.9, and the
+    largest probability and corner difference over those pairs."""
+    results = []
+    for name in DETECTORS:
+        cfg, weights = shared / "darknet" / f"{name}.cfg", shared / "darknet" / f"{name}.weights"
+        runs = {}
+        for label, extra in (("cpu", ["--device", "cpu"]), (device, ["--device", device]),
+                             (device + " --half", ["--device", device, "--half"])):
+            if label != "cpu" and not device.startswith("cuda"):
+                continue
+            p = subprocess.run([sys.executable, "-m", "darkcfg", "run", str(cfg), str(weights), str(shared / IMAGE),
+                                "--json", *extra], cwd=REPO, capture_output=True, text=True, env={**os.environ, **env})
+            runs[label] = json.loads(p.stdout)["detections"] if p.returncode == 0 else p.stderr.strip()[-300:]
+        row: Dict[str, Any] = {"model": name, "counts": {k: len(v) if isinstance(v, list) else v for k, v in runs.items()}}
+        for label, dets in runs.items():
+            if label != "cpu" and isinstance(dets, list) and isinstance(runs["cpu"], list):
+                row[label] = compare_detections(runs["cpu"], dets)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
 def run(shared: Path, repeats: int, device: str, rows: List[str]) -> None:
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -177,6 +230,7 @@ def run(shared: Path, repeats: int, device: str, rows: List[str]) -> None:
     for flag in ([], ["--optimized"]):
         report["conformance" + "".join(flag)] = _sub(["-m", "darkcfg", "conformance", "--shared", str(shared),
                                                       "--device", device, *flag], env)
+    report["detections"] = detections(shared, device, env)
     report["speed"] = speed_rows(shared, repeats, device, rows)
     out = os.environ.get("OUT")
     if out:
