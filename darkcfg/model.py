@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import fusion
 from .cfg import read_cfg
-from .cuda_graph import GraphedForward
+from . import cuda_graph as cuda_graphs
 from .errors import DarkcfgError
 from .graph import Graph, build_graph
 from .layers.registry import BuildContext, build_layer
@@ -127,7 +127,7 @@ class Darknet(nn.Module):
         bound calls would not see: they are dropped.)"""
         self.replays.clear()
         graphed = self.__dict__.get("forward")
-        if isinstance(graphed, GraphedForward):  # (captured graphs read the old addresses)
+        if isinstance(graphed, cuda_graphs.GraphedForward):  # (captured graphs read the old addresses)
             graphed.clear()
         return super()._apply(fn, recurse)
 
@@ -229,6 +229,8 @@ class Darknet(nn.Module):
                 raise DarkcfgError("optimize(cuda_graph=True) needs the model on a CUDA device: "
                                    "load(..., device='cuda')")
         self.replays.clear()
+        if isinstance(self.__dict__.get("forward"), cuda_graphs.GraphedForward):
+            del self.forward  # (an earlier optimize(cuda_graph=True)'s: this call says anew)
         with _collector_paused():  # (hundreds of small objects made: no full collection meanwhile)
             self.fuse()
             keep_freed_memory()
@@ -257,9 +259,7 @@ class Darknet(nn.Module):
                 self(torch.rand(1, self.channels, self.height, self.width, device=next(self.parameters()).device))
             self.compile_seconds = time.perf_counter() - start
         if cuda_graph:
-            from .cuda_graph import enable
-
-            enable(self)
+            cuda_graphs.enable(self)
         return self
 
     # ---------------------------------------------------------------- detect

@@ -205,3 +205,10 @@ def test_copies_and_pickles_get_their_own_graphs(tmp_path: Path) -> None:
             assert twin_forward.model is twin and not twin_forward.graphs
             assert all(torch.equal(a, b) for a, b in zip(twin(x), eager(x)))
             assert twin_forward.captures == 1 and forward.captures == 1
+
+
+def test_a_later_optimize_drops_the_graphed_forward(tmp_path: Path) -> None:
+    _, graphed, forward = _graphed(tmp_path)
+    assert graphed.forward is forward
+    graphed.optimize()
+    assert "forward" not in graphed.__dict__  # the class's eager forward again

@@ -318,8 +318,8 @@ def fuse_convs(layers: List[nn.Module]) -> None:
                 continue
             k, shift = DarknetBatchNorm.gain_shift_of(*(torch.cat(list(t)) for t in zip(*bn_tensors)),
                                                       pjreddie=pjreddie)
-            for (layer, _, _), layer_k, layer_shift in zip(group, k.split([w.shape[0] for w in weights]),
-                                                           shift.split([w.shape[0] for w in weights])):
+            sizes = [weight.shape[0] for weight in weights]
+            for (layer, _, _), layer_k, layer_shift in zip(group, k.split(sizes), shift.split(sizes)):
                 layer.fuse((layer_k, layer_shift))
     for layer in layers:  # every other layer that folds (the convs above have no BN left: no-ops); looked up
         fuse = getattr(type(layer), "fuse", None)  # on the class: nn.Module answers a missing one by an exception
