@@ -20,7 +20,8 @@ used only while the model's parameters and buffers are the same tensors as then 
 edits are seen by the replay, as they would be by an eager forward; replaced tensors, as
 ``to()``, ``half()`` or ``load_state_dict(assign=True)`` make, drop the graphs and the next
 call captures anew), without autograd, hooks, tracing, scripting or compiling: anything else
-runs the ordinary eager forward.
+runs the ordinary eager forward; so does a model in training mode (its batch norms would
+update their statistics inside the graph).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class GraphedForward:
         self._tensors, self._addresses, self._owners, self._names = [], [], [], []
 
     def _usable(self, x: Tensor) -> bool:
-        if torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
+        if self.model.training or torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
             return False
         if torch.compiler.is_compiling() or torch_module._global_forward_hooks \
                 or torch_module._global_forward_pre_hooks:

@@ -103,6 +103,11 @@ def test_autograd_and_hooks_take_the_eager_forward(tmp_path: Path) -> None:
         graphed(x)
     assert seen == [1] and forward.captures == 0  # the hook ran: eager
     handle.remove()
+    graphed.train()
+    with torch.no_grad():
+        graphed(x)
+    assert forward.captures == 0  # training mode: eager
+    graphed.eval()
     with torch.no_grad():
         graphed(x)
     assert forward.captures == 1
