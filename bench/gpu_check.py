@@ -13,7 +13,8 @@ It is a transport folder, never committed.
 ``run`` prints, and writes to ``$OUT/gpu_check.json`` where ``OUT`` is set:
 1. the device, torch, CUDA and cuDNN versions;
 2. ``tests/test_cuda_graph.py`` (its CUDA tests run there) and ``tests/test_model.py``;
-3. ``darkcfg conformance --device cuda`` on the packed cases, plain and ``--optimized``;
+3. ``darkcfg conformance --device cuda`` on the packed cases, plain and ``--optimized`` (the
+   fixtures' 1e-3 bound, room for TF32), and without TF32 at the CPU's 1e-4;
    ``darkcfg run --json`` on data/dog.jpg with three real-weight detectors, CPU fp32 against CUDA
    fp32 and ``--half`` (boxes paired by class and IoU, the largest probability and corner change);
 4. per speed row (bench/speed.py's five), the outputs of fp16, fp16 + CUDA graph and fp32 +
@@ -101,6 +102,22 @@ def _sub(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:
     print("\n".join(lines[-25:]), flush=True)
     return {"command": " ".join(args), "rc": p.returncode, "summary": lines[-1] if lines else "",
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def conformance(shared: Path, device: str, flags: List[str], env: Dict[str, str]) -> Dict[str, Any]:
+    """``darkcfg conformance --json`` on the packed cases: the pass count, the worst relative
+    error and its case, and every failing case with its first failures."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "darkcfg", "conformance", "--shared", str(shared), "--device", device,
+                        "--json", *flags], cwd=REPO, capture_output=True, text=True, env={**os.environ, **env})
+    cases = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    worst = max(cases, key=lambda c: c["max_rel"] or 0.0, default=None)
+    summary = {"flags": flags, "passed": sum(c["passed"] for c in cases), "cases": len(cases),
+               "worst_rel": None if worst is None else worst["max_rel"], "worst_case": None if worst is None else worst["case"],
+               "failing": {c["case"]: c["failures"][:2] for c in cases if not c["passed"]},
+               "stderr_tail": p.stderr.strip()[-300:], "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 def _sync(device: str) -> None:
@@ -228,8 +245,10 @@ def run(shared: Path, repeats: int, device: str, rows: List[str]) -> None:
     report["tests"] = _sub(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graph.py",
                             "tests/test_model.py"], env)
     for flag in ([], ["--optimized"]):
-        report["conformance" + "".join(flag)] = _sub(["-m", "darkcfg", "conformance", "--shared", str(shared),
-                                                      "--device", device, *flag], env)
+        report["conformance" + "".join(flag)] = conformance(shared, device, flag, env)
+    if cuda:  # without TF32 (NVIDIA_TF32_OVERRIDE=0: cuDNN and cuBLAS in full float32), at the CPU's bound
+        report["conformance-no-tf32"] = conformance(shared, device, ["--rtol", "1e-4"],
+                                                    {**env, "NVIDIA_TF32_OVERRIDE": "0"})
     report["detections"] = detections(shared, device, env)
     report["speed"] = speed_rows(shared, repeats, device, rows)
     out = os.environ.get("OUT")
