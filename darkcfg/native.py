@@ -13,7 +13,8 @@ seconds per process.  This is one vectorised pass: ``y = x * n / (n + 2)`` with
 softplus threshold gives.  ``exp`` is a Cody-Waite range reduction and a degree-7 polynomial
 (relative error ~1e-7), written so the compiler vectorises the loop; no ``-ffast-math`` (``-fno-trapping-math`` lets the compiler turn the clamps into selects).
 
-The fold (:func:`scale_rows_f64`; :func:`scale_rows_many` for a whole model's convs at once) is
+The fold (:func:`scale_rows_f64`; :func:`scale_rows_many` for a whole model's convs at once,
+:func:`bn_fold_many` with their batch norms' gains and shifts computed here too) is
 ``float32(float64(w) * k)`` per output row, the product Darknet's ``fuse_conv_batchnorm``
 stores, in one vectorised pass split over torch's threads:
 bit-identical to numpy's buffered mixed-type multiply, 3x faster on yolov4's 246 MiB (it was
