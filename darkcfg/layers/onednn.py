@@ -36,8 +36,11 @@ POST_OPS: Dict[str, Tuple[str, List[float], str]] = {
 
 
 #: Below this many input values the fused op's fixed cost (~50 us a call, against ~10 us for
-#: ``F.conv2d``) outweighs what it saves: tiny feature maps take the eager path.
+#: ``F.conv2d``) outweighs what it saves: tiny feature maps take the eager path ...
 MIN_INPUT_ELEMENTS = 16384
+#: ... unless the layer has at least this many weights: ``F.conv2d`` reorders them into
+#: oneDNN's layout on every call, which the fused path does once.
+MIN_WEIGHT_ELEMENTS = 32768
 
 
 def version(t: Tensor) -> int:
@@ -80,7 +83,8 @@ class FusedConv:
     def applies(self, x: Tensor) -> bool:
         """Whether this call can take the fused path (inference on CPU, matching float dtype)."""
         w = self.conv.weight
-        return (self.enabled and x.numel() >= MIN_INPUT_ELEMENTS and x.device.type == "cpu" and x.dtype == w.dtype and x.dim() == 4
+        return (self.enabled and (x.numel() >= MIN_INPUT_ELEMENTS or w.numel() >= MIN_WEIGHT_ELEMENTS)
+                and x.device.type == "cpu" and x.dtype == w.dtype and x.dim() == 4
                 and x.dtype in (torch.float32, torch.bfloat16) and not torch.jit.is_tracing()
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
 
