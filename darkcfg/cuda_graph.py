@@ -32,15 +32,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as torch_module
 
+from .replay import global_hooks, hooked
 
 #: Eager calls on a side stream before a capture (cuDNN's algorithm choice, allocator warm-up).
 WARMUP = 3
 #: Input signatures a model keeps graphs for; the oldest goes beyond this (a size sweep).
 MAX_GRAPHS = 8
 
-_HOOKS, _PRE_HOOKS = operator.attrgetter("_forward_hooks"), operator.attrgetter("_forward_pre_hooks")
 _Key = Tuple[Tuple[int, ...], Tuple[int, ...], torch.dtype, torch.device]
 
 
@@ -81,17 +80,14 @@ class GraphedForward:
         return (GraphedForward, (self.model, None if self.capture is capture_cuda_graph else self.capture))
 
     def clear(self) -> None:
-        """Forget every graph (the model's tensors moved or were replaced)."""
+        """Forget every graph (the model's tensors moved or were replaced); the next capture
+        remembers the tensors anew."""
         self.graphs.clear()
-        self._tensors, self._addresses, self._owners, self._names = [], [], [], []
 
     def _usable(self, x: Tensor) -> bool:
         if self.model.training or torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
             return False
-        if torch.compiler.is_compiling() or torch_module._global_forward_hooks \
-                or torch_module._global_forward_pre_hooks:
-            return False
-        if any(map(_HOOKS, self._modules)) or any(map(_PRE_HOOKS, self._modules)):
+        if torch.compiler.is_compiling() or global_hooks() or hooked(self._modules):
             return False
         return x.device.type == "cuda" or self.capture is not capture_cuda_graph
 
@@ -108,10 +104,9 @@ class GraphedForward:
         self._names = [name for _, name, _ in entries]
         self._tensors = [t for _, _, t in entries]
         self._addresses = [t.data_ptr() for t in self._tensors]
-        self._modules = list(self.model.modules())
 
     def __call__(self, x: Tensor) -> List[Tensor]:
-        if not self._modules:
+        if not self._modules:  # (not in __init__: an unpickled model builds this before its modules)
             self._modules = list(self.model.modules())
         if not self._usable(x):
             return self.eager(x)

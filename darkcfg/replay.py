@@ -73,7 +73,7 @@ class Replay:
                 and all(map(operator.is_, layers, self.layers))
                 and all(map(operator.is_, map(dict.get, self.owners, self.names), self.tensors))
                 and list(map(_VERSION, self.versioned)) == self.versions
-                and not any(map(_HOOKS, self.bound_layers)) and not any(map(_PRE_HOOKS, self.bound_layers)))
+                and not hooked(self.bound_layers))
 
     def run(self, x: Tensor, count: int) -> List[Tensor]:
         """Every layer's output slot for input ``x`` (released ones empty, as ``forward`` leaves them)."""
@@ -101,7 +101,7 @@ class Replays(dict):
 def forward_frame(model: "Darknet", x: Tensor, layers: List[nn.Module], fusions: fusion.Fusions) -> Optional[List[Tensor]]:
     """``model``'s outputs for ``x`` by its replay for ``x``'s layout -- recorded on this frame if
     there is none yet -- or None where a replay may not run (the caller runs the frame)."""
-    if torch.is_grad_enabled() or not fusions or _global_hooks() or os.environ.get("DARKCFG_REPLAY") == "0":
+    if torch.is_grad_enabled() or not fusions or global_hooks() or os.environ.get("DARKCFG_REPLAY") == "0":
         return None
     replays = model.replays
     key = (tuple(x.shape), x.stride(), x.dtype, x.device)
@@ -178,6 +178,12 @@ def _layer_step(layer: nn.Module) -> StepCall:
     return lambda xs, outs: layer(xs)
 
 
-def _global_hooks() -> bool:
+def hooked(modules: Sequence[nn.Module]) -> bool:
+    """Whether any of ``modules`` has forward (pre-)hooks, which a replayed call would skip
+    (C-level loops: a model's worth in microseconds)."""
+    return any(map(_HOOKS, modules)) or any(map(_PRE_HOOKS, modules))
+
+
+def global_hooks() -> bool:
     """Whether module hooks are registered for every module (the bound steps would skip them)."""
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
